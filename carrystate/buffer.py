@@ -1,0 +1,75 @@
+"""`SegmentBuffer`: one rollout's experience as `[segments, bptt_horizon]` rows, plus each row's start state.
+
+Layout. With A agents and `segments = batch_size / bptt_horizon`, every agent owns K = segments / A
+consecutive rows: row `a * K + k` holds agent a's steps `k*H .. k*H + H-1` of this rollout. So the
+`[segments, H]` tensors, viewed as `[A, K*H]` (`timeline`), are each agent's own consecutive steps;
+advantages are computed on that view, and a row's last step bootstraps from the next row's first value
+(or, for the last row, from `last_value`, the value of the observation after the rollout).
+
+`starts[s, t]` marks a step that is the first of an episode (the state was zeroed before it);
+`start_state` is the state row s held at its first step, detached. Replaying row s from `start_state[:, s]`
+with `starts[s]` reproduces the rollout exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from carrystate.policy.core import State
+
+
+class SegmentBuffer:
+    def __init__(self, num_agents: int, batch_size: int, horizon: int, obs_shape: tuple[int, ...],
+                 obs_dtype: torch.dtype, action_shape: tuple[int, ...], action_dtype: torch.dtype,
+                 state_template: State, device: torch.device | str = "cpu"):
+        if batch_size % (num_agents * horizon):
+            raise ValueError(f"batch_size={batch_size} is not a multiple of agents × bptt_horizon = "
+                             f"{num_agents} × {horizon}")
+        self.num_agents, self.horizon = num_agents, horizon
+        self.segments = batch_size // horizon
+        self.rows_per_agent = self.segments // num_agents
+        self.steps = batch_size // num_agents  # rollout steps per agent
+        S, H = self.segments, horizon
+        z = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+        self.obs = z(S, H, *obs_shape, dtype=obs_dtype)  # [segments, horizon, *obs_shape]
+        self.actions = z(S, H, *action_shape, dtype=action_dtype)  # [segments, horizon, *action_shape]
+        self.logprobs = z(S, H)  # [segments, horizon]
+        self.values = z(S, H)
+        self.rewards = z(S, H)
+        self.terminated = z(S, H, dtype=torch.bool)
+        self.truncated = z(S, H, dtype=torch.bool)
+        self.starts = z(S, H, dtype=torch.bool)
+        self.final_values = z(S, H)  # value of the final observation at truncated steps, else 0
+        self.advantages = z(S, H)
+        self.returns = z(S, H)
+        # [num_layers, segments, hidden] per state tensor: the state each row held at its first step
+        self.start_state: State = tuple(torch.zeros(s.shape[0], S, *s.shape[2:], device=device) for s in state_template)
+        self.last_value = z(num_agents)  # [agents] value after the rollout's last step
+
+    def timeline(self, t: Tensor) -> Tensor:
+        """View a [segments, horizon, ...] tensor as [agents, steps, ...]: each agent's consecutive steps."""
+        return t.view(self.num_agents, self.steps, *t.shape[2:])
+
+    def write(self, step: int, **fields: Tensor) -> None:
+        """Store one rollout step (every agent) under `step` of the agents' timelines."""
+        for name, value in fields.items():
+            self.timeline(getattr(self, name))[:, step] = value
+
+    def write_start_state(self, step: int, state: State) -> None:
+        """At the first step of each row (step % horizon == 0), record the state the agents hold."""
+        rows = torch.arange(self.num_agents, device=self.obs.device) * self.rows_per_agent + step // self.horizon
+        for dst, src in zip(self.start_state, state):
+            dst[:, rows] = src
+
+    def minibatch_plan(self, minibatch_segments: int, generator: torch.Generator) -> list[Tensor]:
+        """One epoch: all segments shuffled and split into minibatches; each segment appears exactly once."""
+        order = torch.randperm(self.segments, generator=generator)
+        return list(order.split(minibatch_segments))
+
+    def minibatch(self, idx: Tensor) -> dict[str, Tensor | State]:
+        idx = idx.to(self.obs.device)
+        out = {k: getattr(self, k)[idx] for k in
+               ("obs", "actions", "logprobs", "values", "starts", "advantages", "returns")}
+        out["start_state"] = tuple(s[:, idx] for s in self.start_state)
+        return out

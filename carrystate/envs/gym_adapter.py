@@ -1,0 +1,95 @@
+"""Gymnasium adapter: any registered id as a `VecEnv`, in gymnasium 1.x same-step autoreset mode.
+
+Same-step autoreset means the step that ends an episode already returns the next episode's first
+observation, with the final observation in `info["final_obs"]`: no action is wasted on a reset step and
+the final observation reaches the truncation bootstrap.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from carrystate.envs.base import EpisodeTracker, StepResult, check_actions
+
+# Observation entries that are positions (not velocities) in well-known environments.
+VELOCITY_FREE_INDICES: dict[str, list[int]] = {
+    "CartPole-v0": [0, 2],
+    "CartPole-v1": [0, 2],
+    "Pendulum-v1": [0, 1],
+    "MountainCar-v0": [0],
+    "MountainCarContinuous-v0": [0],
+    "Acrobot-v1": [0, 1, 2, 3],
+    "LunarLander-v3": [0, 1, 4, 6, 7],
+    "LunarLanderContinuous-v3": [0, 1, 4, 6, 7],
+}
+
+
+class HideVelocity(gym.ObservationWrapper):
+    """Keep only the position entries of the observation: velocities must then be inferred from memory."""
+
+    def __init__(self, env: gym.Env, env_id: str):
+        super().__init__(env)
+        if env_id not in VELOCITY_FREE_INDICES:
+            raise ValueError(
+                f"env.gymnasium.hide_velocity is not defined for {env_id!r}; "
+                f"known ids: {', '.join(sorted(VELOCITY_FREE_INDICES))}"
+            )
+        self.keep = np.array(VELOCITY_FREE_INDICES[env_id])
+        space = env.observation_space
+        self.observation_space = gym.spaces.Box(space.low[self.keep], space.high[self.keep], dtype=space.dtype)
+
+    def observation(self, observation):
+        return observation[self.keep]
+
+
+class GymVecEnv:
+    """`num_envs` copies of a gymnasium env as one batch of single-agent rows."""
+
+    def __init__(self, env_id: str, num_envs: int, hide_velocity: bool = False, vectorization: str = "sync",
+                 seed: int = 0):
+        if env_id not in gym.registry:
+            close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
+            raise ValueError(f"env.gymnasium.id={env_id!r} is not a registered gymnasium id"
+                             + (f"; did you mean one of {close}?" if close else ""))
+        wrappers = [lambda e: HideVelocity(e, env_id)] if hide_velocity else []
+        self.env = gym.make_vec(
+            env_id, num_envs=num_envs, vectorization_mode=vectorization, wrappers=wrappers,
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        )
+        self.num_agents = num_envs
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self.seed = seed
+        self.tracker = EpisodeTracker(num_envs)
+        self._obs_shape = (num_envs, *self.single_observation_space.shape)
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
+        self.tracker = EpisodeTracker(self.num_agents)
+        return self._check_obs(obs)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        actions = check_actions(actions, self.single_action_space, self.num_agents)
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(actions)
+        except Exception as err:  # name the env and step that failed, keep the original traceback
+            raise RuntimeError(f"gymnasium env {self.env.spec.id if self.env.spec else ''} raised in step: {err}") from err
+        obs = self._check_obs(obs)
+        reward = np.asarray(reward, dtype=np.float32)
+        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+        final_obs = obs.copy()
+        if "_final_obs" in info:
+            for row in np.flatnonzero(info["_final_obs"]):
+                final_obs[row] = info["final_obs"][row]
+        returns, lengths = self.tracker.update(reward, terminated | truncated)
+        return StepResult(obs, reward, terminated, truncated, final_obs, returns, lengths)
+
+    def _check_obs(self, obs) -> np.ndarray:
+        obs = np.asarray(obs)
+        if obs.shape != self._obs_shape:
+            raise ValueError(f"env returned observations of shape {obs.shape}, expected {self._obs_shape}")
+        return obs.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,63 @@
+"""Optimizers: Adam for everything, or Muon for the hidden weight matrices with Adam for the rest."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from carrystate.config import TrainerConfig
+
+
+class Combined(torch.optim.Optimizer):
+    """Several optimizers stepped as one (state_dict and param_groups are theirs, concatenated)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+        self.defaults = {}
+        self.state = {}
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for o, s in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            o.load_state_dict(s)
+
+
+def hidden_matrices(policy: nn.Module) -> list[str]:
+    """Names of the 2-D weights inside the network (encoder after its input layer, recurrent core);
+    the input layer, heads, biases and other parameters stay with Adam, as Muon's authors advise."""
+    names = [n for n, p in policy.named_parameters() if p.dim() == 2 and (n.startswith("core.") or n.startswith("encoder."))]
+    encoder = [n for n in names if n.startswith("encoder.")]
+    return [n for n in names if not encoder or n != encoder[0]]
+
+
+def make_optimizer(policy: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    muon_names = set(hidden_matrices(policy))
+    muon = [p for n, p in policy.named_parameters() if n in muon_names]
+    rest = [p for n, p in policy.named_parameters() if n not in muon_names]
+    optimizers = [torch.optim.Adam(rest, lr=cfg.muon_adam_lr, eps=cfg.adam_eps)]
+    if muon:
+        optimizers.insert(0, torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=0.0))
+    for o in optimizers:
+        for g in o.param_groups:
+            g["initial_lr"] = g["lr"]
+    return Combined(optimizers)
+
+
+def set_lr_fraction(optimizer: torch.optim.Optimizer, fraction: float) -> None:
+    """Scale every group's learning rate to `fraction` of its initial value (linear annealing)."""
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+        g["lr"] = g["initial_lr"] * fraction

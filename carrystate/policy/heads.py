@@ -1,0 +1,99 @@
+"""Action heads: the distribution of an action given core features, for Discrete, MultiDiscrete, Box.
+
+Each head turns features into a flat parameter tensor (`forward`), samples from it with an explicit
+torch.Generator (so runs are reproducible and resumable), and scores actions (`log_prob_entropy`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def _layer(i: int, o: int, std: float) -> nn.Linear:
+    layer = nn.Linear(i, o)
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class CategoricalHead(nn.Module):
+    """One or several independent categorical choices (Discrete is MultiDiscrete with one entry)."""
+
+    def __init__(self, in_size: int, nvec: list[int], multi: bool):
+        super().__init__()
+        self.nvec, self.multi = list(nvec), multi
+        self.linear = _layer(in_size, sum(nvec), 0.01)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.linear(h)
+
+    def _split(self, params: Tensor) -> list[Tensor]:
+        return [torch.log_softmax(p, -1) for p in params.split(self.nvec, -1)]
+
+    def sample(self, params: Tensor, generator: torch.Generator | None) -> Tensor:
+        picks = []
+        for logp in self._split(params):
+            flat = logp.reshape(-1, logp.shape[-1]).exp()
+            picks.append(torch.multinomial(flat, 1, generator=generator).view(logp.shape[:-1]))
+        a = torch.stack(picks, -1)
+        return a if self.multi else a.squeeze(-1)
+
+    def mode(self, params: Tensor) -> Tensor:
+        a = torch.stack([p.argmax(-1) for p in params.split(self.nvec, -1)], -1)
+        return a if self.multi else a.squeeze(-1)
+
+    def log_prob_entropy(self, params: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        action = action.long() if self.multi else action.long().unsqueeze(-1)
+        logp_sum = torch.zeros(params.shape[:-1], device=params.device)
+        ent_sum = torch.zeros_like(logp_sum)
+        for i, logp in enumerate(self._split(params)):
+            logp_sum = logp_sum + logp.gather(-1, action[..., i : i + 1]).squeeze(-1)
+            ent_sum = ent_sum - (logp.exp() * logp).sum(-1)
+        return logp_sum, ent_sum
+
+
+class GaussianHead(nn.Module):
+    """Diagonal Gaussian with a learned, state-independent log standard deviation (actions unbounded;
+    the trainer clips them to the Box only when sending them to the env)."""
+
+    def __init__(self, in_size: int, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape, self.dim = shape, int(np.prod(shape))
+        self.mean = _layer(in_size, self.dim, 0.01)
+        self.log_std = nn.Parameter(torch.zeros(self.dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        mean = self.mean(h)
+        return torch.cat([mean, self.log_std.expand_as(mean)], -1)
+
+    def sample(self, params: Tensor, generator: torch.Generator | None) -> Tensor:
+        mean, log_std = params.chunk(2, -1)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return (mean + log_std.exp() * noise).view(*mean.shape[:-1], *self.shape)
+
+    def mode(self, params: Tensor) -> Tensor:
+        mean, _ = params.chunk(2, -1)
+        return mean.view(*mean.shape[:-1], *self.shape)
+
+    def log_prob_entropy(self, params: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = params.chunk(2, -1)
+        a = action.reshape(*mean.shape)
+        z = (a - mean) / log_std.exp()
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        entropy = (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+        return logp, entropy
+
+
+def make_head(in_size: int, space: gym.Space) -> nn.Module:
+    if isinstance(space, gym.spaces.Discrete):
+        return CategoricalHead(in_size, [int(space.n)], multi=False)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return CategoricalHead(in_size, [int(n) for n in space.nvec.ravel()], multi=True)
+    if isinstance(space, gym.spaces.Box):
+        return GaussianHead(in_size, space.shape)
+    raise ValueError(f"action space {space} is not supported (Discrete, MultiDiscrete or Box)")

@@ -1,0 +1,80 @@
+"""One collection phase: the policy acts with frozen weights until the `SegmentBuffer` is full.
+
+`Rollout` owns what must persist between phases besides the recurrent state: the env batch, its current
+observation and which agents start an episode at that observation. The recurrent state itself lives in the
+`StateStore` (slice key `slice_start`) and is carried into the next phase untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from carrystate.buffer import SegmentBuffer
+from carrystate.envs.base import VecEnv
+from carrystate.policy import Policy
+from carrystate.state import StateStore
+
+
+@dataclass
+class RolloutStats:
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    success: list[float] = field(default_factory=list)
+
+
+class Rollout:
+    def __init__(self, env: VecEnv, store: StateStore, device: torch.device | str = "cpu", slice_start: int = 0,
+                 seed: int | None = None):
+        self.env, self.store, self.slice_start = env, store, slice_start
+        self.device = torch.device(device)
+        if slice_start not in store.sizes:
+            store.register(slice_start, env.num_agents)
+        self.obs = env.reset(seed=seed)  # [agents, *obs_shape] numpy
+        self.starts = np.ones(env.num_agents, dtype=bool)  # [agents] the current obs opens an episode
+        space = env.single_action_space
+        self._box = isinstance(space, gym.spaces.Box)
+        self._low, self._high = (space.low, space.high) if self._box else (None, None)
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, device=self.device)
+
+    def _env_actions(self, action: torch.Tensor) -> np.ndarray:
+        a = action.cpu().numpy()
+        return np.clip(a, self._low, self._high) if self._box else a
+
+    @torch.no_grad()
+    def collect(self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator) -> RolloutStats:
+        stats = RolloutStats()
+        key = self.slice_start
+        for t in range(buffer.steps):
+            obs, starts = self._tensor(self.obs), self._tensor(self.starts)
+            state = self.store.get(key)  # already zero where starts: reset happened when the episode ended
+            if t % buffer.horizon == 0:
+                buffer.write_start_state(t, state)
+            params, value, state = policy.step(obs, state, starts)
+            action = policy.actor.sample(params, generator)
+            logprob, _ = policy.actor.log_prob_entropy(params, action)
+            res = self.env.step(self._env_actions(action))
+            final_values = torch.zeros_like(value)
+            if res.truncated.any():  # bootstrap a time-limit cut from the value of its final observation
+                rows = self._tensor(np.flatnonzero(res.truncated))
+                final_obs = self._tensor(res.final_obs)[rows]
+                rows_state = tuple(s[:, rows] for s in state)
+                _, v_final, _ = policy.step(final_obs, rows_state, torch.zeros_like(rows, dtype=torch.bool))
+                final_values[rows] = v_final
+            done = res.terminated | res.truncated
+            self.store.set(key, state)
+            self.store.reset(key, self._tensor(done))
+            buffer.write(t, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
+                         rewards=self._tensor(res.reward), terminated=self._tensor(res.terminated),
+                         truncated=self._tensor(res.truncated), final_values=final_values)
+            self.obs, self.starts = res.obs, done
+            stats.episode_returns += res.episode_returns
+            stats.episode_lengths += res.episode_lengths
+            stats.success += res.success
+        _, buffer.last_value[:], _ = policy.step(self._tensor(self.obs), self.store.get(key), self._tensor(self.starts))
+        return stats

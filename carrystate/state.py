@@ -1,0 +1,66 @@
+"""`StateStore`: the recurrent state of every agent, carried across steps and rollouts.
+
+Keyed by the start of the env batch's slice of agents (several batches may alternate, as in
+double-buffered vectorisation); each entry is a tuple of tensors `[num_layers, agents_in_slice, hidden]`.
+Lifecycle: born as zeros at `register`; replaced after every rollout step by `set` (always detached: the
+store never holds a graph); zeroed by `reset(mask)` for exactly the agents whose episode just ended,
+before they see their next episode's first observation; saved and restored with `state_dict`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from carrystate.policy.core import State, mask_state
+
+
+class StateStore:
+    def __init__(self, num_tensors: int, num_layers: int, hidden_size: int, device: torch.device | str = "cpu"):
+        self.num_tensors, self.num_layers, self.hidden_size = num_tensors, num_layers, hidden_size
+        self.device = torch.device(device)
+        self.slices: dict[int, State] = {}
+        self.sizes: dict[int, int] = {}
+
+    def register(self, start: int, num_agents: int) -> None:
+        """Create zero state for the agents [start, start + num_agents)."""
+        for other, size in self.sizes.items():
+            if start < other + size and other < start + num_agents and other != start:
+                raise ValueError(f"agent slice [{start}, {start + num_agents}) overlaps [{other}, {other + size})")
+        self.sizes[start] = num_agents
+        shape = (self.num_layers, num_agents, self.hidden_size)
+        self.slices[start] = tuple(torch.zeros(shape, device=self.device) for _ in range(self.num_tensors))
+
+    def get(self, start: int) -> State:
+        return self.slices[start]
+
+    def set(self, start: int, state: State) -> None:
+        if len(state) != self.num_tensors or any(s.shape[1] != self.sizes[start] for s in state):
+            raise ValueError(f"state for slice {start} must be {self.num_tensors} tensors with {self.sizes[start]} agents")
+        self.slices[start] = tuple(s.detach() for s in state)
+
+    def reset(self, start: int, mask: Tensor) -> None:
+        """Zero the state of the agents of this slice where mask [agents_in_slice] is true; nobody else."""
+        self.slices[start] = mask_state(self.slices[start], mask.to(self.device))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Flat name → tensor mapping (safetensors-ready): `slice{start}.{i}`."""
+        return {f"slice{start}.{i}": t.contiguous().cpu() for start, st in self.slices.items() for i, t in enumerate(st)}
+
+    def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        for start, size in self.sizes.items():
+            loaded = []
+            for i in range(self.num_tensors):
+                key = f"slice{start}.{i}"
+                if key not in tensors:
+                    raise ValueError(f"saved recurrent state lacks {key}: the checkpoint has other env slices")
+                t = tensors[key]
+                want = (self.num_layers, size, self.hidden_size)
+                if tuple(t.shape) != want:
+                    raise ValueError(
+                        f"saved recurrent state {key} has shape {tuple(t.shape)} but this run needs {want} "
+                        "([num_layers, agents, hidden_size]): policy.hidden_size, policy.num_layers or the "
+                        "number of agents differ from the checkpoint's"
+                    )
+                loaded.append(t.to(self.device))
+            self.slices[start] = tuple(loaded)
