@@ -78,3 +78,37 @@ class Rollout:
             stats.success += res.success
         _, buffer.last_value[:], _ = policy.step(self._tensor(self.obs), self.store.get(key), self._tensor(self.starts))
         return stats
+
+
+@torch.no_grad()
+def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = False, seed: int = 0,
+             device: torch.device | str = "cpu", max_steps: int = 1_000_000) -> RolloutStats:
+    """Run the policy (weights frozen, state carried and reset exactly as in training) for `episodes`."""
+    core = policy.core
+    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, device)
+    store.register(0, env.num_agents)
+    generator = torch.Generator(device).manual_seed(seed)
+    obs, starts = env.reset(seed=seed), np.ones(env.num_agents, dtype=bool)
+    space = env.single_action_space
+    stats = RolloutStats()
+    for _ in range(max_steps):
+        if len(stats.episode_returns) >= episodes:
+            break
+        params, _, state = policy.step(torch.as_tensor(obs, device=device), store.get(0),
+                                       torch.as_tensor(starts, device=device))
+        action = policy.actor.mode(params) if deterministic else policy.actor.sample(params, generator)
+        a = action.cpu().numpy()
+        if isinstance(space, gym.spaces.Box):
+            a = np.clip(a, space.low, space.high)
+        res = env.step(a)
+        starts = res.terminated | res.truncated
+        store.set(0, state)
+        store.reset(0, torch.as_tensor(starts, device=device))
+        obs = res.obs
+        stats.episode_returns += res.episode_returns
+        stats.episode_lengths += res.episode_lengths
+        stats.success += res.success
+    stats.episode_returns = stats.episode_returns[:episodes]
+    stats.episode_lengths = stats.episode_lengths[:episodes]
+    stats.success = stats.success[:episodes]
+    return stats

@@ -1,0 +1,120 @@
+"""Command line: `carrystate train | eval`. Parsing and printing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from carrystate.config import ConfigError
+
+TRAIN_EPILOG = """examples:
+  carrystate train                                   # built-in T-maze, default settings
+  carrystate train configs/cartpole_novel.yaml       # CartPole without velocity
+  carrystate train trainer.bptt_horizon=16 policy.core=gru trainer.seed=3
+settings are listed with their documentation by `carrystate config`"""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from carrystate.config import load_config
+    from carrystate.trainer import Trainer, default_run_dir
+
+    config_path, overrides = None, []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif config_path is None:
+            config_path = item
+        else:
+            raise ConfigError(f"two config files given ({config_path}, {item}); pass one, then key=value overrides")
+    cfg = load_config(config_path, overrides)
+    run_dir = default_run_dir(cfg)
+    print(f"run folder: {run_dir}", flush=True)
+    trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)
+    summary = trainer.train()
+    print(summary.text())
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from carrystate.envs import make_env
+    from carrystate.rollout import evaluate
+    from carrystate.trainer import load_policy
+
+    policy, cfg = load_policy(Path(args.checkpoint))
+    env_cfg = cfg.env.model_copy(update={"num_envs": args.num_envs or cfg.env.num_envs})
+    env = make_env(env_cfg, seed=args.seed)
+    stats = evaluate(policy, env, args.episodes, deterministic=args.deterministic, seed=args.seed)
+    env.close()
+    r = np.array(stats.episode_returns)
+    print(f"{len(r)} episodes: return {r.mean():.3f} ± {r.std():.3f} (min {r.min():.3f}, max {r.max():.3f})")
+    if stats.success:
+        print(f"success rate: {np.mean(stats.success):.1%}")
+    if args.verbose:
+        print("returns:", " ".join(f"{x:.3f}" for x in r))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from pydantic import BaseModel
+
+    from carrystate.config import Config, dump_config, load_config
+
+    if args.show:
+        print(dump_config(load_config(args.show if args.show != "-" else None)), end="")
+        return 0
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                print(f"{prefix}{name} = {field.default!r}\n    {field.description or ''}")
+
+    walk(Config, "")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carrystate", description="Recurrent PPO with exact, carried LSTM/GRU state.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a policy", epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train with CONFIG (a YAML file; default settings if omitted) and "
+                                   "section.key=value overrides. Writes runs/<run-name>/.")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a config file and/or overrides")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="run episodes with a trained policy and print returns",
+                       description="Run a checkpoint's policy (a checkpoint folder or a run folder) and print returns.")
+    p.add_argument("checkpoint", help="runs/<name> or runs/<name>/checkpoints/iter_N")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to run (default 100)")
+    p.add_argument("--num-envs", type=int, default=None, help="env copies (default: as trained)")
+    p.add_argument("--deterministic", action="store_true", help="take the most likely action instead of sampling")
+    p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every episode's return")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser("config", help="list every setting with its documentation, or print a resolved config",
+                       description="Without options: every setting, its default and documentation.")
+    p.add_argument("--show", metavar="CONFIG", help="print the full resolved YAML of CONFIG ('-' for defaults)")
+    p.set_defaults(func=_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"carrystate: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

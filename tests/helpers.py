@@ -1,0 +1,86 @@
+"""Test doubles: a scripted env batch whose observations and episode ends are fixed in advance."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from carrystate.buffer import SegmentBuffer
+from carrystate.config import PolicyConfig
+from carrystate.envs.base import EpisodeTracker, StepResult
+from carrystate.policy import Policy
+from carrystate.rollout import Rollout
+from carrystate.state import StateStore
+
+
+class ScriptedEnv:
+    """Observations come from a table (independent of actions); `ends[(agent, step)]` is 'term' or
+    'trunc' for the step at which that agent's episode ends. `final_table[step]` is the final observation."""
+
+    def __init__(self, num_agents: int, steps: int, obs_dim: int = 3, ends: dict | None = None, seed: int = 0,
+                 num_actions: int = 3):
+        rng = np.random.default_rng(seed)
+        self.num_agents = num_agents
+        self.obs_table = rng.normal(size=(steps + 1, num_agents, obs_dim)).astype(np.float32)
+        self.final_table = rng.normal(size=(steps + 1, num_agents, obs_dim)).astype(np.float32)
+        self.reward_table = rng.normal(size=(steps, num_agents)).astype(np.float32)
+        self.ends = dict(ends or {})
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        self.single_action_space = gym.spaces.Discrete(num_actions)
+        self.t = 0
+        self.tracker = EpisodeTracker(num_agents)
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self.obs_table[0].copy()
+
+    def step(self, actions):
+        t = self.t
+        term = np.array([self.ends.get((a, t)) == "term" for a in range(self.num_agents)])
+        trunc = np.array([self.ends.get((a, t)) == "trunc" for a in range(self.num_agents)])
+        self.t += 1
+        reward = self.reward_table[t]
+        returns, lengths = self.tracker.update(reward, term | trunc)
+        return StepResult(self.obs_table[t + 1].copy(), reward.copy(), term, trunc, self.final_table[t + 1].copy(),
+                          returns, lengths)
+
+    def close(self):
+        pass
+
+
+def make_policy(core: str = "lstm", obs_dim: int = 3, num_actions: int = 3, hidden: int = 8, layers: int = 1,
+                seed: int = 0) -> Policy:
+    torch.manual_seed(seed)
+    cfg = PolicyConfig(core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16])
+    return Policy(cfg, gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(num_actions))
+
+
+def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 1, seed: int = 0):
+    """Run `rollouts` collection phases; returns (rollout, store, [buffer per phase])."""
+    core = policy.core
+    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    rollout = Rollout(env, store)
+    gen = torch.Generator().manual_seed(seed)
+    buffers = []
+    for _ in range(rollouts):
+        buf = SegmentBuffer(env.num_agents, batch_size, horizon, env.single_observation_space.shape, torch.float32,
+                            (), torch.long, policy.initial_state(1))
+        rollout.collect(policy, buf, gen)
+        buffers.append(buf)
+    return rollout, store, buffers
+
+
+def manual_states(policy: Policy, obs: np.ndarray, done: np.ndarray):
+    """Independent reference: step one agent through `obs` [T, obs_dim] with plain Python, zeroing its
+    state after every step where done[t]. Returns the state held *before* each step and the values."""
+    state = policy.initial_state(1)
+    before, values = [], []
+    with torch.no_grad():
+        for t in range(len(obs)):
+            before.append(tuple(s.clone() for s in state))
+            _, v, state = policy.step(torch.as_tensor(obs[t : t + 1]), state, torch.zeros(1, dtype=torch.bool))
+            values.append(float(v))
+            if done[t]:
+                state = tuple(torch.zeros_like(s) for s in state)
+    return before, values
