@@ -53,7 +53,8 @@ class _CueTask:
         first = self.t == 0
         obs[first, self.cue[first]] = 1.0
         decide = self.t == self.length + 1  # t=0 cue, t=1..length blank, t=length+1 decision
-        obs[~first & ~decide, self.num_cues] = 1.0  # corridor / blank
+        obs[(self.t >= 1) & (self.t <= self.length), self.num_cues] = 1.0  # corridor / blank
+        # after the decision (t = length + 2) the observation is all zeros: the terminal state
         obs[decide, self.num_cues + 1] = 1.0  # junction / query
         return obs
 
