@@ -83,3 +83,13 @@ def test_metta_config_holds_the_seed_settings():
 
 def test_default_yaml_equals_builtin_defaults():
     assert load_config(CONFIGS / "default.yaml") == Config()
+
+
+def test_metta_config_runs_one_iteration_on_cpu():
+    from carrystate.trainer import Trainer
+
+    cfg = load_config(CONFIGS / "metta.yaml")
+    trainer = Trainer(cfg, quiet=True)
+    summary = trainer.train()
+    assert summary.iterations == 1 and summary.global_step == 524288
+    assert trainer.buffer.obs.shape[:2] == (8192, 64) and trainer.buffer.rows_per_agent == 8

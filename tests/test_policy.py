@@ -101,3 +101,21 @@ def test_replay_matches_rollout_for_other_action_spaces(space):
         logp, _ = policy.actor.log_prob_entropy(params, buf.actions)
     torch.testing.assert_close(logp, buf.logprobs, atol=1e-5, rtol=0)
     torch.testing.assert_close(values, buf.values, atol=1e-5, rtol=0)
+
+
+def test_muon_takes_hidden_matrices_and_adam_the_rest():
+    from carrystate.config import TrainerConfig
+    from carrystate.optim import hidden_matrices, make_optimizer
+
+    policy = Policy(PolicyConfig(hidden_size=8, encoder_sizes=[8, 8]), gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
+    names = hidden_matrices(policy)
+    assert names == ["encoder.net.2.weight", "core.rnn.weight_ih_l0", "core.rnn.weight_hh_l0"]
+    opt = make_optimizer(policy, TrainerConfig(optimizer="muon", learning_rate=0.018))
+    muon, adam = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
+    assert len(muon.param_groups[0]["params"]) + len(adam.param_groups[0]["params"]) == len(list(policy.parameters()))
+    before = {n: p.clone() for n, p in policy.named_parameters()}
+    params, values, _ = policy.sequence(torch.randn(4, 5, 3), policy.initial_state(4), torch.zeros(4, 5, dtype=torch.bool))
+    (params.sum() + values.sum()).backward()
+    opt.step()
+    assert all(not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0)
