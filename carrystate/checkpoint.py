@@ -1,15 +1,25 @@
-"""Checkpoints: weights and carried recurrent state in safetensors, optimizer state loaded with
-`weights_only=True` (never arbitrary unpickling), counters and config in JSON. Written atomically:
-everything goes to a temporary folder that is fsynced and renamed into place.
+"""Checkpoints: everything needed to continue a run, written atomically, verified on load.
 
-Layout: `<run>/checkpoints/iter_<NNNNNN>/{model.safetensors, state.safetensors, optimizer.pt, meta.json}`.
+A checkpoint is a folder `<run>/checkpoints/iter_<NNNNNN>/` with
+- `model.safetensors`: the policy weights;
+- `tensors.safetensors`: the carried recurrent state (`store.*`), RNG states (`rng.*`), the rollout's
+  current observation (`rollout.*`) and the built-in env's arrays (`env.*`);
+- `optimizer.pt`: the optimizer state, read back with `torch.load(weights_only=True)` (no arbitrary
+  unpickling: a crafted file cannot run code);
+- `meta.json`: counters, the config, JSON-able extras, and the SHA-256 of every other file.
+
+Writes go to a temporary folder that is fsynced and renamed into place, so a crash or a second Ctrl-C
+leaves the previous checkpoints untouched. On load, a checkpoint whose files are missing, truncated or do
+not match their checksums is skipped with a warning and the one before it is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,8 +27,22 @@ from safetensors.torch import load_file, save_file
 
 from carrystate.config import Config, config_from_dict
 
+FILES = ("model.safetensors", "tensors.safetensors", "optimizer.pt")
 
-def _fsync_dir(path: Path) -> None:
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that does not fit the run it is loaded into."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -26,52 +50,88 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, iteration: int, *, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, torch.Tensor], meta: dict, config: Config) -> Path:
-    """Write checkpoint `iter_<iteration>` atomically and return its folder."""
+def save_checkpoint(run_dir: Path, iteration: int, *, model: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                    optimizer: dict, meta: dict, config: Config, keep: int = 3) -> Path:
+    """Write checkpoint `iter_<iteration>` atomically, drop all but the newest `keep`, return its folder."""
+    for name, t in model.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"iter_{iteration:06d}"
-    tmp = root / f".tmp_iter_{iteration:06d}"
+    final, tmp = root / f"iter_{iteration:06d}", root / f".tmp_iter_{iteration:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors")
-    save_file(state, tmp / "state.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "meta.json").write_text(json.dumps({**meta, "iteration": iteration,
-                                               "config": config.model_dump(mode="json")}, indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.items()}, tmp / "model.safetensors")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "tensors.safetensors")
+    torch.save(optimizer, tmp / "optimizer.pt")
+    sums = {name: _sha256(tmp / name) for name in FILES}
+    full_meta = {**meta, "iteration": iteration, "config": config.model_dump(mode="json"), "sha256": sums}
+    (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
     for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+        _fsync(f)
+    _fsync(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    _fsync(root)
+    for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or the newest one of a run folder."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return path
-    found = sorted((path / "checkpoints").glob("iter_*")) if (path / "checkpoints").is_dir() else []
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {path} (expected {path}/checkpoints/iter_*/ or a checkpoint folder)")
-    return found[-1]
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first (temporary folders of interrupted writes excluded)."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(root.glob("iter_*")) if root.is_dir() else []
+
+
+def _read(path: Path) -> dict:
+    meta = json.loads((path / "meta.json").read_text())
+    for name, digest in meta["sha256"].items():
+        if _sha256(path / name) != digest:
+            raise CheckpointError(f"{path / name} does not match its checksum (truncated or corrupted)")
+    return {
+        "path": path,
+        "meta": meta,
+        "config": config_from_dict(meta["config"]),
+        "model": load_file(path / "model.safetensors"),
+        "tensors": load_file(path / "tensors.safetensors"),
+        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+    }
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint folder: {'config', 'model', 'state', 'optimizer', 'meta'} (tensors on CPU)."""
-    path = latest_checkpoint(path)
-    meta = json.loads((path / "meta.json").read_text())
-    return {
-        "path": path,
-        "config": config_from_dict(meta["config"]),
-        "model": load_file(path / "model.safetensors"),
-        "state": load_file(path / "state.safetensors"),
-        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-        "meta": meta,
-    }
+    """Read a checkpoint folder, or the newest intact checkpoint of a run folder (warning about any newer
+    one that is damaged). Returns {'path', 'meta', 'config', 'model', 'tensors', 'optimizer'}, on CPU."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        candidates = [path]
+    else:
+        candidates = checkpoints(path)[::-1]
+        if not candidates:
+            raise CheckpointError(f"no checkpoint in {path} (expected {path}/checkpoints/iter_*/ or a checkpoint folder)")
+    problems = []
+    for candidate in candidates:
+        try:
+            ckpt = _read(candidate)
+        except Exception as err:  # noqa: BLE001 - any damage means: try the previous one
+            problems.append(f"{candidate.name}: {err}")
+            warnings.warn(f"checkpoint {candidate} is unusable ({err}); trying the previous one", stacklevel=2)
+            continue
+        return ckpt
+    raise CheckpointError("no usable checkpoint:\n  " + "\n  ".join(problems))
+
+
+def config_differences(saved: Config, current: Config) -> list[str]:
+    """Settings that make a checkpoint's weights or carried state unusable in `current`."""
+    diffs = []
+    for section in ("policy",):
+        a, b = getattr(saved, section).model_dump(), getattr(current, section).model_dump()
+        diffs += [f"{section}.{k}: checkpoint {a[k]!r}, this run {b[k]!r}" for k in a if a[k] != b[k]]
+    for key in ("name", "num_envs"):
+        a, b = getattr(saved.env, key), getattr(current.env, key)
+        if a != b:
+            diffs.append(f"env.{key}: checkpoint {a!r}, this run {b!r}")
+    if saved.env.num_agents != current.env.num_agents:
+        diffs.append(f"agents: checkpoint {saved.env.num_agents}, this run {current.env.num_agents}")
+    return diffs

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from carrystate.checkpoint import CheckpointError
 from carrystate.config import ConfigError
+from carrystate.envs.base import EnvError
+from carrystate.trainer import NumericalError
 
 TRAIN_EPILOG = """examples:
   carrystate train                                   # built-in T-maze, default settings
@@ -29,13 +32,23 @@ def _train(args: argparse.Namespace) -> int:
             config_path = item
         else:
             raise ConfigError(f"two config files given ({config_path}, {item}); pass one, then key=value overrides")
-    cfg = load_config(config_path, overrides)
-    run_dir = default_run_dir(cfg)
-    print(f"run folder: {run_dir}", flush=True)
-    trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)
+    if args.resume:
+        if config_path is not None:
+            raise ConfigError("with --resume the run folder's own config is used; pass only key=value overrides")
+        trainer = Trainer.resume(args.resume, overrides, quiet=args.quiet)
+        print(f"resuming {args.resume} from {trainer.last_checkpoint} "
+              f"(iteration {trainer.iteration}, {trainer.global_step:,} agent-steps)", flush=True)
+        note = getattr(trainer, "resume_note", None)
+        if note:
+            print(f"note: {note}", flush=True)
+    else:
+        cfg = load_config(config_path, overrides)
+        run_dir = default_run_dir(cfg)
+        print(f"run folder: {run_dir}", flush=True)
+        trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)
     summary = trainer.train()
     print(summary.text())
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -87,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "section.key=value overrides. Writes runs/<run-name>/.")
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a config file and/or overrides")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest intact "
+                   "checkpoint (overrides such as trainer.total_timesteps=... still apply)")
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="run episodes with a trained policy and print returns",
                        description="Run a checkpoint's policy (a checkpoint folder or a run folder) and print returns.")
@@ -108,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         print(f"carrystate: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except (EnvError, NumericalError) as err:
+        print(f"carrystate: training stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        print(f"\ncarrystate: {err or 'interrupted'}; the last good checkpoint is left as it was", file=sys.stderr)
         return 130
 
 

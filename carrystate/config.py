@@ -147,6 +147,8 @@ class TrainerConfig(_Section):
     spin against each other and against the env); 0 leaves torch's default."""
     checkpoint_interval: int = Field(50, ge=1)
     """Write a checkpoint every this many iterations (and always at the end)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    """How many of the newest checkpoints to keep in the run folder."""
     run_name: str | None = None
     """Folder name under runs/; default: <env>-<core>-<seed>-<time>."""
     runs_dir: str = "runs"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 
 from rich.console import Console
 
@@ -18,8 +17,6 @@ class Monitor:
         self.live = self.console.is_terminal and not quiet
         self.quiet = quiet
         self.total = total_steps
-        self.returns: deque[float] = deque(maxlen=200)
-        self.success: deque[float] = deque(maxlen=200)
         self.start = time.perf_counter()
         self.last_print = 0.0
 
@@ -28,7 +25,7 @@ class Monitor:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
 
-    def progress(self, step: int, sps: float, losses: dict[str, float]) -> None:
+    def progress(self, step: int, sps: float, losses: dict[str, float], returns, success) -> None:
         if self.quiet:
             return
         now = time.perf_counter()
@@ -36,8 +33,8 @@ class Monitor:
             return
         self.last_print = now
         left = (self.total - step) / sps if sps > 0 else float("nan")
-        ret = f"{sum(self.returns) / len(self.returns):7.3f}" if self.returns else "    n/a"
-        succ = f" success {sum(self.success) / len(self.success):5.1%}" if self.success else ""
+        ret = f"{sum(returns) / len(returns):7.3f}" if returns else "    n/a"
+        succ = f" success {sum(success) / len(success):5.1%}" if success else ""
         line = (f"step {step:>9,}/{self.total:,}  SPS {sps:7,.0f}  return {ret}{succ}  "
                 f"pg {losses.get('losses/policy_loss', 0):+.3f}  v {losses.get('losses/value_loss', 0):.3f}  "
                 f"ent {losses.get('losses/entropy', 0):.3f}  kl {losses.get('losses/approx_kl', 0):.4f}  "

@@ -13,9 +13,12 @@ class Combined(torch.optim.Optimizer):
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
         self.optimizers = optimizers
-        self.param_groups = [g for o in optimizers for g in o.param_groups]
         self.defaults = {}
         self.state = {}
+
+    @property
+    def param_groups(self):  # read through: load_state_dict replaces the inner optimizers' group dicts
+        return [g for o in self.optimizers for g in o.param_groups]
 
     def step(self, closure=None):
         for o in self.optimizers:

@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from carrystate.buffer import SegmentBuffer
-from carrystate.envs.base import VecEnv
+from carrystate.envs.base import EnvError, VecEnv, check_step_result
 from carrystate.policy import Policy
 from carrystate.state import StateStore
 
 
 @dataclass
 class RolloutStats:
+    steps: int = 0  # rollout steps taken (agent-steps = steps × agents)
+    interrupted: bool = False
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     success: list[float] = field(default_factory=list)
@@ -33,11 +35,32 @@ class Rollout:
         self.device = torch.device(device)
         if slice_start not in store.sizes:
             store.register(slice_start, env.num_agents)
-        self.obs = env.reset(seed=seed)  # [agents, *obs_shape] numpy
-        self.starts = np.ones(env.num_agents, dtype=bool)  # [agents] the current obs opens an episode
+        self.agents_per_env = getattr(env, "agents_per_env", 1)
+        self.obs_shape = tuple(env.single_observation_space.shape)
+        self.seed = seed
+        self.new_episodes()
         space = env.single_action_space
         self._box = isinstance(space, gym.spaces.Box)
         self._low, self._high = (space.low, space.high) if self._box else (None, None)
+
+    def new_episodes(self) -> None:
+        """Reset the env batch and zero every agent's carried state (fresh episodes everywhere)."""
+        self.obs = np.asarray(self.env.reset(seed=self.seed))  # [agents, *obs_shape]
+        self.starts = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs opens an episode
+        if self.obs.shape != (self.env.num_agents, *self.obs_shape):
+            raise EnvError(f"env.reset returned observations of shape {self.obs.shape}, "
+                           f"expected {(self.env.num_agents, *self.obs_shape)}")
+        self.store.reset(self.slice_start, torch.ones(self.env.num_agents, dtype=torch.bool))
+
+    def _step_env(self, actions: np.ndarray):
+        try:
+            res = self.env.step(actions)
+        except EnvError:
+            raise
+        except Exception as err:
+            raise EnvError(f"{type(self.env).__name__}.step raised {type(err).__name__}: {err}") from err
+        check_step_result(res, self.env.num_agents, self.obs_shape, self.agents_per_env)
+        return res
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, device=self.device)
@@ -47,10 +70,16 @@ class Rollout:
         return np.clip(a, self._low, self._high) if self._box else a
 
     @torch.no_grad()
-    def collect(self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator) -> RolloutStats:
+    def collect(self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator,
+                should_stop=lambda: False) -> RolloutStats:
+        """Fill `buffer`; if `should_stop()` turns true, return early with `interrupted` set (the buffer is
+        then incomplete and must not be trained on)."""
         stats = RolloutStats()
         key = self.slice_start
         for t in range(buffer.steps):
+            if should_stop():
+                stats.interrupted = True
+                return stats
             obs, starts = self._tensor(self.obs), self._tensor(self.starts)
             state = self.store.get(key)  # already zero where starts: reset happened when the episode ended
             if t % buffer.horizon == 0:
@@ -58,7 +87,7 @@ class Rollout:
             params, value, state = policy.step(obs, state, starts)
             action = policy.actor.sample(params, generator)
             logprob, _ = policy.actor.log_prob_entropy(params, action)
-            res = self.env.step(self._env_actions(action))
+            res = self._step_env(self._env_actions(action))
             final_values = torch.zeros_like(value)
             if res.truncated.any():  # bootstrap a time-limit cut from the value of its final observation
                 rows = self._tensor(np.flatnonzero(res.truncated))
@@ -76,6 +105,7 @@ class Rollout:
             stats.episode_returns += res.episode_returns
             stats.episode_lengths += res.episode_lengths
             stats.success += res.success
+            stats.steps += 1
         _, buffer.last_value[:], _ = policy.step(self._tensor(self.obs), self.store.get(key), self._tensor(self.starts))
         return stats
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import deque
+import signal
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,14 +18,18 @@ from torch import nn
 
 from carrystate import ppo
 from carrystate.buffer import SegmentBuffer
-from carrystate.checkpoint import load_checkpoint, save_checkpoint
-from carrystate.config import Config, ConfigError, dump_config
+from carrystate.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
+from carrystate.config import Config, ConfigError, config_from_dict, dump_config, parse_override
 from carrystate.envs import make_env
 from carrystate.monitor import Monitor
 from carrystate.optim import make_optimizer, set_lr_fraction
 from carrystate.policy import Policy
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
+
+
+class NumericalError(RuntimeError):
+    """A non-finite loss or gradient: training stops and the last good checkpoint is left as it is."""
 
 
 @dataclass
@@ -34,9 +42,12 @@ class Summary:
     wall_time: float
     run_dir: Path | None
     checkpoint: Path | None
+    interrupted: str | None = None  # the signal's name when a signal stopped the run
 
     def text(self) -> str:
-        lines = [f"trained {self.global_step:,} agent-steps in {self.iterations} iterations, "
+        lines = [f"stopped by {self.interrupted}: checkpoint written, resume with "
+                 f"`carrystate train --resume {self.run_dir}`"] if self.interrupted else []
+        lines += [f"trained {self.global_step:,} agent-steps in {self.iterations} iterations, "
                  f"{self.wall_time:.0f}s ({self.sps:,.0f} SPS)",
                  f"final mean episode return (last 200 episodes): {self.mean_return:.3f}"]
         if self.success_rate is not None:
@@ -85,32 +96,44 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.quiet = quiet
         self.last_checkpoint: Path | None = None
+        self.stop_signal: str | None = None  # set by the first SIGINT/SIGTERM
+        self.returns: deque[float] = deque(maxlen=200)  # the last 200 episodes, for progress and summary
+        self.success: deque[float] = deque(maxlen=200)
 
     # ---- the loop -------------------------------------------------------------------------------
-    def train(self) -> Summary:
+    def train(self, stop_after: int | None = None) -> Summary:
+        """Run iterations until the budget is spent (or `stop_after` iterations of this call, or a signal)."""
         monitor = Monitor(self.run_dir / "tb" if self.run_dir else None, self.num_iterations * self.cfg.trainer.batch_size, self.quiet)
         if self.run_dir:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-        start, steps_at_start = time.perf_counter(), self.global_step
-        while self.iteration < self.num_iterations:
-            self.anneal_learning_rate()
-            rollout_stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen)
-            self.compute_advantages()
-            losses = self.learn()
-            self.iteration += 1
-            self.global_step += self.cfg.trainer.batch_size
-            sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
-            self.log(monitor, rollout_stats, losses, sps)
-            if self.run_dir and (self.iteration % self.cfg.trainer.checkpoint_interval == 0
-                                 or self.iteration == self.num_iterations):
-                self.save()
+        start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration
+        stop = lambda: self.stop_signal is not None  # noqa: E731
+        with self.signals_stop_gracefully():
+            while self.iteration < self.num_iterations and not stop():
+                if stop_after is not None and self.iteration - first_iteration >= stop_after:
+                    break
+                self.anneal_learning_rate()
+                rollout_stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen, stop)
+                losses = {}
+                if not rollout_stats.interrupted:
+                    self.compute_advantages()
+                    losses = self.learn(stop)
+                self.iteration += 1
+                self.global_step += rollout_stats.steps * self.env.num_agents
+                sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
+                self.log(monitor, rollout_stats, losses, sps)
+                if self.run_dir and (self.iteration % self.cfg.trainer.checkpoint_interval == 0
+                                     or self.iteration == self.num_iterations or stop()
+                                     or (stop_after is not None and self.iteration - first_iteration >= stop_after)):
+                    self.save()
         monitor.close()
         wall = time.perf_counter() - start
-        returns, success = list(monitor.returns), list(monitor.success)
+        returns, success = list(self.returns), list(self.success)
         summary = Summary(self.iteration, self.global_step, float(np.mean(returns)) if returns else float("nan"),
                           float(np.mean(success)) if success else None,
-                          (self.global_step - steps_at_start) / max(wall, 1e-9), wall, self.run_dir, self.last_checkpoint)
+                          (self.global_step - steps_at_start) / max(wall, 1e-9), wall, self.run_dir, self.last_checkpoint,
+                          self.stop_signal)
         if self.run_dir:
             (self.run_dir / "summary.json").write_text(json.dumps(
                 {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2))
@@ -128,33 +151,45 @@ class Trainer:
         b.timeline(b.advantages)[:] = adv
         b.timeline(b.returns)[:] = ret
 
-    def learn(self) -> dict[str, float]:
-        """`update_epochs` passes; each shuffles all segments into minibatches, one optimizer step each."""
+    def learn(self, should_stop=lambda: False) -> dict[str, float]:
+        """`update_epochs` passes; each shuffles all segments into minibatches, one optimizer step each.
+        If `should_stop()` turns true, return after the current optimizer step."""
         t, policy = self.cfg.trainer, self.policy
         mb_segments = t.minibatch_size // t.bptt_horizon
         totals: dict[str, list[float]] = {}
-        for _epoch in range(t.update_epochs):
-            for idx in self.buffer.minibatch_plan(mb_segments, self.shuffle_gen):
+        for epoch in range(t.update_epochs):
+            for m, idx in enumerate(self.buffer.minibatch_plan(mb_segments, self.shuffle_gen)):
+                if should_stop():
+                    break
                 mb = self.buffer.minibatch(idx)
                 params, values, _ = policy.sequence(mb["obs"], mb["start_state"], mb["starts"])
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
                 parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
                                      mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv)
+                where = f"iteration {self.iteration + 1}, epoch {epoch + 1}, minibatch {m + 1}"
+                if not torch.isfinite(parts.loss):
+                    raise NumericalError(f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "
+                                         f"value {float(parts.value_loss)}, entropy {float(parts.entropy)}")
                 self.optimizer.zero_grad()
                 parts.loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm)
+                norm = nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm)
+                if not torch.isfinite(norm):
+                    bad = [n for n, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                    raise NumericalError(f"non-finite gradient at {where} in {', '.join(bad)}")
                 self.optimizer.step()
                 for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
                     totals.setdefault(name, []).append(float(getattr(parts, name)))
-            if t.target_kl is not None and np.mean(totals["approx_kl"][-len(idx):]) > t.target_kl:
+            if t.target_kl is not None and totals and np.mean(totals["approx_kl"][-(m + 1):]) > t.target_kl:
+                break
+            if should_stop():
                 break
         out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
         out["losses/explained_variance"] = ppo.explained_variance(self.buffer.values.flatten(), self.buffer.returns.flatten())
         return out
 
     def log(self, monitor: Monitor, rollout_stats, losses: dict[str, float], sps: float) -> None:
-        monitor.returns.extend(rollout_stats.episode_returns)
-        monitor.success.extend(rollout_stats.success)
+        self.returns.extend(rollout_stats.episode_returns)
+        self.success.extend(rollout_stats.success)
         scalars = dict(losses)
         scalars["charts/SPS"] = sps
         scalars["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
@@ -163,16 +198,100 @@ class Trainer:
             scalars["charts/episodic_length"] = float(np.mean(rollout_stats.episode_lengths))
         if rollout_stats.success:
             scalars["charts/success_rate"] = float(np.mean(rollout_stats.success))
-        monitor.scalars(self.global_step, scalars)
-        monitor.progress(self.global_step, sps, losses)
+        if self.stop_signal is None:
+            monitor.scalars(self.global_step, scalars)
+        monitor.progress(self.global_step, sps, losses, self.returns, self.success)
+
+    # ---- interruption ---------------------------------------------------------------------------
+    @contextmanager
+    def signals_stop_gracefully(self):
+        """First SIGINT/SIGTERM: finish the current optimizer (or env) step, checkpoint, stop. Second: stop
+        at once (checkpoints are written atomically, so the last good one stays intact)."""
+        def handler(signum, frame):
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
+            self.stop_signal = signal.Signals(signum).name
+            if not self.quiet:
+                print(f"\n{self.stop_signal}: finishing the current step and writing a checkpoint "
+                      "(signal again to stop at once)", flush=True)
+
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: no signal handling
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self) -> Path:
-        meta = {"global_step": self.global_step}
-        self.last_checkpoint = save_checkpoint(self.run_dir, self.iteration, policy=self.policy,
-                                               optimizer=self.optimizer, state=self.store.state_dict(),
-                                               meta=meta, config=self.cfg)
+        """Checkpoint everything that the next iteration depends on."""
+        tensors = {f"store.{k}": v for k, v in self.store.state_dict().items()}
+        tensors["rng.sample"] = self.sample_gen.get_state()
+        tensors["rng.shuffle"] = self.shuffle_gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rollout.obs"] = torch.from_numpy(np.ascontiguousarray(self.rollout.obs))
+        tensors["rollout.starts"] = torch.from_numpy(self.rollout.starts.copy())
+        meta = {"global_step": self.global_step, "interrupted": self.stop_signal,
+                "recent_returns": list(self.returns), "recent_success": list(self.success),
+                "env_state": None}
+        if hasattr(self.env, "state_dict"):
+            env_state = self.env.state_dict()
+            tensors.update({f"env.{k}": torch.from_numpy(np.asarray(v)) for k, v in env_state.items()
+                            if isinstance(v, np.ndarray)})
+            meta["env_state"] = {k: v for k, v in env_state.items() if not isinstance(v, np.ndarray)}
+        self.last_checkpoint = save_checkpoint(
+            self.run_dir, self.iteration, model=self.policy.state_dict(), tensors=tensors,
+            optimizer=self.optimizer.state_dict(), meta=meta, config=self.cfg, keep=self.cfg.trainer.keep_checkpoints)
         return self.last_checkpoint
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a checkpoint exactly (built-in envs) or with fresh episodes (envs that cannot be saved)."""
+        diffs = config_differences(ckpt["config"], self.cfg)
+        if diffs:
+            raise CheckpointError(f"checkpoint {ckpt['path']} does not fit this run:\n  " + "\n  ".join(diffs))
+        tensors, meta = ckpt["tensors"], ckpt["meta"]
+        self.policy.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.store.load_state_dict({k[len("store."):]: v for k, v in tensors.items() if k.startswith("store.")})
+        self.sample_gen.set_state(tensors["rng.sample"])
+        self.shuffle_gen.set_state(tensors["rng.shuffle"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.iteration, self.global_step = meta["iteration"], meta["global_step"]
+        self.returns.extend(meta["recent_returns"])
+        self.success.extend(meta["recent_success"])
+        if meta["env_state"] is not None and hasattr(self.env, "load_state_dict"):
+            env_state = dict(meta["env_state"])
+            env_state.update({k[len("env."):]: v.numpy() for k, v in tensors.items() if k.startswith("env.")})
+            self.env.load_state_dict(env_state)
+            self.rollout.obs = tensors["rollout.obs"].numpy().copy()
+            self.rollout.starts = tensors["rollout.starts"].numpy().copy()
+        else:
+            self.rollout.new_episodes()
+            self.resume_note = (f"{type(self.env).__name__} cannot save its state: the resumed run starts new "
+                                "episodes everywhere, with zeroed recurrent state")
+            warnings.warn(self.resume_note, stacklevel=2)
+        self.last_checkpoint = ckpt["path"]
+
+    @classmethod
+    def resume(cls, run_dir: Path | str, overrides: list[str] = (), quiet: bool = False) -> "Trainer":
+        """A trainer that continues the run in `run_dir` from its newest intact checkpoint. Overrides may
+        change e.g. trainer.total_timesteps; changes to the network or the agents are refused."""
+        ckpt = load_checkpoint(Path(run_dir))
+        data = ckpt["config"].model_dump(mode="json")
+        for item in overrides:
+            path, value = parse_override(item)
+            node = data
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        cfg = config_from_dict(data)
+        trainer = cls(cfg, run_dir=run_dir, quiet=quiet)
+        trainer.restore(ckpt)
+        return trainer
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -25,8 +25,8 @@ def test_train_writes_run_folder_and_eval_reads_it(tmp_path, monkeypatch, capsys
     assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     ckpts = sorted((run / "checkpoints").glob("iter_*"))
-    assert [c.name for c in ckpts] == [f"iter_{i:06d}" for i in range(1, 9)]
-    assert {p.name for p in ckpts[-1].iterdir()} == {"model.safetensors", "state.safetensors", "optimizer.pt", "meta.json"}
+    assert [c.name for c in ckpts] == [f"iter_{i:06d}" for i in range(6, 9)], "every iteration, newest 3 kept"
+    assert {p.name for p in ckpts[-1].iterdir()} == {"model.safetensors", "tensors.safetensors", "optimizer.pt", "meta.json"}
     out = capsys.readouterr().out
     assert "SPS" in out and "success rate" in out and "runs/t/checkpoints/iter_000008" in out
     assert main(["eval", str(run), "--episodes", "20"]) == 0

@@ -72,3 +72,30 @@ def check_actions(actions: np.ndarray, space: gym.Space, num_agents: int) -> np.
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(f"action {actions[row]} of agent {row} is outside {space}")
     return actions
+
+
+class EnvError(RuntimeError):
+    """An environment misbehaved: raised inside step, or returned data that breaks the VecEnv contract."""
+
+
+def check_step_result(res: StepResult, num_agents: int, obs_shape: tuple[int, ...], agents_per_env: int = 1) -> None:
+    """Raise EnvError naming the field, env and agent when a step's output breaks the contract."""
+    def where(row: int) -> str:
+        return f"agent row {row} (env {row // agents_per_env}, agent {row % agents_per_env})"
+
+    for name in ("obs", "final_obs"):
+        value = getattr(res, name)
+        if not isinstance(value, np.ndarray) or value.shape != (num_agents, *obs_shape):
+            got = getattr(value, "shape", type(value).__name__)
+            raise EnvError(f"env returned {name} of shape {got}, expected {(num_agents, *obs_shape)}")
+        if value.dtype.kind not in "fiub":
+            raise EnvError(f"env returned {name} of dtype {value.dtype}; expected a numeric dtype")
+    for name in ("reward", "terminated", "truncated"):
+        value = np.asarray(getattr(res, name))
+        if value.shape != (num_agents,):
+            raise EnvError(f"env returned {name} of shape {value.shape}, expected ({num_agents},)")
+    for name, value in (("observation", res.obs), ("reward", res.reward)):
+        bad = ~np.isfinite(value.reshape(num_agents, -1)).all(1)
+        if bad.any():
+            raise EnvError(f"non-finite {name} from the env at {where(int(np.flatnonzero(bad)[0]))}"
+                           f" ({int(bad.sum())} rows affected)")

@@ -1,0 +1,235 @@
+"""Resume, checkpoints, interruption, numerical faults, untrusted files and bad env input (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from carrystate.checkpoint import CheckpointError, _sha256, checkpoints, load_checkpoint, save_checkpoint
+from carrystate.config import load_config
+from carrystate.envs.base import EnvError
+from carrystate.trainer import NumericalError, Trainer
+from tests.helpers import ScriptedEnv, collect, make_policy
+
+SMALL = ["env.num_envs=8", "trainer.batch_size=512", "trainer.bptt_horizon=16", "trainer.minibatch_size=128",
+         "trainer.update_epochs=2", "env.tmaze.length_min=3", "env.tmaze.length_max=20"]
+
+
+def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"w.{k}": v.clone() for k, v in tr.policy.state_dict().items()}
+    out.update({f"s.{k}": v.clone() for k, v in tr.store.state_dict().items()})
+    return out
+
+
+@pytest.mark.parametrize("extra", [["env.name=tmaze"], ["env.name=recall", "trainer.optimizer=muon",
+                                                          "trainer.learning_rate=0.02", "policy.core=gru"]])
+def test_resume_equals_straight_run_bit_for_bit(tmp_path, extra):
+    n, m = 3, 2
+    over = SMALL + extra + [f"trainer.total_timesteps={512 * (n + m)}", "trainer.anneal_lr=true"]
+    straight = Trainer(load_config(None, over), quiet=True)
+    straight.train()
+
+    first = Trainer(load_config(None, over), run_dir=tmp_path / "run", quiet=True)
+    first.train(stop_after=n)  # as if the run had crashed right after checkpointing iteration n
+    del first
+    resumed = Trainer.resume(tmp_path / "run", quiet=True)
+    assert resumed.iteration == n and resumed.global_step == 512 * n
+    resumed.train()
+    a, b = _snapshot(straight), _snapshot(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert np.array_equal(straight.rollout.obs, resumed.rollout.obs)
+
+
+def test_resume_of_gymnasium_run_starts_new_episodes_and_says_so(tmp_path):
+    over = ["env.name=gymnasium", "env.num_envs=2", "trainer.batch_size=128", "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=64", "trainer.total_timesteps=128", "trainer.learning_rate=0.001"]
+    Trainer(load_config(None, over), run_dir=tmp_path / "g", quiet=True).train()
+    with pytest.warns(UserWarning, match="cannot save its state: the resumed run starts new episodes"):
+        tr = Trainer.resume(tmp_path / "g", ["trainer.total_timesteps=256"], quiet=True)
+    assert tr.rollout.starts.all() and all(torch.count_nonzero(s) == 0 for s in tr.store.get(0))
+
+
+def _run_with_checkpoints(tmp_path, iterations=3) -> Path:
+    over = SMALL + [f"trainer.total_timesteps={512 * iterations}", "trainer.checkpoint_interval=1"]
+    Trainer(load_config(None, over), run_dir=tmp_path / "run", quiet=True).train()
+    return tmp_path / "run"
+
+
+def test_checkpoints_keep_newest_k_and_hold_everything(tmp_path):
+    run = _run_with_checkpoints(tmp_path, iterations=5)
+    assert [p.name for p in checkpoints(run)] == ["iter_000003", "iter_000004", "iter_000005"]
+    ckpt = load_checkpoint(run)
+    keys = set(ckpt["tensors"])
+    assert {"store.slice0.0", "store.slice0.1", "rng.sample", "rng.shuffle", "rng.torch", "rollout.obs",
+            "rollout.starts", "env.cue", "env.length", "env.t"} <= keys
+    assert ckpt["meta"]["global_step"] == 2560 and ckpt["meta"]["env_state"]["rng"]["bit_generator"] == "PCG64"
+    assert ckpt["optimizer"]["state"], "optimizer moments are saved"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_newest_checkpoint_falls_back_to_previous_with_warning(tmp_path, damage):
+    run = _run_with_checkpoints(tmp_path)
+    newest = checkpoints(run)[-1] / "model.safetensors"
+    if damage == "truncate":
+        newest.write_bytes(newest.read_bytes()[:100])
+    elif damage == "flip":
+        data = bytearray(newest.read_bytes())
+        data[-5] ^= 0xFF
+        newest.write_bytes(bytes(data))
+    else:
+        newest.unlink()
+    with pytest.warns(UserWarning, match="iter_000003 is unusable"):
+        ckpt = load_checkpoint(run)
+    assert ckpt["path"].name == "iter_000002"
+
+
+def test_crash_during_save_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
+    run = _run_with_checkpoints(tmp_path)
+    before = {p.name: json.loads((p / "meta.json").read_text())["sha256"] for p in checkpoints(run)}
+    tr = Trainer.resume(run, ["trainer.total_timesteps=4096"], quiet=True)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(torch, "save", crash)
+    tr.iteration += 1
+    with pytest.raises(KeyboardInterrupt):
+        tr.save()
+    assert [p.name for p in checkpoints(run)] == list(before)
+    for p in checkpoints(run):
+        assert {n: _sha256(p / n) for n in before[p.name]} == before[p.name]
+    assert load_checkpoint(run)["path"].name == "iter_000003"
+
+
+def test_crafted_pickle_cannot_run_code(tmp_path):
+    run = _run_with_checkpoints(tmp_path, iterations=1)
+    ckpt = checkpoints(run)[-1]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    (ckpt / "optimizer.pt").write_bytes(pickle.dumps({"state": Evil()}))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["sha256"]["optimizer.pt"] = _sha256(ckpt / "optimizer.pt")  # a forger can fix the checksum too
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no usable checkpoint"):
+        load_checkpoint(run)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("policy.hidden_size=32", "policy.hidden_size: checkpoint 64, this run 32"),
+    ("env.num_envs=16", "agents: checkpoint 8, this run 16"),
+    ("policy.core=gru", "policy.core: checkpoint 'lstm', this run 'gru'"),
+])
+def test_incompatible_checkpoint_says_what_differs(tmp_path, override, message):
+    run = _run_with_checkpoints(tmp_path, iterations=1)
+    extra = ["trainer.batch_size=1024", "trainer.minibatch_size=256"] if "num_envs" in override else []
+    with pytest.raises(CheckpointError, match=message.replace("(", "\\(")):
+        Trainer.resume(run, [override, *extra], quiet=True)
+
+
+def test_nonfinite_observation_names_env_and_agent():
+    env = ScriptedEnv(4, 16)
+    env.obs_table[5, 2, 1] = np.nan
+    with pytest.raises(EnvError, match=r"non-finite observation from the env at agent row 2 \(env 2, agent 0\)"):
+        collect(make_policy("lstm"), env, 64, 16)
+
+
+def test_nonfinite_loss_stops_training_and_keeps_last_checkpoint(tmp_path):
+    run = _run_with_checkpoints(tmp_path, iterations=2)
+    sums = {p.name: json.loads((p / "meta.json").read_text())["sha256"] for p in checkpoints(run)}
+    tr = Trainer.resume(run, ["trainer.total_timesteps=4096"], quiet=True)
+    with torch.no_grad():
+        tr.policy.critic.bias.fill_(float("nan"))
+    with pytest.raises(NumericalError, match="non-finite loss at iteration 3, epoch 1, minibatch 1"):
+        tr.train()
+    assert {p.name: json.loads((p / "meta.json").read_text())["sha256"] for p in checkpoints(run)} == sums
+    with pytest.raises(CheckpointError, match="refusing to checkpoint non-finite weights \\(critic.bias\\)"):
+        tr.save()
+    assert [p.name for p in checkpoints(run)] == list(sums)
+
+
+def test_nonfinite_gradient_names_the_parameter():
+    tr = Trainer(load_config(None, SMALL + ["trainer.total_timesteps=512"]), quiet=True)
+    tr.policy.core.rnn.weight_hh_l0.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(NumericalError, match="non-finite gradient at iteration 1, epoch 1, minibatch 1 in core.rnn.weight_hh_l0"):
+        tr.train()
+
+
+class _BadEnv(ScriptedEnv):
+    def __init__(self, fault):
+        super().__init__(2, 32)
+        self.fault = fault
+
+    def step(self, actions):
+        res = super().step(actions)
+        if self.t == 3:
+            if self.fault == "shape":
+                res.obs = res.obs[:, :2]
+            elif self.fault == "dtype":
+                res.obs = res.obs.astype(object)
+            elif self.fault == "raise":
+                raise ZeroDivisionError("division by zero in physics")
+        return res
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("shape", r"env returned obs of shape \(2, 2\), expected \(2, 3\)"),
+    ("dtype", "env returned obs of dtype object; expected a numeric dtype"),
+    ("raise", "_BadEnv.step raised ZeroDivisionError: division by zero in physics"),
+])
+def test_env_faults_give_clear_errors(fault, message):
+    with pytest.raises(EnvError, match=message):
+        collect(make_policy("lstm"), _BadEnv(fault), 64, 16)
+
+
+def _start_training(tmp_path, extra=()):
+    cmd = [sys.executable, "-m", "carrystate.cli", "train", "trainer.run_name=sig", "trainer.total_timesteps=100000000",
+           "trainer.checkpoint_interval=1", *SMALL, *extra]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "runs" / "sig"
+    deadline = time.time() + 60
+    while len(checkpoints(run)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert checkpoints(run), "training did not start"
+    return proc, run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_finishes_step_writes_checkpoint_and_exits(tmp_path, sig):
+    proc, run = _start_training(tmp_path)
+    newest_before = checkpoints(run)[-1].name
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"stopped by {sig.name}: checkpoint written, resume with `carrystate train --resume runs/sig`" in out
+    ckpt = load_checkpoint(run)
+    assert ckpt["meta"]["interrupted"] == sig.name and ckpt["path"].name > newest_before
+    tr = Trainer.resume(run, quiet=True)  # and the run continues from it
+    assert tr.global_step == ckpt["meta"]["global_step"]
+
+
+def test_second_signal_exits_at_once_without_touching_checkpoints(tmp_path):
+    proc, run = _start_training(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    for p in checkpoints(run):  # every checkpoint left behind is intact
+        load_checkpoint(p)
