@@ -40,6 +40,7 @@ class SegmentBuffer:
         self.terminated = z(S, H, dtype=torch.bool)
         self.truncated = z(S, H, dtype=torch.bool)
         self.starts = z(S, H, dtype=torch.bool)
+        self.valid = z(S, H, dtype=torch.bool)  # false at padding steps (agent absent): no loss there
         self.final_values = z(S, H)  # value of the final observation at truncated steps, else 0
         self.advantages = z(S, H)
         self.returns = z(S, H)
@@ -70,6 +71,6 @@ class SegmentBuffer:
     def minibatch(self, idx: Tensor) -> dict[str, Tensor | State]:
         idx = idx.to(self.obs.device)
         out = {k: getattr(self, k)[idx] for k in
-               ("obs", "actions", "logprobs", "values", "starts", "advantages", "returns")}
+               ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")}
         out["start_state"] = tuple(s[:, idx] for s in self.start_state)
         return out

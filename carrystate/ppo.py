@@ -43,26 +43,45 @@ class LossParts:
 
 def ppo_loss(new_logprobs: Tensor, entropy: Tensor, new_values: Tensor, old_logprobs: Tensor, old_values: Tensor,
              advantages: Tensor, returns: Tensor, clip_coef: float, vf_coef: float, ent_coef: float,
-             clip_vloss: bool, norm_adv: bool) -> LossParts:
-    """Clipped surrogate + (optionally clipped) value loss − entropy bonus, over any matching shapes."""
+             clip_vloss: bool, norm_adv: bool, mask: Tensor | None = None) -> LossParts:
+    """Clipped surrogate + (optionally clipped) value loss − entropy bonus, over any matching shapes.
+    `mask` (bool, same shape) keeps only the valid steps: every mean, and the advantage statistics, are
+    taken over those alone."""
+    if mask is not None and bool(mask.all()):
+        mask = None
+    if mask is None:
+        mean = torch.mean
+    else:
+        weight = mask.float()
+        count = weight.sum().clamp(min=1.0)
+        def mean(x: Tensor) -> Tensor:  # noqa: E306
+            return (x * weight).sum() / count
     logratio = new_logprobs - old_logprobs
     ratio = logratio.exp()
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - logratio).mean()
-        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+        approx_kl = mean((ratio - 1) - logratio)
+        clipfrac = mean(((ratio - 1.0).abs() > clip_coef).float())
     if norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        mu = mean(advantages)
+        std = (mean((advantages - mu) ** 2) * _bessel(advantages, mask)).sqrt()
+        advantages = (advantages - mu) / (std + 1e-8)
     pg1 = -advantages * ratio
     pg2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-    policy_loss = torch.max(pg1, pg2).mean()
+    policy_loss = mean(torch.max(pg1, pg2))
     if clip_vloss:
         v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
-        value_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
+        value_loss = 0.5 * mean(torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2))
     else:
-        value_loss = 0.5 * ((new_values - returns) ** 2).mean()
-    ent = entropy.mean()
+        value_loss = 0.5 * mean((new_values - returns) ** 2)
+    ent = mean(entropy)
     loss = policy_loss - ent_coef * ent + vf_coef * value_loss
     return LossParts(loss, policy_loss.detach(), value_loss.detach(), ent.detach(), approx_kl, clipfrac)
+
+
+def _bessel(x: Tensor, mask: Tensor | None) -> Tensor:
+    """n / (n - 1) for the unbiased standard deviation over the (valid) entries."""
+    n = torch.tensor(float(x.numel())) if mask is None else mask.sum().float()
+    return n / (n - 1).clamp(min=1.0)
 
 
 def explained_variance(pred: Tensor, target: Tensor) -> float:

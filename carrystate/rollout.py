@@ -47,6 +47,7 @@ class Rollout:
         """Reset the env batch and zero every agent's carried state (fresh episodes everywhere)."""
         self.obs = np.asarray(self.env.reset(seed=self.seed))  # [agents, *obs_shape]
         self.starts = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs opens an episode
+        self.valid = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs is not padding
         if self.obs.shape != (self.env.num_agents, *self.obs_shape):
             raise EnvError(f"env.reset returned observations of shape {self.obs.shape}, "
                            f"expected {(self.env.num_agents, *self.obs_shape)}")
@@ -99,9 +100,11 @@ class Rollout:
             self.store.set(key, state)
             self.store.reset(key, self._tensor(done))
             buffer.write(t, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
+                         valid=self._tensor(self.valid),
                          rewards=self._tensor(res.reward), terminated=self._tensor(res.terminated),
                          truncated=self._tensor(res.truncated), final_values=final_values)
             self.obs, self.starts = res.obs, done
+            self.valid = np.ones(self.env.num_agents, dtype=bool) if res.valid is None else np.asarray(res.valid, bool)
             stats.episode_returns += res.episode_returns
             stats.episode_lengths += res.episode_lengths
             stats.success += res.success

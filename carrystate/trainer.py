@@ -165,7 +165,8 @@ class Trainer:
                 params, values, _ = policy.sequence(mb["obs"], mb["start_state"], mb["starts"])
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
                 parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
-                                     mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv)
+                                     mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,
+                                     mask=mb["valid"])
                 where = f"iteration {self.iteration + 1}, epoch {epoch + 1}, minibatch {m + 1}"
                 if not torch.isfinite(parts.loss):
                     raise NumericalError(f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "

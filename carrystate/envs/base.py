@@ -25,6 +25,9 @@ class StepResult:
     episode_returns: list[float] = field(default_factory=list)  # undiscounted returns of episodes ended now
     episode_lengths: list[int] = field(default_factory=list)
     success: list[float] = field(default_factory=list)  # per ended episode, for tasks that define success
+    # [agents] bool or None (all valid): False where the row of `obs` is padding (e.g. an agent that left its
+    # episode early and waits for the env's reset); padding steps are masked out of the loss
+    valid: np.ndarray | None = None
 
 
 @runtime_checkable
