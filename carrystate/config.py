@@ -97,6 +97,10 @@ class PolicyConfig(_Section):
     """Width of the recurrent state (and of the feed-forward core when core=none)."""
     num_layers: int = Field(1, ge=1)
     """Stacked recurrent layers."""
+    sequence_impl: Literal["auto", "chunked", "packed", "loop"] = "auto"
+    """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
+    `packed` (episode fragments as one packed sequence), `loop` (one step at a time), `auto` (packed on
+    CUDA, chunked on the CPU; see BENCHMARKS.md)."""
 
 
 class TrainerConfig(_Section):

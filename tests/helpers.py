@@ -50,9 +50,9 @@ class ScriptedEnv:
 
 
 def make_policy(core: str = "lstm", obs_dim: int = 3, num_actions: int = 3, hidden: int = 8, layers: int = 1,
-                seed: int = 0) -> Policy:
+                seed: int = 0, impl: str = "auto") -> Policy:
     torch.manual_seed(seed)
-    cfg = PolicyConfig(core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16])
+    cfg = PolicyConfig(core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16], sequence_impl=impl)
     return Policy(cfg, gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(num_actions))
 
 

@@ -25,8 +25,8 @@ def core(request):
     return request.param
 
 
-def _scripted(core, rollouts=1, layers=1):
-    policy = make_policy(core, layers=layers)
+def _scripted(core, rollouts=1, layers=1, impl="auto"):
+    policy = make_policy(core, layers=layers, impl=impl)
     env = ScriptedEnv(AGENTS, STEPS * rollouts, ends=ENDS)
     rollout, store, buffers = collect(policy, env, BATCH, HORIZON, rollouts)
     return policy, env, store, buffers
@@ -36,9 +36,10 @@ def _row(agent, k):
     return agent * ROWS_PER_AGENT + k
 
 
-def test_replay_matches_rollout_across_episode_end(core):
+@pytest.mark.parametrize("impl", ["chunked", "packed", "loop"])
+def test_replay_matches_rollout_across_episode_end(core, impl):
     for layers in (1, 2):
-        policy, _, _, (buf,) = _scripted(core, layers=layers)
+        policy, _, _, (buf,) = _scripted(core, layers=layers, impl=impl)
         assert buf.starts[:, 1:].any(), "segments must contain episode starts after their first step"
         with torch.no_grad():
             params, values, _ = policy.sequence(buf.obs, buf.start_state, buf.starts)

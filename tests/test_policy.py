@@ -56,9 +56,10 @@ def test_gaussian_head_matches_normal():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "none"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_sequence_with_resets_equals_stepping(kind, layers):
+@pytest.mark.parametrize("impl", ["chunked", "packed", "loop"])
+def test_sequence_with_resets_equals_stepping(kind, layers, impl):
     torch.manual_seed(0)
-    core = RecurrentCore(kind, 4, 6, layers)
+    core = RecurrentCore(kind, 4, 6, layers, impl)
     B, T = 5, 11
     x = torch.randn(B, T, 4)
     resets = torch.rand(B, T) < 0.2
@@ -72,6 +73,23 @@ def test_sequence_with_resets_equals_stepping(kind, layers):
     torch.testing.assert_close(y_seq, torch.stack(ys, 1), atol=1e-6, rtol=0)
     for a, b in zip(end_seq, s):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["packed", "loop"])
+def test_sequence_gradients_equal_chunked(impl):
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 4, 6, 2)
+    x = torch.randn(6, 9, 4, requires_grad=True)
+    resets = torch.rand(6, 9) < 0.25
+    state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(6))
+    grads = {}
+    for name in ("chunked", impl):
+        core.impl = name
+        y, end = core.sequence(x, state, resets)
+        loss = (y ** 2).sum() + sum((e ** 3).sum() for e in end)
+        grads[name] = torch.autograd.grad(loss, [x, *state, *core.parameters()])
+    for a, b in zip(grads["chunked"], grads[impl]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_reset_at_first_step_ignores_given_state():

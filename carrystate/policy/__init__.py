@@ -42,7 +42,7 @@ class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
         super().__init__()
         self.encoder = ENCODERS[cfg.encoder](obs_space.shape, cfg.encoder_sizes)
-        self.core = RecurrentCore(cfg.core, self.encoder.out_size, cfg.hidden_size, cfg.num_layers)
+        self.core = RecurrentCore(cfg.core, self.encoder.out_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl)
         self.actor = make_head(cfg.hidden_size, action_space)
         self.critic = nn.Linear(cfg.hidden_size, 1)
         nn.init.orthogonal_(self.critic.weight, 1.0)

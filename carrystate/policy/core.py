@@ -29,9 +29,12 @@ def mask_state(state: State, reset: Tensor) -> State:
 class RecurrentCore(nn.Module):
     """`kind` in {lstm, gru, none}: maps [batch, (T,) in_size] features to [batch, (T,) hidden] outputs."""
 
-    def __init__(self, kind: str, in_size: int, hidden_size: int, num_layers: int = 1):
+    def __init__(self, kind: str, in_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
         super().__init__()
         self.kind, self.hidden_size, self.num_layers = kind, hidden_size, num_layers
+        if impl not in ("auto", "chunked", "packed", "loop"):
+            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, loop")
+        self.impl = impl
         if kind == "lstm":
             self.rnn = nn.LSTM(in_size, hidden_size, num_layers, batch_first=True)
             self.num_state_tensors = 2
@@ -68,9 +71,22 @@ class RecurrentCore(nn.Module):
         return y.squeeze(1), state
 
     def sequence(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        """x [batch, T, in], state at t=0, resets [batch, T] bool → y [batch, T, hidden], state after T-1."""
+        """x [batch, T, in], state at t=0, resets [batch, T] bool → y [batch, T, hidden], state after T-1.
+
+        The one training unroll. Exact resets either way: `chunked` cuts the segment at every timestep where
+        some row resets (one fused call per piece: best when resets are rare or batches small), `packed`
+        splits rows into episode fragments and runs them as one packed sequence (one fused call whatever
+        the reset density: best on GPUs). `impl="auto"` picks packed on CUDA, chunked on the CPU."""
         if self.kind == "none":
             return self.rnn(x), ()
+        impl = self.impl if self.impl != "auto" else ("packed" if x.is_cuda else "chunked")
+        if impl == "packed":
+            return self._sequence_packed(x, state, resets)
+        if impl == "loop":
+            return self._sequence_loop(x, state, resets)
+        return self._sequence_chunked(x, state, resets)
+
+    def _sequence_chunked(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
         T = x.shape[1]
         cut_at = (torch.nonzero(resets[:, 1:].any(0)).flatten() + 1).tolist()  # one host sync per call
         bounds = [0, *cut_at, T]
@@ -80,3 +96,45 @@ class RecurrentCore(nn.Module):
             y, state = self._run(x[:, a:b], state)
             outputs.append(y)
         return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, 1)), state
+
+    def _sequence_loop(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        outputs = []
+        for t in range(x.shape[1]):
+            y, state = self._run(x[:, t : t + 1], mask_state(state, resets[:, t]))
+            outputs.append(y)
+        return torch.cat(outputs, 1), state
+
+    def _sequence_packed(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+        B, T, _ = x.shape
+        starts = resets.clone()
+        starts[:, 0] = True  # every row opens a fragment at t=0 (from its given state, or zeros on a reset)
+        if bool(starts.sum() == B):  # no reset after t=0: a single fused call
+            return self._run(x, mask_state(state, resets[:, 0]))
+        flat_start = torch.nonzero(starts.flatten()).flatten()  # [F] fragment starts in row-major order
+        row, t0 = flat_start // T, flat_start % T
+        nxt = torch.cat([flat_start[1:], flat_start.new_tensor([B * T])])
+        length = torch.minimum(nxt, (row + 1) * T) - flat_start  # [F] steps until the next fragment or row end
+        lengths_cpu = length.cpu()  # one host sync per call (pack needs lengths on the CPU)
+        L = int(lengths_cpu.max())
+        offs = torch.arange(L, device=x.device)
+        valid = offs[None, :] < length[:, None]  # [F, L]
+        src = (flat_start[:, None] + offs[None, :]).clamp(max=B * T - 1)  # [F, L] flat (row, t) positions
+        frag_x = x.reshape(B * T, -1)[src]  # [F, L, in]
+        first = t0 == 0
+        init = tuple(torch.where(first.view(1, -1, 1), s[:, row], torch.zeros((), device=s.device))
+                     for s in mask_state(state, resets[:, 0]))  # [layers, F, hidden]
+        packed = nn.utils.rnn.pack_padded_sequence(frag_x, lengths_cpu, batch_first=True, enforce_sorted=False)
+        out, frag_state = self._run_packed(packed, init)
+        y_frag, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=L)  # [F, L, hidden]
+        y = x.new_zeros(B * T, y_frag.shape[-1])
+        y[src[valid]] = y_frag[valid]
+        last = torch.cat([(row[1:] != row[:-1]), row.new_ones(1, dtype=torch.bool)])  # each row's last fragment
+        end = tuple(s[:, last] for s in frag_state)
+        return y.view(B, T, -1), end
+
+    def _run_packed(self, packed, init: State):
+        if self.kind == "lstm":
+            out, (h, c) = self.rnn(packed, init)
+            return out, (h, c)
+        out, h = self.rnn(packed, init[0])
+        return out, (h,)
