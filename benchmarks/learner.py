@@ -1,0 +1,199 @@
+"""Learner benchmark: forward+backward of one minibatch of segments with exact in-segment resets.
+
+Compares carrystate's unrolls (`chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
+call that ignores resets, the speed to match) and, when installed, torchrl's LSTMModule in recurrent mode,
+on the same shapes and the same random reset pattern (about one episode end per 50 steps per row).
+Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length.
+
+    python benchmarks/learner.py --device cpu --json out.json      # medians over repeats, ratios to fused
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from carrystate.policy.core import RecurrentCore
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _torchrl_step(hidden, device, backend="pad"):
+    """torchrl's LSTMModule in recurrent mode (it splits rows at `is_init` and pads the pieces)."""
+    try:
+        from tensordict import TensorDict
+        from torchrl.modules import LSTMModule
+    except Exception:  # noqa: BLE001 - optional comparison
+        return None
+    module = LSTMModule(input_size=hidden, hidden_size=hidden, in_keys=["x", "rs_h", "rs_c"],
+                        out_keys=["y", ("next", "rs_h"), ("next", "rs_c")], device=device,
+                        recurrent_backend=backend, default_recurrent_mode=True)
+
+    def run(x, state, resets):
+        B, T, _ = x.shape
+        h = state[0].transpose(0, 1).unsqueeze(1).expand(B, T, 1, hidden)
+        c = state[1].transpose(0, 1).unsqueeze(1).expand(B, T, 1, hidden)
+        td = TensorDict({"x": x, "is_init": resets.unsqueeze(-1), "rs_h": h, "rs_c": c}, batch_size=[B, T], device=device)
+        return module(td)["y"]
+    return run
+
+
+def _graphed_loop(core, x, state, resets):
+    """The per-step loop captured forward and backward as CUDA graphs (no per-step launch overhead)."""
+    core.impl = "loop"
+
+    class Unroll(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.core = core
+
+        def forward(self, x, h, c, resets):
+            y, _ = self.core.sequence(x, (h, c), resets)
+            return y
+
+    graphed = torch.cuda.make_graphed_callables(Unroll(), (x, state[0], state[1], resets))
+
+    def f():
+        y = graphed(x, state[0], state[1], resets)
+        y.sum().backward()
+        core.zero_grad(set_to_none=False)
+        x.grad = None
+    return f
+
+
+def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed=0):
+    results = []
+    for hidden in hiddens:
+        for T in horizons:
+            torch.manual_seed(seed)
+            core = RecurrentCore("lstm", hidden, hidden, 1).to(device)
+            x = torch.randn(rows, T, hidden, device=device, requires_grad=True)
+            state = tuple(torch.randn(1, rows, hidden, device=device) for _ in range(2))
+            g = torch.Generator().manual_seed(seed)
+            resets = (torch.rand(rows, T, generator=g) < 1.0 / reset_every).to(device)
+
+            def run(impl):
+                def f():
+                    if impl == "fused":
+                        y, _ = core.rnn(x, state)
+                    elif impl == "torchrl":
+                        y = trl(x, state, resets)
+                    else:
+                        core.impl = impl
+                        y, _ = core.sequence(x, state, resets)
+                    y.sum().backward()
+                    core.zero_grad(set_to_none=True)
+                    x.grad = None
+                return f
+
+            trl = _torchrl_step(hidden, device)
+            row = {"hidden": hidden, "horizon": T, "rows": rows, "resets": int(resets.sum())}
+            impls = ["fused", "chunked", "packed", "loop"] + (["torchrl"] if trl is not None else [])
+            impls += ["loop_graphed"] if device.type == "cuda" else []
+            for impl in impls:
+                try:
+                    fn = _graphed_loop(core, x, state, resets) if impl == "loop_graphed" else run(impl)
+                    row[impl] = _time(fn, device, repeats) * 1e3
+                except Exception as err:  # noqa: BLE001 - report, keep going
+                    row[impl] = None
+                    row[f"{impl}_error"] = f"{type(err).__name__}: {err}"[:200]
+            results.append(row)
+            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return results
+
+
+def activation_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for backward while `fn` runs (the learner's activation memory)."""
+    total = 0
+    seen = set()
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return total
+
+
+def bench_memory(device, hidden, horizons, steps, reset_everys, impl):
+    rows_out = []
+    for T in horizons:
+        rows = max(1, steps // T)
+        for every in reset_everys:
+            torch.manual_seed(0)
+            core = RecurrentCore("lstm", hidden, hidden, 1, impl).to(device)
+            x = torch.randn(rows, T, hidden, device=device, requires_grad=True)
+            state = core.initial_state(rows, device)
+            g = torch.Generator().manual_seed(0)
+            resets = (torch.rand(rows, T, generator=g) < (1.0 / every if every else 0.0)).to(device)
+            nbytes = activation_bytes(lambda: core.sequence(x, state, resets)[0].sum())
+            peak = None
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                y, _ = core.sequence(x, state, resets)
+                y.sum().backward()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            r = {"horizon": T, "rows": rows, "episode_len": every or "none", "saved_MiB": nbytes / 2**20, "peak_MiB": peak}
+            rows_out.append(r)
+            print(r, flush=True)
+    return rows_out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rows", type=int, nargs="+", default=[256])
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 256])
+    p.add_argument("--horizon", type=int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--memory", action="store_true", help="also measure activation memory against horizon")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    info = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "torch": torch.__version__, "threads": a.threads}
+    print(info, flush=True)
+    out = {"info": info, "learner": []}
+    for rows in a.rows:
+        out["learner"] += bench_learner(device, a.hidden, a.horizon, rows, a.repeats)
+    if a.memory:
+        impl = "packed" if device.type == "cuda" else "chunked"
+        out["memory"] = bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], impl)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
