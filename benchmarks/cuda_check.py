@@ -26,7 +26,7 @@ def main() -> int:
           f"success {s.success_rate}", flush=True)
     b = tr.buffer
     tr.rollout.collect(tr.policy, b, tr.sample_gen)  # weights unchanged since: replay must equal rollout
-    for impl in ("chunked", "packed", "loop"):
+    for impl in ("chunked", "packed", "bucketed", "loop"):
         tr.policy.core.impl = impl
         with torch.no_grad():
             params, values, _ = tr.policy.sequence(b.obs, b.start_state, b.starts)

@@ -52,14 +52,17 @@ class SegmentBuffer:
         """View a [segments, horizon, ...] tensor as [agents, steps, ...]: each agent's consecutive steps."""
         return t.view(self.num_agents, self.steps, *t.shape[2:])
 
-    def write(self, step: int, **fields: Tensor) -> None:
-        """Store one rollout step (every agent) under `step` of the agents' timelines."""
+    def write(self, step: int, agents: slice = slice(None), **fields: Tensor) -> None:
+        """Store one rollout step under `step` of the agents' timelines: of every agent, or of the agents in
+        `agents` (one env batch of a double-buffered rollout; each field then has that many rows)."""
         for name, value in fields.items():
-            self.timeline(getattr(self, name))[:, step] = value
+            self.timeline(getattr(self, name))[agents, step] = value
 
-    def write_start_state(self, step: int, state: State) -> None:
-        """At the first step of each row (step % horizon == 0), record the state the agents hold."""
-        rows = torch.arange(self.num_agents, device=self.obs.device) * self.rows_per_agent + step // self.horizon
+    def write_start_state(self, step: int, state: State, agents: slice = slice(None)) -> None:
+        """At the first step of each row (step % horizon == 0), record the state the agents (all, or those in
+        `agents`) hold."""
+        owners = torch.arange(self.num_agents, device=self.obs.device)[agents]  # [agents written]
+        rows = owners * self.rows_per_agent + step // self.horizon
         for dst, src in zip(self.start_state, state):
             dst[:, rows] = src
 

@@ -63,21 +63,79 @@ class GymConfig(_Section):
     """Step the copies in this process (`sync`) or in worker processes (`async`)."""
 
 
+class PettingZooConfig(_Section):
+    env: str = "pettingzoo.butterfly.knights_archers_zombies_v11"
+    """Module holding a `parallel_env` factory, or `module:callable` for any callable that returns a
+    PettingZoo `ParallelEnv`. Every agent of `possible_agents` gets a row of the batch."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments for the factory (e.g. {max_cycles: 900})."""
+
+
+class PopGymConfig(_Section):
+    id: str = "RepeatPreviousEasy"
+    """A registered POPGym env: its class name (`RepeatPreviousEasy`) or gymnasium id
+    (`popgym-RepeatPreviousEasy-v0`); see `popgym.envs.ALL`."""
+    previous_action: bool = True
+    """Append the previous action to the observation (one-hot for discrete actions, all zeros at an
+    episode's first step), as POPGym's baselines do."""
+
+
+class MettaGridEnvConfig(_Section):
+    map: Literal["arena", "navigation"] = "arena"
+    """`arena` (random walls and heart altars on a bordered square map) or `navigation` (a random open map
+    with heart altars); reward 1 for every heart an agent collects."""
+    agents: int = Field(24, ge=1)
+    """Agents in one copy of the map (each is a row of the batch)."""
+    size: int = Field(25, ge=5)
+    """Width and height of the map in cells."""
+    altars: int = Field(10, ge=0)
+    """Heart altars placed on the map; using one (moving into it) gives the agent a heart."""
+    walls: int = Field(10, ge=0)
+    """Extra wall cells scattered over the map."""
+    max_steps: int = Field(1000, ge=1)
+    """Episode length; the episode is truncated (bootstrapped) there."""
+    obs_tokens: int = Field(200, ge=1)
+    """Tokens per observation (`[obs_tokens, 3]`); tokens beyond what an agent sees are empty (255)."""
+
+
 class EnvConfig(_Section):
-    name: Literal["tmaze", "recall", "gymnasium"] = "tmaze"
-    """Which environment: the built-in `tmaze` or `recall` memory tasks, or any `gymnasium` id."""
+    name: Literal["tmaze", "recall", "gymnasium", "pettingzoo", "popgym", "mettagrid"] = "tmaze"
+    """Which environment: the built-in `tmaze` or `recall` memory tasks, any `gymnasium` id, a `pettingzoo`
+    parallel env, a `popgym` env, or `mettagrid` (needs `pip install -e .[mettagrid]`)."""
     num_envs: int = Field(64, ge=1)
-    """Environment copies stepped together as one batch."""
+    """Environment copies stepped together (in all batches together when double_buffer is on)."""
     tmaze: TMazeConfig = TMazeConfig()
     """Passive T-maze settings (used when name=tmaze)."""
     recall: RecallConfig = RecallConfig()
     """Delayed-recall settings (used when name=recall)."""
     gymnasium: GymConfig = GymConfig()
     """Gymnasium settings (used when name=gymnasium)."""
+    pettingzoo: PettingZooConfig = PettingZooConfig()
+    """PettingZoo settings (used when name=pettingzoo)."""
+    popgym: PopGymConfig = PopGymConfig()
+    """POPGym settings (used when name=popgym)."""
+    mettagrid: MettaGridEnvConfig = MettaGridEnvConfig()
+    """MettaGrid settings (used when name=mettagrid)."""
+    workers: int = Field(0, ge=0)
+    """Worker processes per batch that step its env copies (0: step them in the training process). A
+    batch's copies are split evenly over its workers (with double_buffer there are 2 × workers processes)."""
+    double_buffer: bool = False
+    """Split the copies into two batches that alternate: the policy computes one batch's actions while the
+    other batch steps (in its workers). Needs an even num_envs; pays off with workers > 0."""
+    worker_timeout: float = Field(60.0, gt=0)
+    """Seconds to wait for a worker's answer before stopping with an error (a dead worker is reported as
+    soon as it is seen dead)."""
 
     @property
     def agents_per_env(self) -> int:
-        """Agents in one copy of the environment (all built-in and gymnasium envs are single-agent)."""
+        """Agents in one copy of the environment: 1 for the built-in, gymnasium and POPGym envs; the
+        configured agents for MettaGrid; `len(possible_agents)` of one PettingZoo env, built once to count."""
+        if self.name == "mettagrid":
+            return self.mettagrid.agents
+        if self.name == "pettingzoo":
+            from carrystate.envs.pettingzoo_adapter import count_agents  # lazy: builds one env
+
+            return count_agents(self.pettingzoo.env, self.pettingzoo.kwargs)
         return 1
 
     @property
@@ -85,21 +143,38 @@ class EnvConfig(_Section):
         """Agents in the whole batch: the rows of every per-step tensor."""
         return self.num_envs * self.agents_per_env
 
+    @model_validator(mode="after")
+    def _check_batches(self) -> "EnvConfig":
+        batches = 2 if self.double_buffer else 1
+        if self.num_envs % batches:
+            raise ValueError(f"env.double_buffer=true splits env.num_envs={self.num_envs} into two batches; "
+                             f"it must be even (e.g. {self.num_envs + 1})")
+        per_batch = self.num_envs // batches
+        if self.workers and per_batch % self.workers:
+            raise ValueError(
+                f"env.num_envs={self.num_envs} gives {per_batch} copies per batch, which env.workers="
+                f"{self.workers} cannot split evenly; use a worker count that divides {per_batch}")
+        return self
+
 
 class PolicyConfig(_Section):
-    encoder: Literal["mlp"] = "mlp"
-    """Observation encoder; `mlp` for flat vector observations."""
+    encoder: Literal["mlp", "token"] = "mlp"
+    """Observation encoder; `mlp` for flat vector observations, `token` for MettaGrid-style token lists
+    `[tokens, 3]` (location, feature, value bytes; 255 marks an empty token)."""
     encoder_sizes: list[int] = [64]
-    """Hidden layer widths of the MLP encoder."""
+    """Hidden layer widths of the MLP encoder (with encoder=token: of the MLP after pooling)."""
+    token_embed_size: int = Field(64, ge=1)
+    """With encoder=token: width of each token's embedding before pooling."""
     core: Literal["lstm", "gru", "none"] = "lstm"
     """Recurrent core; `none` is a feed-forward control that shows whether a task needs memory."""
     hidden_size: int = Field(64, ge=1)
     """Width of the recurrent state (and of the feed-forward core when core=none)."""
     num_layers: int = Field(1, ge=1)
     """Stacked recurrent layers."""
-    sequence_impl: Literal["auto", "chunked", "packed", "loop"] = "auto"
+    sequence_impl: Literal["auto", "chunked", "packed", "bucketed", "loop"] = "auto"
     """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
-    `packed` (episode fragments as one packed sequence), `loop` (one step at a time), `auto` (packed on
+    `packed` (episode fragments as one packed sequence), `bucketed` (fragments grouped by length, one
+    dense fused call per group), `loop` (one step at a time), `auto` (bucketed on
     CUDA, chunked on the CPU; see BENCHMARKS.md)."""
 
 

@@ -1,8 +1,20 @@
 """One collection phase: the policy acts with frozen weights until the `SegmentBuffer` is full.
 
 `Rollout` owns what must persist between phases besides the recurrent state: the env batch, its current
-observation and which agents start an episode at that observation. The recurrent state itself lives in the
-`StateStore` (slice key `slice_start`) and is carried into the next phase untouched.
+observation, which agents start an episode at that observation, and which rows are padding. The recurrent
+state itself lives in the `StateStore` (one slice per env batch, keyed by `slice_start` + the batch's first
+row) and is carried into the next phase untouched.
+
+When an episode starts. A row's next observation opens an episode where its previous step ended one
+(terminated or truncated) and also where the row was padding and becomes valid again (an agent that left its
+episode early and rejoins when its env copy resets). In both cases its state is zeroed right after the step,
+before the policy sees that observation, and the step is flagged in `buffer.starts` so training replays the
+same reset.
+
+Double buffering. An env with `batches` (`envs.vector.EnvBatches`) is stepped as alternating lanes: while
+one batch's env step runs (in worker processes, via `step_async`/`step_wait`), the policy computes the next
+batch's actions. Each lane writes only its own agents' rows of the buffer, at the same step index, so the
+buffer layout is the one the single-batch path fills.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ import numpy as np
 import torch
 
 from carrystate.buffer import SegmentBuffer
-from carrystate.envs.base import EnvError, VecEnv, check_step_result
+from carrystate.envs.base import EnvError, StepResult, VecEnv, check_step_result
 from carrystate.policy import Policy
 from carrystate.state import StateStore
 
@@ -28,13 +40,36 @@ class RolloutStats:
     success: list[float] = field(default_factory=list)
 
 
+@dataclass
+class _Lane:
+    """One env batch that the rollout steps: its rows of the whole batch and its `StateStore` key."""
+
+    env: VecEnv
+    rows: slice  # rows of the whole batch (= agents of the buffer) this batch owns
+    key: int  # StateStore slice key
+    pending: tuple | None = None  # the step sent to the env and not yet written to the buffer
+
+
 class Rollout:
     def __init__(self, env: VecEnv, store: StateStore, device: torch.device | str = "cpu", slice_start: int = 0,
-                 seed: int | None = None):
+                 seed: int | None = None, double_buffer: bool | None = None):
+        """`double_buffer`: alternate the env's `batches` (default: whenever the env has them); False steps
+        the env as one batch."""
         self.env, self.store, self.slice_start = env, store, slice_start
         self.device = torch.device(device)
-        if slice_start not in store.sizes:
-            store.register(slice_start, env.num_agents)
+        batches = getattr(env, "batches", None)
+        self.double_buffer = bool(batches) if double_buffer is None else double_buffer
+        if self.double_buffer:
+            if not batches:
+                raise ValueError(f"a double-buffered rollout needs an env with batches (env.double_buffer=true "
+                                 f"builds one); {type(env).__name__} has none")
+            self.lanes = [_Lane(sub, slice(start, start + sub.num_agents), slice_start + start)
+                          for start, sub in batches]
+        else:
+            self.lanes = [_Lane(env, slice(0, env.num_agents), slice_start)]
+        for lane in self.lanes:
+            if lane.key not in store.sizes:
+                store.register(lane.key, lane.env.num_agents)
         self.agents_per_env = getattr(env, "agents_per_env", 1)
         self.obs_shape = tuple(env.single_observation_space.shape)
         self.seed = seed
@@ -45,22 +80,37 @@ class Rollout:
 
     def new_episodes(self) -> None:
         """Reset the env batch and zero every agent's carried state (fresh episodes everywhere)."""
-        self.obs = np.asarray(self.env.reset(seed=self.seed))  # [agents, *obs_shape]
+        self.obs = np.array(self.env.reset(seed=self.seed))  # [agents, *obs_shape]
         self.starts = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs opens an episode
         self.valid = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs is not padding
         if self.obs.shape != (self.env.num_agents, *self.obs_shape):
             raise EnvError(f"env.reset returned observations of shape {self.obs.shape}, "
                            f"expected {(self.env.num_agents, *self.obs_shape)}")
-        self.store.reset(self.slice_start, torch.ones(self.env.num_agents, dtype=torch.bool))
+        for lane in self.lanes:
+            lane.pending = None
+            self.store.reset(lane.key, torch.ones(lane.env.num_agents, dtype=torch.bool))
 
-    def _step_env(self, actions: np.ndarray):
+    def _send(self, lane: _Lane, actions: np.ndarray) -> StepResult | None:
+        """Start the env step of one lane: asynchronously where the env can, else step it now."""
         try:
-            res = self.env.step(actions)
+            if hasattr(lane.env, "step_async"):
+                lane.env.step_async(actions)
+                return None
+            return lane.env.step(actions)
         except EnvError:
             raise
         except Exception as err:
-            raise EnvError(f"{type(self.env).__name__}.step raised {type(err).__name__}: {err}") from err
-        check_step_result(res, self.env.num_agents, self.obs_shape, self.agents_per_env)
+            raise EnvError(f"{type(lane.env).__name__}.step raised {type(err).__name__}: {err}") from err
+
+    def _receive(self, lane: _Lane, res: StepResult | None) -> StepResult:
+        if res is None:
+            try:
+                res = lane.env.step_wait()
+            except EnvError:
+                raise
+            except Exception as err:
+                raise EnvError(f"{type(lane.env).__name__}.step_wait raised {type(err).__name__}: {err}") from err
+        check_step_result(res, lane.env.num_agents, self.obs_shape, self.agents_per_env)
         return res
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -70,46 +120,76 @@ class Rollout:
         a = action.cpu().numpy()
         return np.clip(a, self._low, self._high) if self._box else a
 
+    def _act(self, lane: _Lane, t: int, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator) -> None:
+        """Step t of one lane up to sending its actions to the env."""
+        rows = lane.rows
+        obs, starts = self._tensor(self.obs[rows]), self._tensor(self.starts[rows])
+        valid = self.valid[rows].copy()
+        state = self.store.get(lane.key)  # already zero where starts: reset happened when the episode ended
+        if t % buffer.horizon == 0:
+            buffer.write_start_state(t, state, agents=rows)
+        params, value, state = policy.step(obs, state, starts)
+        action = policy.actor.sample(params, generator)
+        logprob, _ = policy.actor.log_prob_entropy(params, action)
+        res = self._send(lane, self._env_actions(action))
+        lane.pending = (t, obs, starts, valid, action, logprob, value, state, res)
+
+    def _finish(self, lane: _Lane, policy: Policy, buffer: SegmentBuffer, stats: RolloutStats) -> None:
+        """Collect the lane's pending env step; carry its state and write its rows of the buffer."""
+        t, obs, starts, valid, action, logprob, value, state, res = lane.pending
+        lane.pending = None
+        res = self._receive(lane, res)
+        final_values = torch.zeros_like(value)
+        if res.truncated.any():  # bootstrap a time-limit cut from the value of its final observation
+            rows = self._tensor(np.flatnonzero(res.truncated))
+            final_obs = self._tensor(res.final_obs)[rows]
+            rows_state = tuple(s[:, rows] for s in state)
+            _, v_final, _ = policy.step(final_obs, rows_state, torch.zeros_like(rows, dtype=torch.bool))
+            final_values[rows] = v_final
+        valid_next = np.ones(lane.env.num_agents, dtype=bool) if res.valid is None else np.asarray(res.valid, bool)
+        # an episode starts after an episode end, and where a padding row becomes valid (a rejoining agent)
+        starts_next = res.terminated | res.truncated | (valid_next & ~valid)
+        self.store.set(lane.key, state)
+        self.store.reset(lane.key, self._tensor(starts_next))
+        buffer.write(t, agents=lane.rows, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
+                     valid=self._tensor(valid), rewards=self._tensor(res.reward),
+                     terminated=self._tensor(res.terminated), truncated=self._tensor(res.truncated),
+                     final_values=final_values)
+        self.obs[lane.rows], self.starts[lane.rows], self.valid[lane.rows] = res.obs, starts_next, valid_next
+        stats.episode_returns += res.episode_returns
+        stats.episode_lengths += res.episode_lengths
+        stats.success += res.success
+
     @torch.no_grad()
     def collect(self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator,
                 should_stop=lambda: False) -> RolloutStats:
         """Fill `buffer`; if `should_stop()` turns true, return early with `interrupted` set (the buffer is
-        then incomplete and must not be trained on)."""
+        then incomplete and must not be trained on). Steps already sent to the env are always finished.
+
+        Order per step t, lane by lane: finish the lane's step t-1 (wait for its env), then compute and send
+        its actions for step t. With two lanes, lane 1's env steps while lane 0 is finished and acted on."""
         stats = RolloutStats()
-        key = self.slice_start
-        for t in range(buffer.steps):
-            if should_stop():
-                stats.interrupted = True
-                return stats
-            obs, starts = self._tensor(self.obs), self._tensor(self.starts)
-            state = self.store.get(key)  # already zero where starts: reset happened when the episode ended
-            if t % buffer.horizon == 0:
-                buffer.write_start_state(t, state)
-            params, value, state = policy.step(obs, state, starts)
-            action = policy.actor.sample(params, generator)
-            logprob, _ = policy.actor.log_prob_entropy(params, action)
-            res = self._step_env(self._env_actions(action))
-            final_values = torch.zeros_like(value)
-            if res.truncated.any():  # bootstrap a time-limit cut from the value of its final observation
-                rows = self._tensor(np.flatnonzero(res.truncated))
-                final_obs = self._tensor(res.final_obs)[rows]
-                rows_state = tuple(s[:, rows] for s in state)
-                _, v_final, _ = policy.step(final_obs, rows_state, torch.zeros_like(rows, dtype=torch.bool))
-                final_values[rows] = v_final
-            done = res.terminated | res.truncated
-            self.store.set(key, state)
-            self.store.reset(key, self._tensor(done))
-            buffer.write(t, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
-                         valid=self._tensor(self.valid),
-                         rewards=self._tensor(res.reward), terminated=self._tensor(res.terminated),
-                         truncated=self._tensor(res.truncated), final_values=final_values)
-            self.obs, self.starts = res.obs, done
-            self.valid = np.ones(self.env.num_agents, dtype=bool) if res.valid is None else np.asarray(res.valid, bool)
-            stats.episode_returns += res.episode_returns
-            stats.episode_lengths += res.episode_lengths
-            stats.success += res.success
-            stats.steps += 1
-        _, buffer.last_value[:], _ = policy.step(self._tensor(self.obs), self.store.get(key), self._tensor(self.starts))
+        try:
+            for t in range(buffer.steps):
+                if should_stop():
+                    stats.interrupted = True
+                    break
+                for lane in self.lanes:
+                    if lane.pending is not None:
+                        self._finish(lane, policy, buffer, stats)
+                    self._act(lane, t, policy, buffer, generator)
+            for lane in self.lanes:
+                if lane.pending is not None:
+                    self._finish(lane, policy, buffer, stats)
+        finally:
+            for lane in self.lanes:  # after an error the pending step is lost; never finish it twice
+                lane.pending = None
+        stats.steps = t if stats.interrupted else buffer.steps
+        if stats.interrupted:
+            return stats
+        for lane in self.lanes:
+            _, buffer.last_value[lane.rows], _ = policy.step(
+                self._tensor(self.obs[lane.rows]), self.store.get(lane.key), self._tensor(self.starts[lane.rows]))
         return stats
 
 

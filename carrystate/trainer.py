@@ -162,7 +162,7 @@ class Trainer:
                 if should_stop():
                     break
                 mb = self.buffer.minibatch(idx)
-                params, values, _ = policy.sequence(mb["obs"], mb["start_state"], mb["starts"])
+                params, values, _ = policy.sequence(mb["obs"], mb["start_state"], mb["starts"], end_state=False)
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
                 parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
                                      mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,

@@ -36,7 +36,7 @@ def _row(agent, k):
     return agent * ROWS_PER_AGENT + k
 
 
-@pytest.mark.parametrize("impl", ["chunked", "packed", "loop"])
+@pytest.mark.parametrize("impl", ["chunked", "packed", "bucketed", "loop"])
 def test_replay_matches_rollout_across_episode_end(core, impl):
     for layers in (1, 2):
         policy, _, _, (buf,) = _scripted(core, layers=layers, impl=impl)
@@ -183,9 +183,9 @@ def test_every_segment_trains_update_epochs_times():
     real_sequence, real_step = tr.policy.sequence, tr.optimizer.step
     steps = []
 
-    def spy_sequence(obs, state, resets):
+    def spy_sequence(obs, state, resets, **kw):
         seen.extend((obs[:, 0, 0] - 100).long().tolist())
-        return real_sequence(obs, state, resets)
+        return real_sequence(obs, state, resets, **kw)
 
     tr.policy.sequence = spy_sequence
     tr.optimizer.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))

@@ -56,7 +56,7 @@ def test_gaussian_head_matches_normal():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "none"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("impl", ["chunked", "packed", "loop"])
+@pytest.mark.parametrize("impl", ["chunked", "packed", "bucketed", "loop"])
 def test_sequence_with_resets_equals_stepping(kind, layers, impl):
     torch.manual_seed(0)
     core = RecurrentCore(kind, 4, 6, layers, impl)
@@ -75,7 +75,7 @@ def test_sequence_with_resets_equals_stepping(kind, layers, impl):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["packed", "loop"])
+@pytest.mark.parametrize("impl", ["packed", "bucketed", "loop"])
 def test_sequence_gradients_equal_chunked(impl):
     torch.manual_seed(0)
     core = RecurrentCore("lstm", 4, 6, 2)

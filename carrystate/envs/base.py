@@ -50,9 +50,11 @@ class EpisodeTracker:
         self.returns = np.zeros(num_agents, dtype=np.float64)
         self.lengths = np.zeros(num_agents, dtype=np.int64)
 
-    def update(self, reward: np.ndarray, done: np.ndarray) -> tuple[list[float], list[int]]:
+    def update(self, reward: np.ndarray, done: np.ndarray, active: np.ndarray | None = None
+               ) -> tuple[list[float], list[int]]:
+        """Add this step's reward; `active` [agents] (default all) marks rows that acted (not padding)."""
         self.returns += reward
-        self.lengths += 1
+        self.lengths += 1 if active is None else active
         ended = np.flatnonzero(done)
         out = self.returns[ended].tolist(), self.lengths[ended].tolist()
         self.returns[ended] = 0.0

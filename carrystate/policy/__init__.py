@@ -31,17 +31,60 @@ class MLPEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.out_size = width
 
+    @classmethod
+    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> "MLPEncoder":
+        return cls(obs_shape, cfg.encoder_sizes)
+
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs.flatten(-self.obs_ndim).float())
 
 
-ENCODERS = {"mlp": MLPEncoder}
+class TokenEncoder(nn.Module):
+    """Token-list observations [..., tokens, 3] → features [..., out_size].
+
+    Each token is three bytes (location, feature id, value), as MettaGrid emits them; a token whose location
+    byte is 255 is empty. A token embeds as `location[loc] + feature[id] + value/255 * value_scale[id]`
+    (ReLU); the present tokens are pooled (mean and max, concatenated) and an MLP follows. The result does
+    not depend on the order of the tokens or on how many empty tokens pad the list.
+    """
+
+    EMPTY = 255
+
+    def __init__(self, obs_shape: tuple[int, ...], embed_size: int, sizes: list[int]):
+        super().__init__()
+        if len(obs_shape) != 2 or obs_shape[1] != 3:
+            raise ValueError(f"policy.encoder=token needs observations of shape [tokens, 3], got {tuple(obs_shape)}; "
+                             "use policy.encoder=mlp for flat observations")
+        self.location = nn.Embedding(256, embed_size)
+        self.feature = nn.Embedding(256, embed_size)
+        self.value_scale = nn.Embedding(256, embed_size)
+        self.mlp = MLPEncoder((2 * embed_size,), sizes)
+        self.out_size = self.mlp.out_size
+
+    @classmethod
+    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> "TokenEncoder":
+        return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        lead = obs.shape[:-2]
+        tokens = obs.reshape(-1, *obs.shape[-2:])  # [rows, tokens, 3]
+        loc, feat = tokens[..., 0].long(), tokens[..., 1].long()  # [rows, tokens]
+        value = tokens[..., 2].float().unsqueeze(-1) / 255.0  # [rows, tokens, 1]
+        present = (loc != self.EMPTY).unsqueeze(-1)  # [rows, tokens, 1]
+        h = torch.relu(self.location(loc) + self.feature(feat) + value * self.value_scale(feat))  # [rows, tokens, E]
+        count = present.sum(1).clamp(min=1)  # [rows, 1]
+        mean = torch.where(present, h, 0.0).sum(1) / count  # [rows, E]
+        peak = torch.where(present, h, 0.0).amax(1)  # [rows, E] (h >= 0, so absent tokens never win)
+        return self.mlp(torch.cat([mean, peak], -1)).reshape(*lead, -1)
+
+
+ENCODERS = {"mlp": MLPEncoder, "token": TokenEncoder}
 
 
 class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
         super().__init__()
-        self.encoder = ENCODERS[cfg.encoder](obs_space.shape, cfg.encoder_sizes)
+        self.encoder = ENCODERS[cfg.encoder].from_config(tuple(obs_space.shape), cfg)
         self.core = RecurrentCore(cfg.core, self.encoder.out_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl)
         self.actor = make_head(cfg.hidden_size, action_space)
         self.critic = nn.Linear(cfg.hidden_size, 1)
@@ -56,10 +99,12 @@ class Policy(nn.Module):
         y, state = self.core.step(self.encoder(obs), state, reset)
         return self.actor(y), self.critic(y).squeeze(-1), state
 
-    def sequence(self, obs: Tensor, state: State, resets: Tensor) -> tuple[Tensor, Tensor, State]:
-        """obs [batch, T, *obs_shape], resets [batch, T] → params [batch, T, P], values [batch, T], end state."""
-        y, state = self.core.sequence(self.encoder(obs), state, resets)
+    def sequence(self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
+                 ) -> tuple[Tensor, Tensor, State]:
+        """obs [batch, T, *obs_shape], resets [batch, T] → params [batch, T, P], values [batch, T], end state
+        (() if `end_state` is false and the unroll can skip computing it)."""
+        y, state = self.core.sequence(self.encoder(obs), state, resets, end_state)
         return self.actor(y), self.critic(y).squeeze(-1), state
 
 
-__all__ = ["Policy", "RecurrentCore", "State", "mask_state", "ENCODERS"]
+__all__ = ["Policy", "RecurrentCore", "State", "mask_state", "ENCODERS", "MLPEncoder", "TokenEncoder"]

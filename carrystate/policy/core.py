@@ -32,8 +32,8 @@ class RecurrentCore(nn.Module):
     def __init__(self, kind: str, in_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
         super().__init__()
         self.kind, self.hidden_size, self.num_layers = kind, hidden_size, num_layers
-        if impl not in ("auto", "chunked", "packed", "loop"):
-            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, loop")
+        if impl not in ("auto", "chunked", "packed", "bucketed", "loop"):
+            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, bucketed, loop")
         self.impl = impl
         if kind == "lstm":
             self.rnn = nn.LSTM(in_size, hidden_size, num_layers, batch_first=True)
@@ -70,16 +70,20 @@ class RecurrentCore(nn.Module):
         y, state = self._run(x.unsqueeze(1), mask_state(state, reset))
         return y.squeeze(1), state
 
-    def sequence(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
-        """x [batch, T, in], state at t=0, resets [batch, T] bool → y [batch, T, hidden], state after T-1.
+    def sequence(self, x: Tensor, state: State, resets: Tensor, end_state: bool = True) -> tuple[Tensor, State]:
+        """x [batch, T, in], state at t=0, resets [batch, T] bool → y [batch, T, hidden], state after T-1
+        (or () when `end_state` is false and the unroll can skip it).
 
-        The one training unroll. Exact resets either way: `chunked` cuts the segment at every timestep where
-        some row resets (one fused call per piece: best when resets are rare or batches small), `packed`
-        splits rows into episode fragments and runs them as one packed sequence (one fused call whatever
-        the reset density: best on GPUs). `impl="auto"` picks packed on CUDA, chunked on the CPU."""
+        The one training unroll; every variant applies the resets exactly and they agree to float rounding:
+        `chunked` cuts the segment at every timestep where some row resets (one fused call per piece),
+        `loop` steps one timestep at a time, `packed` runs the episode fragments as one packed sequence,
+        `bucketed` runs the fragments as a few dense fused calls grouped by length. `auto` takes the
+        fastest measured on the device (BENCHMARKS.md): bucketed on CUDA, chunked on the CPU."""
         if self.kind == "none":
             return self.rnn(x), ()
-        impl = self.impl if self.impl != "auto" else ("packed" if x.is_cuda else "chunked")
+        impl = self.impl if self.impl != "auto" else ("bucketed" if x.is_cuda else "chunked")
+        if impl == "bucketed":
+            return self._sequence_bucketed(x, state, resets, end_state)
         if impl == "packed":
             return self._sequence_packed(x, state, resets)
         if impl == "loop":
@@ -104,16 +108,14 @@ class RecurrentCore(nn.Module):
             outputs.append(y)
         return torch.cat(outputs, 1), state
 
-    def _sequence_packed(self, x: Tensor, state: State, resets: Tensor) -> tuple[Tensor, State]:
+    def _sequence_packed(self, x: Tensor, state: State, resets: Tensor, only_last: Tensor | None = None
+                         ) -> tuple[Tensor, State]:
         B, T, _ = x.shape
-        starts = resets.clone()
-        starts[:, 0] = True  # every row opens a fragment at t=0 (from its given state, or zeros on a reset)
-        if bool(starts.sum() == B):  # no reset after t=0: a single fused call
+        if only_last is None and not bool(resets[:, 1:].any()):  # no reset after t=0: a single fused call
             return self._run(x, mask_state(state, resets[:, 0]))
-        flat_start = torch.nonzero(starts.flatten()).flatten()  # [F] fragment starts in row-major order
-        row, t0 = flat_start // T, flat_start % T
-        nxt = torch.cat([flat_start[1:], flat_start.new_tensor([B * T])])
-        length = torch.minimum(nxt, (row + 1) * T) - flat_start  # [F] steps until the next fragment or row end
+        flat_start, row, t0, length = self._fragments(resets)  # [F] each, fragments in row-major order
+        if only_last is not None:  # just each row's final fragment, for its end state
+            flat_start, row, t0, length = flat_start[only_last], row[only_last], t0[only_last], length[only_last]
         lengths_cpu = length.cpu()  # one host sync per call (pack needs lengths on the CPU)
         L = int(lengths_cpu.max())
         offs = torch.arange(L, device=x.device)
@@ -126,10 +128,55 @@ class RecurrentCore(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(frag_x, lengths_cpu, batch_first=True, enforce_sorted=False)
         out, frag_state = self._run_packed(packed, init)
         y_frag, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=L)  # [F, L, hidden]
+        if only_last is not None:
+            return y_frag, frag_state
         y = x.new_zeros(B * T, y_frag.shape[-1])
         y[src[valid]] = y_frag[valid]
         last = torch.cat([(row[1:] != row[:-1]), row.new_ones(1, dtype=torch.bool)])  # each row's last fragment
         end = tuple(s[:, last] for s in frag_state)
+        return y.view(B, T, -1), end
+
+    def _fragments(self, resets: Tensor):
+        """Split rows at their resets: fragment start (flat index), row, start step, length; all [F]."""
+        B, T = resets.shape
+        starts = resets.clone()
+        starts[:, 0] = True
+        flat_start = torch.nonzero(starts.flatten()).flatten()
+        row, t0 = flat_start // T, flat_start % T
+        nxt = torch.cat([flat_start[1:], flat_start.new_tensor([B * T])])
+        length = torch.minimum(nxt, (row + 1) * T) - flat_start
+        return flat_start, row, t0, length
+
+    def _sequence_bucketed(self, x: Tensor, state: State, resets: Tensor, end_state: bool) -> tuple[Tensor, State]:
+        B, T, _ = x.shape
+        state = mask_state(state, resets[:, 0])
+        if not bool(resets[:, 1:].any()):  # one host sync; no reset after t=0: a single fused call
+            return self._run(x, state)
+        flat_start, row, t0, length = self._fragments(resets)
+        bucket = torch.ceil(torch.log2(length.float())).long()  # fragments of length in (2^(k-1), 2^k]
+        order = torch.argsort(bucket)
+        counts = torch.bincount(bucket, minlength=int(T).bit_length() + 1).tolist()  # one host sync
+        y = x.new_zeros(B * T, self.hidden_size)
+        flat_x = x.reshape(B * T, -1)
+        begin = 0
+        for k, n in enumerate(counts):
+            if n == 0:
+                continue
+            idx = order[begin : begin + n]
+            begin += n
+            L = min(1 << k, T)
+            offs = torch.arange(L, device=x.device)
+            src = flat_start[idx, None] + offs  # [n, L]
+            valid = offs[None, :] < length[idx, None]
+            frag_x = flat_x[src.clamp(max=B * T - 1)]  # [n, L, in], right-padded with whatever follows
+            first = (t0[idx] == 0).view(1, -1, 1)
+            init = tuple(torch.where(first, s[:, row[idx]], torch.zeros((), device=s.device)) for s in state)
+            out, _ = self._run(frag_x, init)  # a dense fused call; padded steps are computed and dropped
+            y.index_put_((src[valid],), out[valid])
+        if not end_state:
+            return y.view(B, T, -1), ()
+        last = torch.cat([(row[1:] != row[:-1]), row.new_ones(1, dtype=torch.bool)])
+        _, end = self._sequence_packed(x, state, resets, only_last=last)
         return y.view(B, T, -1), end
 
     def _run_packed(self, packed, init: State):

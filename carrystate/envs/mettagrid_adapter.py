@@ -1,0 +1,146 @@
+"""MettaGrid adapter: copies of an arena or navigation map with N agents each, as one `VecEnv`.
+
+Rows: copy e's agent i is row `e * agents + i`. Observations are MettaGrid's token lists `[tokens, 3]`
+uint8 (location byte, feature id, value; location 255 = empty token), encoded by `policy.encoder=token`.
+Actions are MettaGrid's primary actions (noop and the four moves, plus attack where the map enables it).
+
+Maps (built from mettagrid's own `make_arena` / `make_navigation` configs, to which a heart `altar` object
+is added: moving into it gives the agent a heart, and every heart gained is reward 1):
+- `arena`: a bordered square of `size` cells with `walls` random walls and `altars` altars;
+- `navigation`: a random open map of `size` cells with `altars` altars.
+Every episode of a copy lasts `max_steps` steps and is truncated there (bootstrapped); the copy then starts
+a new map (new seed) in the same step, as the `VecEnv` contract says.
+
+The simulator writes into views of this batch's arrays (no copy per step). Needs the optional extra
+`pip install -e .[mettagrid]`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gymnasium as gym
+import numpy as np
+
+from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
+
+EMPTY_TOKEN = 255
+
+
+def _require_mettagrid():
+    try:
+        import mettagrid  # noqa: F401
+        from mettagrid.simulator import Simulator
+    except ImportError as err:
+        raise ValueError("env.name=mettagrid needs the mettagrid package: pip install -e '.[mettagrid]' "
+                         f"({err})") from err
+    return Simulator
+
+
+def mettagrid_config(map_name: str, agents: int, size: int, altars: int, walls: int, max_steps: int,
+                     obs_tokens: int):
+    """The MettaGridConfig of one copy."""
+    from mettagrid.builder.envs import make_arena, make_navigation
+    from mettagrid.config.handler_config import Handler
+    from mettagrid.config.mettagrid_config import GridObjectConfig
+    from mettagrid.config.mutation.resource_mutation import updateActor
+    from mettagrid.map_builder.random_map import RandomMapBuilder
+    from mettagrid.mapgen.mapgen import MapGen
+    from mettagrid.mapgen.scenes.random import Random
+
+    if map_name == "arena":
+        cfg = make_arena(num_agents=agents, combat=False, map_builder=MapGen.Config(
+            num_agents=agents, width=size, height=size, border_width=1, instance_border_width=0,
+            instance=Random.Config(agents=agents, objects={"wall": walls, "altar": altars})))
+    elif map_name == "navigation":
+        cfg = make_navigation(num_agents=agents)
+        cfg.game.map_builder = RandomMapBuilder.Config(agents=agents, width=size, height=size,
+                                                       objects={"altar": altars})
+    else:
+        raise ValueError(f"env.mettagrid.map={map_name!r} is not one of arena, navigation")
+    game = cfg.game
+    altar = GridObjectConfig(name="altar", on_use_handler=Handler(mutations=[updateActor({"heart": 1})]))
+    game.objects = {**game.objects, "altar": altar}
+    game.max_steps = max_steps
+    game.episode_truncates = True
+    game.obs.num_tokens = obs_tokens
+    return cfg
+
+
+class MettaGridVecEnv:
+    """`num_envs` MettaGrid simulations with `agents` agents each, stepped in this process."""
+
+    def __init__(self, num_envs: int, map_name: str = "arena", agents: int = 24, size: int = 25, altars: int = 10,
+                 walls: int = 10, max_steps: int = 1000, obs_tokens: int = 200, seed: int = 0):
+        Simulator = _require_mettagrid()
+        logging.getLogger("mettagrid").setLevel(logging.WARNING)
+        from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+        from mettagrid.simulator.simulator import Buffers
+
+        self.cfg = mettagrid_config(map_name, agents, size, altars, walls, max_steps, obs_tokens)
+        info = PolicyEnvInterface.from_mg_cfg(self.cfg)
+        self.map_name, self.num_envs, self.agents_per_env = map_name, num_envs, agents
+        self.num_agents = num_envs * agents
+        self.single_observation_space = gym.spaces.Box(0, 255, tuple(info.observation_shape), np.uint8)
+        self.single_action_space = gym.spaces.Discrete(len(info.action_names))
+        self.action_names = list(info.action_names)
+        n, shape = self.num_agents, tuple(info.observation_shape)
+        self.obs = np.zeros((n, *shape), np.uint8)  # [agents, tokens, 3]: the simulators write here
+        self.rewards = np.zeros(n, np.float32)
+        self.terminals, self.truncations = np.zeros(n, bool), np.zeros(n, bool)
+        self.actions = np.zeros(n, np.int32)
+        self._masks, self._teacher = np.ones(n, bool), np.zeros(n, np.int32)
+        rows = [slice(e * agents, (e + 1) * agents) for e in range(num_envs)]
+        self._buffers = [Buffers(observations=self.obs[r], terminals=self.terminals[r],
+                                 truncations=self.truncations[r], rewards=self.rewards[r], masks=self._masks[r],
+                                 actions=self.actions[r], teacher_actions=self._teacher[r]) for r in rows]
+        self._simulators = [Simulator() for _ in range(num_envs)]
+        self._sims: list = [None] * num_envs
+        self.seed = seed
+        self._episodes = 0
+        self.tracker = EpisodeTracker(n)
+
+    def _new_sim(self, e: int, seed: int) -> None:
+        if self._sims[e] is not None:
+            self._sims[e].close()
+        self._sims[e] = self._simulators[e].new_simulation(self.cfg, seed, buffers=self._buffers[e])
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.seed = self.seed if seed is None else seed
+        self._episodes = 0
+        for e in range(self.num_envs):
+            self._new_sim(e, self._next_seed())
+        self.tracker = EpisodeTracker(self.num_agents)
+        return self.obs.copy()
+
+    def _next_seed(self) -> int:
+        self._episodes += 1
+        return (self.seed * 1_000_003 + self._episodes) % (2**31 - 1)  # the simulator takes a 32-bit seed
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        actions = check_actions(actions, self.single_action_space, self.num_agents)
+        self.actions[:] = actions
+        for e, sim in enumerate(self._sims):
+            try:
+                sim.step()
+            except Exception as err:
+                raise EnvError(f"mettagrid copy {e} raised in step: {type(err).__name__}: {err}") from err
+        reward = self.rewards.copy()
+        terminated, truncated = self.terminals.copy(), self.truncations.copy()
+        final_obs = self.obs.copy()
+        done = terminated | truncated
+        for e in range(self.num_envs):
+            rows = slice(e * self.agents_per_env, (e + 1) * self.agents_per_env)
+            if done[rows].all():  # the episode of the copy ended: new map in the same step
+                self._new_sim(e, self._next_seed())
+            elif done[rows].any():
+                raise EnvError(f"mettagrid copy {e}: only some agents ended their episode "
+                               "(this adapter expects the whole copy to end together)")
+        returns, lengths = self.tracker.update(reward, done)
+        return StepResult(self.obs.copy(), reward, terminated, truncated, final_obs, returns, lengths)
+
+    def close(self) -> None:
+        for e, sim in enumerate(self._sims):
+            if sim is not None:
+                sim.close()
+                self._sims[e] = None

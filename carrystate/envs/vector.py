@@ -1,0 +1,263 @@
+"""Env batches stepped in worker processes (`ProcessVecEnv`), and groups of batches that a rollout steps
+in turn (`EnvBatches`, for double buffering).
+
+`ProcessVecEnv` runs one sub-batch (any `VecEnv`, built by a factory inside the worker) per process and
+talks to each over a pipe. It is a `VecEnv` whose rows are the workers' rows in order, plus `step_async`
+(send the actions, return at once) and `step_wait` (collect the results). Every wait has a deadline
+(`timeout`, the setting `env.worker_timeout`): a worker that dies is reported as soon as it is seen dead, one
+that does not answer in time is reported when the deadline passes; either way every worker is stopped and an
+`EnvWorkerError` names the worker, its process and the setting, so training never hangs. An exception
+inside a worker's env comes back as an `EnvWorkerError` carrying the worker's traceback.
+
+`EnvBatches` holds several batches over consecutive row ranges; `Rollout` sees its `batches` attribute and
+alternates them, computing one batch's actions while the other steps. Stepped as a plain `VecEnv`, it steps
+every batch and concatenates the results.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Callable
+
+import numpy as np
+
+from carrystate.envs.base import EnvError, StepResult, VecEnv
+
+WORKER_SEED_STRIDE = 100_003  # worker k of a batch resets with seed + k * stride
+BATCH_SEED_STRIDE = 10_000_019  # batch b of a double-buffered env with seed + b * stride
+
+
+class EnvWorkerError(EnvError):
+    """A worker process died, did not answer within the timeout, or its env raised."""
+
+
+def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
+    """Body of a worker process: build the env, then answer commands until told to close (or until the
+    parent process is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it stops us by close()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the trainer's graceful handler inherited by fork
+    parent = os.getppid()
+    try:
+        env = factory()
+        conn.send(("ok", (env.num_agents, env.single_observation_space, env.single_action_space,
+                          getattr(env, "agents_per_env", 1))))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:  # orphaned: nobody will ever ask again
+                    return
+            command, arg = conn.recv()
+        except (EOFError, OSError):  # the parent closed its end
+            return
+        try:
+            if command == "step":
+                conn.send(("ok", env.step(arg)))
+            elif command == "reset":
+                conn.send(("ok", env.reset(seed=arg)))
+            elif command == "close":
+                env.close()
+                conn.send(("ok", None))
+                return
+            else:
+                conn.send(("error", f"unknown command {command!r}"))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+def concat_results(results: list[StepResult]) -> StepResult:
+    """Step results of consecutive row ranges → one result over all rows."""
+    cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
+    valid = None
+    if any(r.valid is not None for r in results):
+        valid = np.concatenate([np.ones(len(r.reward), bool) if r.valid is None else np.asarray(r.valid, bool)
+                                for r in results])
+    return StepResult(cat("obs"), cat("reward"), cat("terminated"), cat("truncated"), cat("final_obs"),
+                      [x for r in results for x in r.episode_returns], [x for r in results for x in r.episode_lengths],
+                      [x for r in results for x in r.success], valid)
+
+
+class ProcessVecEnv:
+    """Sub-batches stepped in worker processes (one per factory), as one `VecEnv` with async stepping."""
+
+    def __init__(self, factories: list[Callable[[], VecEnv]], timeout: float = 60.0, name: str = "env",
+                 start_method: str | None = None):
+        if not factories:
+            raise ValueError("ProcessVecEnv needs at least one worker factory (env.workers >= 1)")
+        self.timeout, self.name = timeout, name
+        method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+        ctx = mp.get_context(method)
+        self.conns, self.procs = [], []
+        self._pending = False
+        self._closed = False
+        for k, factory in enumerate(factories):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, factory), daemon=True, name=f"carrystate-env-{k}")
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        deadline = time.monotonic() + timeout
+        specs = [self._receive(k, deadline, "starting") for k in range(len(factories))]
+        self.sizes = [s[0] for s in specs]  # [workers] rows per worker
+        self.bounds = np.cumsum([0] + self.sizes)  # worker k owns rows bounds[k]:bounds[k+1]
+        self.num_agents = int(self.bounds[-1])
+        _, self.single_observation_space, self.single_action_space, self.agents_per_env = specs[0]
+        for k, spec in enumerate(specs[1:], 1):
+            if spec[1] != self.single_observation_space or spec[2] != self.single_action_space:
+                self.close()
+                raise EnvWorkerError(f"worker {k} of {name} has spaces {spec[1]}, {spec[2]} but worker 0 has "
+                                     f"{self.single_observation_space}, {self.single_action_space}")
+
+    # ---- messages ---------------------------------------------------------------------------------
+    def _fail(self, message: str) -> EnvWorkerError:
+        self.close(graceful=False)
+        return EnvWorkerError(message)
+
+    def _receive(self, k: int, deadline: float, doing: str):
+        conn, proc = self.conns[k], self.procs[k]
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                ready = conn.poll(max(0.0, min(0.05, remaining)))
+            except (OSError, EOFError):
+                ready = False
+            if ready:
+                try:
+                    status, payload = conn.recv()
+                except (EOFError, OSError):
+                    proc.join(0.5)
+                    raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) died while {doing} "
+                                     f"(exit code {proc.exitcode})") from None
+                if status == "error":
+                    raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) raised while {doing}:\n{payload}")
+                return payload
+            if not proc.is_alive():
+                raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) died while {doing} "
+                                 f"(exit code {proc.exitcode})")
+            if remaining <= 0:
+                raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) did not answer within "
+                                 f"env.worker_timeout={self.timeout:g}s while {doing}; all workers were stopped")
+
+    def _send(self, k: int, message) -> None:
+        try:
+            self.conns[k].send(message)
+        except (BrokenPipeError, EOFError, OSError):
+            proc = self.procs[k]
+            proc.join(0.5)
+            raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) died (exit code {proc.exitcode})") from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EnvWorkerError(f"{self.name}: the workers were stopped (after an error or close())")
+
+    # ---- VecEnv ------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self._check_open()
+        if self._pending:
+            self.step_wait()
+        for k in range(len(self.procs)):
+            self._send(k, ("reset", None if seed is None else seed + k * WORKER_SEED_STRIDE))
+        deadline = time.monotonic() + self.timeout
+        return np.concatenate([np.asarray(self._receive(k, deadline, "resetting")) for k in range(len(self.procs))])
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Send each worker its rows' actions and return at once."""
+        self._check_open()
+        if self._pending:
+            raise RuntimeError("step_async called twice without step_wait")
+        actions = np.asarray(actions)
+        if actions.shape[0] != self.num_agents:
+            raise ValueError(f"actions have {actions.shape[0]} rows, expected {self.num_agents} (agents)")
+        for k in range(len(self.procs)):
+            self._send(k, ("step", actions[self.bounds[k]:self.bounds[k + 1]]))
+        self._pending = True
+
+    def step_wait(self) -> StepResult:
+        """The results of the last `step_async`, or EnvWorkerError within `timeout` seconds."""
+        self._check_open()
+        if not self._pending:
+            raise RuntimeError("step_wait called without step_async")
+        deadline = time.monotonic() + self.timeout
+        results = [self._receive(k, deadline, "stepping") for k in range(len(self.procs))]
+        self._pending = False
+        return concat_results(results)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop every worker: ask politely (graceful), then terminate, then kill what is left."""
+        if self._closed:
+            return
+        self._closed = True
+        if graceful and not self._pending:
+            for conn, proc in zip(self.conns, self.procs):
+                if proc.is_alive():
+                    try:
+                        conn.send(("close", None))
+                    except (BrokenPipeError, OSError):
+                        pass
+            deadline = time.monotonic() + min(self.timeout, 5.0)
+            for proc in self.procs:
+                proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        for conn in self.conns:
+            conn.close()
+
+    def __del__(self):
+        try:
+            self.close(graceful=False)
+        except Exception:
+            pass
+
+
+class EnvBatches:
+    """Batches over consecutive row ranges (`batches`: list of (first row, VecEnv)), stepped in turn by a
+    double-buffered `Rollout`, or all at once through the plain `VecEnv` methods."""
+
+    def __init__(self, envs: list[VecEnv]):
+        if len(envs) < 2:
+            raise ValueError("EnvBatches needs at least two batches")
+        starts = np.cumsum([0] + [e.num_agents for e in envs])
+        self.batches: list[tuple[int, VecEnv]] = [(int(s), e) for s, e in zip(starts, envs)]
+        self.num_agents = int(starts[-1])
+        self.single_observation_space = envs[0].single_observation_space
+        self.single_action_space = envs[0].single_action_space
+        self.agents_per_env = getattr(envs[0], "agents_per_env", 1)
+        for b, e in enumerate(envs[1:], 1):
+            if e.single_observation_space != self.single_observation_space or \
+                    e.single_action_space != self.single_action_space:
+                raise ValueError(f"batch {b} has other spaces than batch 0")
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        return np.concatenate([np.asarray(env.reset(seed=None if seed is None else seed + b * BATCH_SEED_STRIDE))
+                               for b, (_, env) in enumerate(self.batches)])
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        actions = np.asarray(actions)
+        parts = [actions[start:start + env.num_agents] for start, env in self.batches]
+        for (_, env), part in zip(self.batches, parts):
+            if hasattr(env, "step_async"):
+                env.step_async(part)
+        return concat_results([env.step_wait() if hasattr(env, "step_async") else env.step(part)
+                               for (_, env), part in zip(self.batches, parts)])
+
+    def close(self) -> None:
+        for _, env in self.batches:
+            env.close()

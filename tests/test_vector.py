@@ -1,0 +1,172 @@
+"""Worker-process env batches (`ProcessVecEnv`) and the double-buffered rollout (`EnvBatches`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from carrystate.buffer import SegmentBuffer
+from carrystate.config import ConfigError, load_config
+from carrystate.envs import TMaze, make_env
+from carrystate.envs.vector import EnvBatches, EnvWorkerError, ProcessVecEnv
+from carrystate.rollout import Rollout
+from carrystate.state import StateStore
+from tests.helpers import make_policy
+
+
+class HangingTMaze(TMaze):
+    def step(self, actions):
+        time.sleep(3600)
+
+
+class FailingTMaze(TMaze):
+    def step(self, actions):
+        raise RuntimeError("boom in the env")
+
+
+def test_worker_batch_equals_the_same_env_in_process():
+    remote = ProcessVecEnv([lambda: TMaze(3, 2, 5, seed=3), lambda: TMaze(3, 2, 5, seed=3)], timeout=10)
+    try:
+        assert remote.num_agents == 6
+        reference = [TMaze(3, 2, 5, seed=3), TMaze(3, 2, 5, seed=3)]
+        obs = remote.reset()
+        assert np.array_equal(obs, np.concatenate([e.reset() for e in reference]))
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            a = rng.integers(0, 2, 6)
+            res = remote.step(a)
+            ref = [reference[0].step(a[:3]), reference[1].step(a[3:])]
+            assert np.array_equal(res.obs, np.concatenate([r.obs for r in ref]))
+            assert np.array_equal(res.reward, np.concatenate([r.reward for r in ref]))
+            assert res.episode_returns == ref[0].episode_returns + ref[1].episode_returns
+    finally:
+        remote.close()
+
+
+def test_killed_worker_gives_a_clear_error_within_the_timeout():
+    env = ProcessVecEnv([lambda: TMaze(2), lambda: TMaze(2)], timeout=5)
+    env.reset()
+    os.kill(env.procs[1].pid, signal.SIGKILL)
+    env.procs[1].join(2)
+    start = time.monotonic()
+    with pytest.raises(EnvWorkerError, match=r"worker 1 \(pid \d+\) died"):
+        env.step(np.zeros(4, np.int64))
+    assert time.monotonic() - start < 5
+    assert not any(p.is_alive() for p in env.procs), "every worker is stopped after the failure"
+
+
+def test_hanging_worker_raises_a_timeout_error_naming_the_setting():
+    env = ProcessVecEnv([lambda: TMaze(2), lambda: HangingTMaze(2)], timeout=0.5)
+    env.reset()
+    start = time.monotonic()
+    with pytest.raises(EnvWorkerError, match=r"worker 1 .*did not answer within env.worker_timeout=0.5s"):
+        env.step(np.zeros(4, np.int64))
+    assert time.monotonic() - start < 3
+    assert not any(p.is_alive() for p in env.procs)
+
+
+def test_env_exception_in_worker_carries_its_traceback():
+    env = ProcessVecEnv([lambda: FailingTMaze(2)], timeout=5)
+    env.reset()
+    with pytest.raises(EnvWorkerError, match="(?s)worker 0 .*raised while stepping.*boom in the env"):
+        env.step(np.zeros(2, np.int64))
+
+
+def _rollout(env, double_buffer: bool, steps=24, horizon=8, seed=0):
+    policy = make_policy(obs_dim=4, num_actions=2)
+    core = policy.core
+    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    rollout = Rollout(env, store, seed=5, double_buffer=double_buffer)
+    buf = SegmentBuffer(env.num_agents, env.num_agents * steps, horizon, (4,), torch.float32, (), torch.long,
+                        policy.initial_state(1))
+    stats = rollout.collect(policy, buf, torch.Generator().manual_seed(seed))
+    return policy, store, buf, stats
+
+
+@pytest.mark.parametrize("workers", [False, True])
+def test_double_buffered_rollout_fills_the_same_buffer_as_one_batch(workers):
+    """T-maze observations do not depend on actions, so two halves stepped in turn and the same halves
+    stepped as one batch must give the same observations, starts, values and start states (actions are
+    sampled in another order, so only their consistency with the stored log-probs is compared)."""
+    def halves():
+        if workers:
+            return [ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=1)], timeout=10),
+                    ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=2)], timeout=10)]
+        return [TMaze(3, 2, 6, seed=1), TMaze(3, 2, 6, seed=2)]
+
+    pair, single = EnvBatches(halves()), EnvBatches(halves())
+    try:
+        policy, store_d, double, stats_d = _rollout(pair, double_buffer=True)
+        _, store_s, one, stats_s = _rollout(single, double_buffer=False)
+    finally:
+        pair.close()
+        single.close()
+    assert sorted(store_d.sizes.items()) == [(0, 3), (3, 3)] and list(store_s.sizes.items()) == [(0, 6)]
+    for name in ("obs", "starts", "terminated", "truncated", "valid"):
+        assert torch.equal(getattr(double, name), getattr(one, name)), name
+    for name in ("values", "final_values", "last_value"):
+        assert torch.allclose(getattr(double, name), getattr(one, name), atol=1e-6), name
+    for a, b in zip(double.start_state, one.start_state):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert stats_d.steps == stats_s.steps == 24
+    assert sorted(stats_d.episode_lengths) == sorted(stats_s.episode_lengths)
+    # the carried state after the rollout is the same, slice by slice
+    for k in range(len(store_s.get(0))):
+        joined = torch.cat([store_d.get(0)[k], store_d.get(3)[k]], dim=1)
+        assert torch.allclose(joined, store_s.get(0)[k], atol=1e-6)
+    # stored log-probs belong to the stored actions
+    with torch.no_grad():
+        params, _, _ = policy.sequence(double.obs, double.start_state, double.starts)
+        logp, _ = policy.actor.log_prob_entropy(params, double.actions)
+    assert torch.allclose(logp, double.logprobs, atol=1e-5)
+
+
+def test_config_builds_double_buffered_worker_batches():
+    cfg = load_config(overrides=["env.num_envs=4", "env.workers=2", "env.double_buffer=true",
+                                 "trainer.batch_size=256", "trainer.bptt_horizon=16", "trainer.minibatch_size=128"])
+    env = make_env(cfg.env, seed=0)
+    try:
+        assert isinstance(env, EnvBatches) and env.num_agents == 4
+        assert [start for start, _ in env.batches] == [0, 2]
+        assert all(isinstance(sub, ProcessVecEnv) and len(sub.procs) == 2 for _, sub in env.batches)
+        policy = make_policy(obs_dim=4, num_actions=2)
+        _, _, buf, stats = _rollout_env(env, policy)
+        assert stats.steps == 16 and buf.timeline(buf.starts)[:, 0].all()
+    finally:
+        env.close()
+
+
+def _rollout_env(env, policy):
+    core = policy.core
+    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    rollout = Rollout(env, store)
+    buf = SegmentBuffer(env.num_agents, env.num_agents * 16, 16, (4,), torch.float32, (), torch.long,
+                        policy.initial_state(1))
+    return rollout, store, buf, rollout.collect(policy, buf, torch.Generator().manual_seed(0))
+
+
+def test_vector_settings_are_validated():
+    with pytest.raises(ConfigError, match="env.double_buffer=true splits env.num_envs=3"):
+        load_config(overrides=["env.num_envs=3", "env.double_buffer=true"])
+    with pytest.raises(ConfigError, match="env.workers=3 cannot split evenly"):
+        load_config(overrides=["env.num_envs=8", "env.workers=3"])
+
+
+def test_training_runs_with_workers_and_double_buffer(tmp_path):
+    from carrystate.trainer import Trainer
+
+    cfg = load_config(overrides=["env.num_envs=8", "env.workers=2", "env.double_buffer=true",
+                                 "trainer.batch_size=512", "trainer.bptt_horizon=16", "trainer.minibatch_size=256",
+                                 "trainer.total_timesteps=1024", "trainer.update_epochs=1"])
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", quiet=True)
+    try:
+        trainer.train()
+        assert trainer.global_step == 1024
+        assert sorted(trainer.store.sizes) == [0, 4]
+    finally:
+        trainer.env.close()
