@@ -91,6 +91,19 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from carrystate import bench
+    from carrystate.bench import report
+
+    out, md = Path(args.results), Path(args.markdown)
+    if args.report_only:
+        report.write(md, out)
+    else:
+        bench.run(out, quick=args.quick, markdown=md)
+    print(f"wrote {md} (results in {out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carrystate", description="Recurrent PPO with exact, carried LSTM/GRU state.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
     p.add_argument("-v", "--verbose", action="store_true", help="print every episode's return")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("bench", help="measure the learner, memory and whole training; write BENCHMARKS.md",
+                       description="Run the CPU benchmarks (learner unrolls vs the fused call and torchrl, learner "
+                                   "memory vs horizon, end-to-end SPS vs sb3-contrib RecurrentPPO and vs the floor) "
+                                   "and write BENCHMARKS.md. CUDA results saved in RESULTS are included.")
+    p.add_argument("--quick", action="store_true", help="a smaller grid and fewer repeats")
+    p.add_argument("--results", default="benchmarks/results", help="folder of JSON results (default benchmarks/results)")
+    p.add_argument("--markdown", default="BENCHMARKS.md", help="report to write (default BENCHMARKS.md)")
+    p.add_argument("--report-only", action="store_true", help="only render the report from saved results")
+    p.set_defaults(func=_bench)
     p = sub.add_parser("config", help="list every setting with its documentation, or print a resolved config",
                        description="Without options: every setting, its default and documentation.")
     p.add_argument("--show", metavar="CONFIG", help="print the full resolved YAML of CONFIG ('-' for defaults)")

@@ -174,8 +174,8 @@ class PolicyConfig(_Section):
     sequence_impl: Literal["auto", "chunked", "packed", "bucketed", "loop"] = "auto"
     """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
     `packed` (episode fragments as one packed sequence), `bucketed` (fragments grouped by length, one
-    dense fused call per group), `loop` (one step at a time), `auto` (bucketed on
-    CUDA, chunked on the CPU; see BENCHMARKS.md)."""
+    dense fused call per group), `loop` (one step at a time), `auto` (bucketed: the fastest measured
+    on the CPU and on CUDA, see BENCHMARKS.md)."""
 
 
 class TrainerConfig(_Section):

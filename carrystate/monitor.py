@@ -38,12 +38,22 @@ class Monitor:
         line = (f"step {step:>9,}/{self.total:,}  SPS {sps:7,.0f}  return {ret}{succ}  "
                 f"pg {losses.get('losses/policy_loss', 0):+.3f}  v {losses.get('losses/value_loss', 0):.3f}  "
                 f"ent {losses.get('losses/entropy', 0):.3f}  kl {losses.get('losses/approx_kl', 0):.4f}  "
-                f"left {left:5.0f}s")
+                f"{self._split(losses)}left {left:5.0f}s")
         if self.live:
             sys.stdout.write("\r" + line + "\x1b[K")
             sys.stdout.flush()
         else:
             print(line, flush=True)
+
+    @staticmethod
+    def _split(values: dict[str, float]) -> str:
+        """Where the last iteration's time went: env, policy (rollout inference), learner."""
+        parts = [values.get(k, 0.0) for k in ("perf/env_seconds", "perf/policy_seconds", "perf/learn_seconds")]
+        total = sum(parts)
+        if total <= 0:
+            return ""
+        env, pol, learn = (100 * p / total for p in parts)
+        return f"time env {env:2.0f}% policy {pol:2.0f}% learn {learn:2.0f}%  "
 
     def close(self) -> None:
         if self.live:

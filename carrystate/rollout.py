@@ -19,6 +19,8 @@ buffer layout is the one the single-batch path fills.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -34,6 +36,8 @@ from carrystate.state import StateStore
 @dataclass
 class RolloutStats:
     steps: int = 0  # rollout steps taken (agent-steps = steps × agents)
+    env_seconds: float = 0.0  # wall time spent waiting for env steps (the rest of the phase is the policy)
+    seconds: float = 0.0  # wall time of the whole phase
     interrupted: bool = False
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
@@ -92,6 +96,7 @@ class Rollout:
 
     def _send(self, lane: _Lane, actions: np.ndarray) -> StepResult | None:
         """Start the env step of one lane: asynchronously where the env can, else step it now."""
+        t0 = time.perf_counter()
         try:
             if hasattr(lane.env, "step_async"):
                 lane.env.step_async(actions)
@@ -101,15 +106,20 @@ class Rollout:
             raise
         except Exception as err:
             raise EnvError(f"{type(lane.env).__name__}.step raised {type(err).__name__}: {err}") from err
+        finally:
+            self._env_seconds += time.perf_counter() - t0
 
     def _receive(self, lane: _Lane, res: StepResult | None) -> StepResult:
         if res is None:
+            t0 = time.perf_counter()
             try:
                 res = lane.env.step_wait()
             except EnvError:
                 raise
             except Exception as err:
                 raise EnvError(f"{type(lane.env).__name__}.step_wait raised {type(err).__name__}: {err}") from err
+            finally:
+                self._env_seconds += time.perf_counter() - t0
         check_step_result(res, lane.env.num_agents, self.obs_shape, self.agents_per_env)
         return res
 
@@ -169,6 +179,7 @@ class Rollout:
         Order per step t, lane by lane: finish the lane's step t-1 (wait for its env), then compute and send
         its actions for step t. With two lanes, lane 1's env steps while lane 0 is finished and acted on."""
         stats = RolloutStats()
+        self._env_seconds, started = 0.0, time.perf_counter()
         try:
             for t in range(buffer.steps):
                 if should_stop():
@@ -185,6 +196,7 @@ class Rollout:
             for lane in self.lanes:  # after an error the pending step is lost; never finish it twice
                 lane.pending = None
         stats.steps = t if stats.interrupted else buffer.steps
+        stats.env_seconds, stats.seconds = self._env_seconds, time.perf_counter() - started
         if stats.interrupted:
             return stats
         for lane in self.lanes:

@@ -115,10 +115,11 @@ class Trainer:
                     break
                 self.anneal_learning_rate()
                 rollout_stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen, stop)
-                losses = {}
+                losses, learn_started = {}, time.perf_counter()
                 if not rollout_stats.interrupted:
                     self.compute_advantages()
                     losses = self.learn(stop)
+                losses["perf/learn_seconds"] = time.perf_counter() - learn_started
                 self.iteration += 1
                 self.global_step += rollout_stats.steps * self.env.num_agents
                 sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
@@ -193,6 +194,8 @@ class Trainer:
         self.success.extend(rollout_stats.success)
         scalars = dict(losses)
         scalars["charts/SPS"] = sps
+        scalars["perf/env_seconds"] = rollout_stats.env_seconds
+        scalars["perf/policy_seconds"] = rollout_stats.seconds - rollout_stats.env_seconds
         scalars["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         if rollout_stats.episode_returns:
             scalars["charts/episodic_return"] = float(np.mean(rollout_stats.episode_returns))
@@ -201,7 +204,7 @@ class Trainer:
             scalars["charts/success_rate"] = float(np.mean(rollout_stats.success))
         if self.stop_signal is None:
             monitor.scalars(self.global_step, scalars)
-        monitor.progress(self.global_step, sps, losses, self.returns, self.success)
+        monitor.progress(self.global_step, sps, {**losses, **scalars}, self.returns, self.success)
 
     # ---- interruption ---------------------------------------------------------------------------
     @contextmanager

@@ -77,11 +77,11 @@ class RecurrentCore(nn.Module):
         The one training unroll; every variant applies the resets exactly and they agree to float rounding:
         `chunked` cuts the segment at every timestep where some row resets (one fused call per piece),
         `loop` steps one timestep at a time, `packed` runs the episode fragments as one packed sequence,
-        `bucketed` runs the fragments as a few dense fused calls grouped by length. `auto` takes the
-        fastest measured on the device (BENCHMARKS.md): bucketed on CUDA, chunked on the CPU."""
+        `bucketed` runs the fragments as a few dense fused calls grouped by length. `auto` is bucketed,
+        the fastest on the CPU and on CUDA in BENCHMARKS.md at realistic reset densities."""
         if self.kind == "none":
             return self.rnn(x), ()
-        impl = self.impl if self.impl != "auto" else ("bucketed" if x.is_cuda else "chunked")
+        impl = "bucketed" if self.impl == "auto" else self.impl
         if impl == "bucketed":
             return self._sequence_bucketed(x, state, resets, end_state)
         if impl == "packed":

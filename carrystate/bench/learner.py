@@ -5,7 +5,7 @@ call that ignores resets, the speed to match) and, when installed, torchrl's LST
 on the same shapes and the same random reset pattern (about one episode end per 50 steps per row).
 Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length.
 
-    python benchmarks/learner.py --device cpu --json out.json      # medians over repeats, ratios to fused
+    python -m carrystate.bench.learner --device cpu --json out.json      # medians over repeats
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _time(fn, device, repeats: int, warmup: int = 2) -> float:
+def _time(fn, device, repeats: int, warmup: int = 1, slow: float = 2.0) -> float:
+    """Median wall time of `fn` over `repeats` runs after `warmup`; a call slower than `slow` seconds is
+    timed once (its ratio to the fused call is then far from the target anyway)."""
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
+        _sync(device)
+        if time.perf_counter() - t0 > slow:
+            repeats = 1
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

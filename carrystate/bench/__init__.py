@@ -1,0 +1,44 @@
+"""Benchmarks: the learner's unrolls against the fused call and torchrl, whole training against sb3-contrib
+and against the floor, learner memory against the horizon; `run` writes BENCHMARKS.md from the results.
+
+Each part is also a module with its own command line (`python -m carrystate.bench.learner --help`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def run(out_dir: Path, quick: bool = False, markdown: Path | None = None) -> dict:
+    """Run the CPU benchmarks, save their JSON under `out_dir`, and write `markdown` (BENCHMARKS.md)."""
+    from carrystate.bench import end_to_end, learner, report
+
+    torch.set_num_threads(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu")
+    info = {"device": f"CPU {platform.machine()} ({_cpu_name()}), {torch.get_num_threads()} torch thread",
+            "torch": torch.__version__}
+    hiddens, horizons = ([128], [16, 64]) if quick else ([128, 256], [16, 64, 256])
+    cpu = {"info": info,
+           "memory": learner.bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], "bucketed"),
+           "learner": learner.bench_learner(device, hiddens, horizons, 256, 3 if quick else 7)}
+    (out_dir / "learner_cpu.json").write_text(json.dumps(cpu, indent=1))
+    e2e = end_to_end.run_all(iterations=2 if quick else 5, sb3_iterations=1 if quick else 2)
+    (out_dir / "end_to_end_cpu.json").write_text(json.dumps(e2e, indent=1))
+    if markdown is not None:
+        report.write(markdown, out_dir)
+    return {"learner": cpu, "end_to_end": e2e}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

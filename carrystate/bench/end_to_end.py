@@ -1,0 +1,146 @@
+"""End-to-end benchmark: agent-steps per second of whole training, against sb3-contrib RecurrentPPO at
+equal settings (envs, rollout length, minibatch, epochs, LSTM width), and against the floor.
+
+The floor is the time training cannot go below with this network on this machine: stepping the envs
+for one rollout, one fused forward per rollout step, and a fused forward+backward (ignoring resets) plus an
+optimizer step per minibatch of every epoch. The trainer's time over the floor is its overhead.
+
+    python -m carrystate.bench.end_to_end --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from carrystate.config import load_config
+from carrystate.envs import make_env
+from carrystate.envs.memory import TMaze
+from carrystate.trainer import Trainer
+
+TASKS = {
+    "tmaze": ["env.name=tmaze"],
+    "cartpole_novel": ["env.name=gymnasium", "env.gymnasium.id=CartPole-v1", "env.gymnasium.hide_velocity=true"],
+}
+COMMON = ["env.num_envs=64", "trainer.batch_size=8192", "trainer.bptt_horizon=64", "trainer.minibatch_size=2048",
+          "trainer.update_epochs=4", "policy.hidden_size=64", "policy.encoder_sizes=[64]", "trainer.learning_rate=0.001"]
+
+
+class TMazeGym(gym.Env):
+    """The built-in T-maze as a single gymnasium env (for sb3, which steps gym.Env copies)."""
+
+    def __init__(self):
+        self.inner = TMaze(1)
+        self.observation_space = self.inner.single_observation_space
+        self.action_space = self.inner.single_action_space
+
+    def reset(self, seed=None, options=None):
+        return self.inner.reset(seed=seed)[0], {}
+
+    def step(self, action):
+        r = self.inner.step(np.array([action]))
+        return r.final_obs[0] if r.terminated[0] else r.obs[0], float(r.reward[0]), bool(r.terminated[0]), False, {}
+
+
+def carrystate_sps(task: str, iterations: int) -> dict:
+    cfg = load_config(None, COMMON + TASKS[task] + [f"trainer.total_timesteps={8192 * (iterations + 1)}"])
+    tr = Trainer(cfg, quiet=True)
+    tr.train(stop_after=1)  # warm-up iteration
+    t0 = time.perf_counter()
+    s = tr.train()
+    wall = time.perf_counter() - t0
+    return {"sps": (s.global_step - 8192) / wall, "seconds_per_iteration": wall / iterations, "trainer": tr}
+
+
+def floor_seconds(tr: Trainer) -> dict:
+    """Env stepping + one fused forward per rollout step + fused fwd/bwd + optimizer step per minibatch."""
+    cfg = tr.cfg
+    env = make_env(cfg.env, seed=5)
+    env.reset()
+    n, steps = env.num_agents, tr.buffer.steps
+    space = env.single_action_space
+    acts = [np.random.default_rng(0).integers(0, space.n, size=n) for _ in range(steps)]
+    t0 = time.perf_counter()
+    for a in acts:
+        env.step(a)
+    t_env = time.perf_counter() - t0
+    policy, core = tr.policy, tr.policy.core
+    obs = torch.zeros(n, *env.single_observation_space.shape)
+    state = policy.initial_state(n)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            y, state = core._run(policy.encoder(obs).unsqueeze(1), state)
+            policy.actor(y), policy.critic(y)
+    t_fwd = time.perf_counter() - t0
+    b, t = tr.buffer, cfg.trainer
+    mb = t.minibatch_size // t.bptt_horizon
+    t0 = time.perf_counter()
+    for _ in range(t.update_epochs):
+        for idx in b.minibatch_plan(mb, torch.Generator().manual_seed(0)):
+            y, _ = core._run(policy.encoder(b.obs[idx]), tuple(s[:, idx] for s in b.start_state))
+            loss = policy.actor(y).sum() + policy.critic(y).sum()
+            tr.optimizer.zero_grad()
+            loss.backward()
+            tr.optimizer.step()
+    t_learn = time.perf_counter() - t0
+    return {"env": t_env, "forward": t_fwd, "learn": t_learn, "total": t_env + t_fwd + t_learn}
+
+
+def sb3_sps(task: str, iterations: int) -> dict | None:
+    try:
+        from sb3_contrib import RecurrentPPO
+        from stable_baselines3.common.env_util import make_vec_env
+    except ImportError:
+        return None
+    from carrystate.envs.gym_adapter import HideVelocity
+
+    if task == "tmaze":
+        venv = make_vec_env(TMazeGym, n_envs=64)
+    else:
+        venv = make_vec_env(lambda: HideVelocity(gym.make("CartPole-v1"), "CartPole-v1"), n_envs=64)
+    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=128, batch_size=2048, n_epochs=4, learning_rate=1e-3,
+                         policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], shared_lstm=True,
+                                            enable_critic_lstm=False), device="cpu", seed=1)
+    model.learn(8192)  # warm-up iteration
+    t0 = time.perf_counter()
+    model.learn(8192 * iterations, reset_num_timesteps=False)
+    wall = time.perf_counter() - t0
+    return {"sps": 8192 * iterations / wall, "seconds_per_iteration": wall / iterations}
+
+
+def run_all(iterations: int = 5, sb3_iterations: int = 2) -> dict:
+    results = {}
+    for task in TASKS:
+        torch.set_num_threads(1)
+        ours = carrystate_sps(task, iterations)
+        floor = floor_seconds(ours.pop("trainer"))
+        ours["floor_seconds_per_iteration"] = floor
+        ours["over_floor"] = ours["seconds_per_iteration"] / floor["total"]
+        torch.set_num_threads(1)
+        theirs = sb3_sps(task, sb3_iterations)
+        results[task] = {"carrystate": ours, "sb3_recurrent_ppo": theirs,
+                         "speedup": ours["sps"] / theirs["sps"] if theirs else None}
+        print(task, json.dumps(results[task]), flush=True)
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations of 8192 agent-steps each")
+    p.add_argument("--sb3-iterations", type=int, default=2)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    results = run_all(a.iterations, a.sb3_iterations)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
