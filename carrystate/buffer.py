@@ -22,7 +22,7 @@ from carrystate.policy.core import State
 class SegmentBuffer:
     def __init__(self, num_agents: int, batch_size: int, horizon: int, obs_shape: tuple[int, ...],
                  obs_dtype: torch.dtype, action_shape: tuple[int, ...], action_dtype: torch.dtype,
-                 state_template: State, device: torch.device | str = "cpu"):
+                 state_template: State, device: torch.device | str = "cpu", burn_in: int = 0):
         if batch_size % (num_agents * horizon):
             raise ValueError(f"batch_size={batch_size} is not a multiple of agents × bptt_horizon = "
                              f"{num_agents} × {horizon}")
@@ -47,6 +47,19 @@ class SegmentBuffer:
         # [num_layers, segments, hidden] per state tensor: the state each row held at its first step
         self.start_state: State = tuple(torch.zeros(s.shape[0], S, *s.shape[2:], device=device) for s in state_template)
         self.last_value = z(num_agents)  # [agents] value after the rollout's last step
+        # Burn-in (R2D2): the state at column H - burn_in of every row, and the previous rollout's last
+        # burn_in steps per agent, so that every segment can be warmed up from the steps that precede it.
+        self.burn_in = burn_in
+        if burn_in:
+            if not 0 < burn_in < horizon:
+                raise ValueError(f"trainer.burn_in={burn_in} must be between 1 and bptt_horizon - 1 = {horizon - 1}")
+            self.burn_in_state: State = tuple(torch.zeros_like(s) for s in self.start_state)
+            self.tail_obs = z(num_agents, burn_in, *obs_shape, dtype=obs_dtype)  # [agents, burn_in, *obs_shape]
+            self.tail_starts = z(num_agents, burn_in, dtype=torch.bool)
+            self.tail_state: State = tuple(torch.zeros(s.shape[0], num_agents, *s.shape[2:], device=device)
+                                           for s in state_template)
+            self.tail_ready = False  # true once a previous rollout left its tail
+            self.filled = False
 
     def timeline(self, t: Tensor) -> Tensor:
         """View a [segments, horizon, ...] tensor as [agents, steps, ...]: each agent's consecutive steps."""
@@ -65,6 +78,48 @@ class SegmentBuffer:
         rows = owners * self.rows_per_agent + step // self.horizon
         for dst, src in zip(self.start_state, state):
             dst[:, rows] = src
+
+    def write_burn_in_state(self, step: int, state: State, agents: slice = slice(None)) -> None:
+        """At column H - burn_in of each row, record the state the agents hold (the start of the burn-in
+        period of the next row)."""
+        owners = torch.arange(self.num_agents, device=self.obs.device)[agents]
+        rows = owners * self.rows_per_agent + step // self.horizon
+        for dst, src in zip(self.burn_in_state, state):
+            dst[:, rows] = src
+
+    def begin_rollout(self) -> None:
+        """Before a rollout overwrites the buffer, keep the last burn_in steps of every agent."""
+        if not self.burn_in:
+            return
+        if self.filled:
+            last = torch.arange(self.num_agents, device=self.obs.device) * self.rows_per_agent + self.rows_per_agent - 1
+            self.tail_obs[:] = self.obs[last, -self.burn_in:]
+            self.tail_starts[:] = self.starts[last, -self.burn_in:]
+            for dst, src in zip(self.tail_state, self.burn_in_state):
+                dst[:] = src[:, last]
+            self.tail_ready = True
+        self.filled = True
+
+    def burn_in_inputs(self, idx: Tensor) -> tuple[Tensor, Tensor, State, Tensor]:
+        """For segments `idx` [n]: the burn_in steps before each (obs [n, N, ...], starts [n, N]), the state at
+        their start, and `has` [n] (false for a rollout's first rows when no earlier rollout left a tail)."""
+        idx = idx.to(self.obs.device)
+        N, first = self.burn_in, (idx % self.rows_per_agent) == 0
+        prev = torch.where(first, idx, idx - 1)
+        agent = idx // self.rows_per_agent
+        obs = torch.where(first.view(-1, *[1] * (self.obs.dim() - 1)), self.tail_obs[agent], self.obs[prev, -N:])
+        starts = torch.where(first[:, None], self.tail_starts[agent], self.starts[prev, -N:])
+        state = tuple(torch.where(first.view(1, -1, 1), t[:, agent], s[:, prev])
+                      for t, s in zip(self.tail_state, self.burn_in_state))
+        has = ~first | torch.tensor(self.tail_ready, device=idx.device)
+        return obs, starts, state, has
+
+    def chain_plan(self, chain: int, minibatch_segments: int, generator: torch.Generator) -> list[Tensor]:
+        """One epoch of chains: runs of `chain` consecutive rows of one agent, shuffled and grouped
+        `minibatch_segments / chain` to a minibatch; each segment appears exactly once. Returns [n, chain] ids."""
+        chains = torch.arange(self.segments).view(-1, chain)  # rows of an agent are consecutive
+        order = torch.randperm(chains.shape[0], generator=generator)
+        return list(chains[order].split(minibatch_segments // chain))
 
     def minibatch_plan(self, minibatch_segments: int, generator: torch.Generator) -> list[Tensor]:
         """One epoch: all segments shuffled and split into minibatches; each segment appears exactly once."""

@@ -178,6 +178,14 @@ class PolicyConfig(_Section):
     on the CPU and on CUDA, see BENCHMARKS.md)."""
 
 
+class DiagnosticsConfig(_Section):
+    staleness_segments: int = Field(16, ge=0)
+    """Segments sampled each iteration to measure how stale carried state is after the update (0: off)."""
+    staleness_window: int | None = Field(None, ge=1)
+    """Rows (segments) of the agent's past replayed to recompute a start state; None: all of the rollout's
+    earlier rows (so from the last episode start when it lies inside the rollout)."""
+
+
 class TrainerConfig(_Section):
     total_timesteps: int = Field(400_000, ge=1)
     """Agent-steps to train for (rounded up to whole iterations)."""
@@ -189,6 +197,17 @@ class TrainerConfig(_Section):
     """Agent-steps per optimizer step (minibatch_size / bptt_horizon segments)."""
     update_epochs: int = Field(4, ge=1)
     """Passes over the whole buffer per iteration; every segment trains once per pass."""
+    start_state: Literal["stored", "zero", "refresh"] = "stored"
+    """State each training segment starts from: `stored` (what the agent held in the rollout), `zero` (as
+    several trainers do), `refresh` (recomputed with the current weights before every epoch; a rollout's
+    first rows keep their stored state)."""
+    burn_in: int = Field(0, ge=0)
+    """R2D2 burn-in: warm each segment's start state up over this many preceding steps without gradient
+    (0: off; must be below bptt_horizon)."""
+    gradient_horizon: int | Literal["episode"] | None = None
+    """How far back gradients reach: a multiple of bptt_horizon (consecutive segments of an agent are
+    trained as one chain, with activation checkpointing per segment), `episode` (all of an agent's rows in a
+    rollout), or None (= bptt_horizon: gradients stop at every segment boundary)."""
     learning_rate: float = Field(2.5e-3, gt=0)
     """Optimizer step size (Adam around 1e-4..3e-3; Muon around 0.02)."""
     anneal_lr: bool = False
@@ -232,6 +251,14 @@ class TrainerConfig(_Section):
     """Folder name under runs/; default: <env>-<core>-<seed>-<time>."""
     runs_dir: str = "runs"
     """Where run folders are created (relative to the current directory)."""
+    scale_batch_with_world_size: bool = False
+    """Under torchrun: false, every rank runs env.num_envs copies and collects batch_size agent-steps in
+    minibatches of minibatch_size (an iteration is world_size × batch_size); true, those three sizes are the
+    whole run's and are divided among the ranks (each must be a multiple of the number of ranks).
+    total_timesteps always counts all ranks' agent-steps."""
+    dist_timeout_s: float = Field(300.0, gt=0)
+    """Under torchrun: seconds a rank waits for the others in any collective (joining, averaging gradients,
+    checkpointing) before stopping with an error, so a dead or hung rank never hangs the rest."""
 
 
 class Config(_Section):
@@ -241,6 +268,8 @@ class Config(_Section):
     """The network."""
     trainer: TrainerConfig = TrainerConfig()
     """The PPO loop."""
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    """Measurements that never change training."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "Config":
@@ -259,6 +288,20 @@ class Config(_Section):
                 f"{agents} × {t.bptt_horizon} = {rollout_unit} (every agent fills whole segments); "
                 f"nearest valid: {_nearest_multiples(t.batch_size, rollout_unit)}"
             )
+        rows_per_agent = t.batch_size // rollout_unit
+        chain = rows_per_agent if t.gradient_horizon == "episode" else (t.gradient_horizon or t.bptt_horizon) // t.bptt_horizon
+        if t.gradient_horizon not in (None, "episode") and t.gradient_horizon % t.bptt_horizon:
+            raise ValueError(f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
+                             f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'")
+        if chain > 1 and rows_per_agent % chain:
+            raise ValueError(f"trainer.gradient_horizon={t.gradient_horizon} spans {chain} segments, which must divide "
+                             f"the {rows_per_agent} segments each agent fills per rollout (batch_size / (agents × "
+                             f"bptt_horizon)); raise trainer.batch_size or lower the gradient horizon")
+        if chain > 1 and (t.minibatch_size // t.bptt_horizon) % chain:
+            raise ValueError(f"trainer.minibatch_size={t.minibatch_size} must hold whole chains of {chain} segments "
+                             f"(trainer.gradient_horizon={t.gradient_horizon}): a multiple of {chain * t.bptt_horizon}")
+        if t.burn_in >= t.bptt_horizon:
+            raise ValueError(f"trainer.burn_in={t.burn_in} must be below trainer.bptt_horizon={t.bptt_horizon}")
         if t.batch_size % t.minibatch_size:
             raise ValueError(
                 f"trainer.batch_size={t.batch_size} must be divisible by trainer.minibatch_size="

@@ -138,6 +138,8 @@ class Rollout:
         state = self.store.get(lane.key)  # already zero where starts: reset happened when the episode ended
         if t % buffer.horizon == 0:
             buffer.write_start_state(t, state, agents=rows)
+        if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
+            buffer.write_burn_in_state(t, state, agents=rows)
         params, value, state = policy.step(obs, state, starts)
         action = policy.actor.sample(params, generator)
         logprob, _ = policy.actor.log_prob_entropy(params, action)
@@ -179,6 +181,7 @@ class Rollout:
         Order per step t, lane by lane: finish the lane's step t-1 (wait for its env), then compute and send
         its actions for step t. With two lanes, lane 1's env steps while lane 0 is finished and acted on."""
         stats = RolloutStats()
+        buffer.begin_rollout()
         self._env_seconds, started = 0.0, time.perf_counter()
         try:
             for t in range(buffer.steps):

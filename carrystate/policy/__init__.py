@@ -6,6 +6,7 @@ It holds weights only; the per-agent recurrent state lives in `StateStore` and i
 from __future__ import annotations
 
 import gymnasium as gym
+from torch.utils.checkpoint import checkpoint
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -105,6 +106,24 @@ class Policy(nn.Module):
         (() if `end_state` is false and the unroll can skip computing it)."""
         y, state = self.core.sequence(self.encoder(obs), state, resets, end_state)
         return self.actor(y), self.critic(y).squeeze(-1), state
+
+    def chain(self, obs: Tensor, state: State, resets: Tensor) -> tuple[Tensor, Tensor]:
+        """Consecutive segments with gradients flowing across their boundaries: obs [n, C, H, *obs_shape],
+        resets [n, C, H], the state at the first segment's start → params [n, C, H, P], values [n, C, H].
+
+        Each segment runs under activation checkpointing: the forward keeps only each segment's inputs and
+        start state, and the backward recomputes one segment at a time, so activation memory stays that of one
+        segment plus one state per segment, whatever C is."""
+        params, values = [], []
+        for j in range(obs.shape[1]):
+            p, v, *state = checkpoint(self._segment, obs[:, j], resets[:, j], *state, use_reentrant=False)
+            params.append(p)
+            values.append(v)
+        return torch.stack(params, 1), torch.stack(values, 1)
+
+    def _segment(self, obs: Tensor, resets: Tensor, *state: Tensor):
+        p, v, end = self.sequence(obs, tuple(state), resets)
+        return (p, v, *end)
 
 
 __all__ = ["Policy", "RecurrentCore", "State", "mask_state", "ENCODERS", "MLPEncoder", "TokenEncoder"]

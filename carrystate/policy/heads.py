@@ -47,6 +47,10 @@ class CategoricalHead(nn.Module):
         a = torch.stack([p.argmax(-1) for p in params.split(self.nvec, -1)], -1)
         return a if self.multi else a.squeeze(-1)
 
+    def kl(self, p: Tensor, q: Tensor) -> Tensor:
+        """KL(P ‖ Q) between the distributions that parameters p and q describe, summed over choices."""
+        return sum((lp.exp() * (lp - lq)).sum(-1) for lp, lq in zip(self._split(p), self._split(q)))
+
     def log_prob_entropy(self, params: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         action = action.long() if self.multi else action.long().unsqueeze(-1)
         logp_sum = torch.zeros(params.shape[:-1], device=params.device)
@@ -79,6 +83,12 @@ class GaussianHead(nn.Module):
     def mode(self, params: Tensor) -> Tensor:
         mean, _ = params.chunk(2, -1)
         return mean.view(*mean.shape[:-1], *self.shape)
+
+    def kl(self, p: Tensor, q: Tensor) -> Tensor:
+        """KL(P ‖ Q) of two diagonal Gaussians given by their parameters."""
+        mp, lp = p.chunk(2, -1)
+        mq, lq = q.chunk(2, -1)
+        return (lq - lp + ((2 * lp).exp() + (mp - mq) ** 2) / (2 * (2 * lq).exp()) - 0.5).sum(-1)
 
     def log_prob_entropy(self, params: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = params.chunk(2, -1)
