@@ -10,6 +10,7 @@ import numpy as np
 
 from carrystate.checkpoint import CheckpointError
 from carrystate.config import ConfigError
+from carrystate.distributed import DistributedError, env_rank, env_world_size, exit_now, shutdown
 from carrystate.envs.base import EnvError
 from carrystate.trainer import NumericalError
 
@@ -36,18 +37,21 @@ def _train(args: argparse.Namespace) -> int:
         if config_path is not None:
             raise ConfigError("with --resume the run folder's own config is used; pass only key=value overrides")
         trainer = Trainer.resume(args.resume, overrides, quiet=args.quiet)
-        print(f"resuming {args.resume} from {trainer.last_checkpoint} "
-              f"(iteration {trainer.iteration}, {trainer.global_step:,} agent-steps)", flush=True)
+        if trainer.dist.is_main:
+            print(f"resuming {args.resume} from {trainer.last_checkpoint} "
+                  f"(iteration {trainer.iteration}, {trainer.global_step:,} agent-steps)", flush=True)
         note = getattr(trainer, "resume_note", None)
-        if note:
+        if note and trainer.dist.is_main:
             print(f"note: {note}", flush=True)
     else:
         cfg = load_config(config_path, overrides)
-        run_dir = default_run_dir(cfg)
-        print(f"run folder: {run_dir}", flush=True)
+        run_dir = default_run_dir(cfg)  # under torchrun, rank 0's is used by all
+        if env_rank() == 0:
+            print(f"run folder: {run_dir}", flush=True)
         trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)
     summary = trainer.train()
-    print(summary.text())
+    if trainer.dist.is_main:
+        print(summary.text())
     return 130 if summary.interrupted else 0
 
 
@@ -91,6 +95,28 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from carrystate.diagnostics import probe
+
+    horizons = [h if h == "episode" else int(h) for h in args.gradient_horizon] if args.gradient_horizon else None
+    if horizons is None:
+        from carrystate.trainer import load_policy
+
+        _, cfg = load_policy(Path(args.checkpoint))
+        horizons = [cfg.trainer.bptt_horizon, "episode"]
+    result = probe(Path(args.checkpoint), horizons, args.max_lag, args.seed, args.out)
+    T = result["bptt_horizon"]
+    names = list(result["curves"])
+    print("lag  " + "  ".join(f"{'gh ' + n:>12}" for n in names))
+    lags = len(next(iter(result["curves"].values())))
+    for k in sorted(set(list(range(0, lags, max(1, T // 4))) + [T - 1, T, 2 * T - 1, 2 * T])):
+        if k < lags:
+            print(f"{k:4d} " + "  ".join(f"{result['curves'][n][k]:12.3e}" for n in names))
+    if args.out:
+        print(f"plot: {args.out}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from carrystate import bench
     from carrystate.bench import report
@@ -125,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
     p.add_argument("-v", "--verbose", action="store_true", help="print every episode's return")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("probe", help="plot how far back gradients reach in a trained policy",
+                       description="For a checkpoint's policy on fresh rollouts: the norm of the gradient of the "
+                                   "loss at an agent's last step with respect to the observation k steps earlier, "
+                                   "through the training unroll, for each gradient horizon. Segment cuts show as "
+                                   "a drop to exactly zero.")
+    p.add_argument("checkpoint", help="runs/<name> or a checkpoint folder")
+    p.add_argument("--gradient-horizon", nargs="+", metavar="H",
+                   help="gradient horizons to compare (multiples of bptt_horizon or 'episode'; default: "
+                        "bptt_horizon and episode)")
+    p.add_argument("--max-lag", type=int, default=None, help="largest lag (default: a whole rollout)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="gradient_reach.png", help="PNG to write (default gradient_reach.png)")
+    p.set_defaults(func=_probe)
     p = sub.add_parser("bench", help="measure the learner, memory and whole training; write BENCHMARKS.md",
                        description="Run the CPU benchmarks (learner unrolls vs the fused call and torchrl, learner "
                                    "memory vs horizon, end-to-end SPS vs sb3-contrib RecurrentPPO and vs the floor) "
@@ -143,17 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prog = f"carrystate (rank {env_rank()})" if env_world_size() > 1 else "carrystate"
     try:
         return args.func(args)
     except (ConfigError, CheckpointError) as err:
-        print(f"carrystate: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
-    except (EnvError, NumericalError) as err:
-        print(f"carrystate: training stopped: {err}", file=sys.stderr)
+    except (EnvError, NumericalError, DistributedError) as err:
+        print(f"{prog}: training stopped: {err}", file=sys.stderr)
+        if isinstance(err, DistributedError):
+            exit_now(1)  # the process group is broken: leaving it in order is impossible
         return 1
     except KeyboardInterrupt as err:
-        print(f"\ncarrystate: {err or 'interrupted'}; the last good checkpoint is left as it was", file=sys.stderr)
+        print(f"\n{prog}: {err or 'interrupted'}; the last good checkpoint is left as it was", file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # leave the process group (under torchrun), also after an error
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from carrystate.buffer import SegmentBuffer
-from carrystate.policy import Policy, State
+from carrystate.policy import Policy, State, mask_state
 
 
 def _replay(policy: Policy, buffer: SegmentBuffer, rows: Tensor, back: int, start: State | None = None) -> State:
@@ -45,7 +45,7 @@ def refresh_start_states(policy: Policy, buffer: SegmentBuffer) -> State:
     for k in range(1, K):
         prev = first + k - 1
         _, _, state = policy.sequence(buffer.obs[prev], state, buffer.starts[prev])
-        for dst, src in zip(fresh, state):
+        for dst, src in zip(fresh, mask_state(state, buffer.starts[first + k, 0])):
             dst[:, first + k] = src
     return fresh
 
@@ -71,7 +71,9 @@ def staleness(old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, win
     out: dict[str, list[Tensor]] = {}
     for b in torch.unique(back).tolist():
         rows = pick[back == b]
-        s_old, s_new = _replay(old, buffer, rows, b), _replay(new, buffer, rows, b)
+        opens = buffer.starts[rows, 0]  # a segment that opens an episode starts from zeros either way
+        s_old = mask_state(_replay(old, buffer, rows, b), opens)
+        s_new = mask_state(_replay(new, buffer, rows, b), opens)
         stored = tuple(s[:, rows] for s in buffer.start_state)
         eps = 1e-12
         metrics = {"state_distance": _norm(_diff(s_new, s_old)) / (_norm(s_old) + eps),
@@ -114,3 +116,53 @@ def gradient_reach(policy: Policy, buffer: SegmentBuffer, chain: int, max_lag: i
         if clean.any():
             reach[k] = float(g[clean, steps - 1 - k].mean())
     return reach
+
+
+def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed: int = 0, out=None) -> dict:
+    """Gradient reach of a checkpoint's policy on fresh rollouts of its env, for each gradient horizon
+    (`bptt_horizon`, multiples of it, or 'episode'); plots the curves to `out` (PNG) if given."""
+    from carrystate.envs import make_env
+    from carrystate.rollout import Rollout
+    from carrystate.state import StateStore
+    from carrystate.trainer import _action_layout, load_policy
+
+    policy, cfg = load_policy(checkpoint)
+    t = cfg.trainer
+    env = make_env(cfg.env, seed=seed)
+    core = policy.core
+    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    rollout = Rollout(env, store, seed=seed)
+    shape, dtype = _action_layout(env.single_action_space)
+    buffer = SegmentBuffer(env.num_agents, t.batch_size, t.bptt_horizon, env.single_observation_space.shape,
+                           torch.float32, shape, dtype, policy.initial_state(1))
+    gen = torch.Generator().manual_seed(seed)
+    rollout.collect(policy, buffer, gen)  # warm the carried state up first
+    rollout.collect(policy, buffer, gen)
+    env.close()
+    max_lag = max_lag or buffer.steps - 1
+    curves = {}
+    for gh in gradient_horizons:
+        chain = buffer.rows_per_agent if gh == "episode" else int(gh) // t.bptt_horizon
+        if chain < 1 or buffer.rows_per_agent % chain:
+            raise ValueError(f"gradient horizon {gh} does not fit {buffer.rows_per_agent} segments of "
+                             f"{t.bptt_horizon} steps per agent")
+        curves[str(gh)] = gradient_reach(policy, buffer, chain, max_lag)
+    if out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, reach in curves.items():
+            ax.semilogy(np.arange(len(reach)), np.where(reach > 0, reach, np.nan), label=f"gradient horizon {name}")
+        for b in range(t.bptt_horizon - 1, max_lag + 1, t.bptt_horizon):
+            ax.axvline(b + 0.5, color="grey", lw=0.5, ls=":")
+        ax.set_xlabel("lag k (steps back from an agent's last step of the rollout)")
+        ax.set_ylabel("mean ‖∂loss_t / ∂obs_(t−k)‖")
+        ax.set_title(f"gradient reach, bptt_horizon {t.bptt_horizon} (dotted: segment boundaries)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+    return {"bptt_horizon": t.bptt_horizon, "curves": curves}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,10 +44,12 @@ class LossParts:
 
 def ppo_loss(new_logprobs: Tensor, entropy: Tensor, new_values: Tensor, old_logprobs: Tensor, old_values: Tensor,
              advantages: Tensor, returns: Tensor, clip_coef: float, vf_coef: float, ent_coef: float,
-             clip_vloss: bool, norm_adv: bool, mask: Tensor | None = None) -> LossParts:
+             clip_vloss: bool, norm_adv: bool, mask: Tensor | None = None,
+             adv_stats: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]] | None = None) -> LossParts:
     """Clipped surrogate + (optionally clipped) value loss − entropy bonus, over any matching shapes.
     `mask` (bool, same shape) keeps only the valid steps: every mean, and the advantage statistics, are
-    taken over those alone."""
+    taken over those alone. `adv_stats(advantages, mask) -> (mean, std)` replaces the minibatch's own
+    advantage statistics (data-parallel training passes `DistContext.mean_std`: over all ranks' minibatches)."""
     if mask is not None and bool(mask.all()):
         mask = None
     if mask is None:
@@ -62,8 +65,11 @@ def ppo_loss(new_logprobs: Tensor, entropy: Tensor, new_values: Tensor, old_logp
         approx_kl = mean((ratio - 1) - logratio)
         clipfrac = mean(((ratio - 1.0).abs() > clip_coef).float())
     if norm_adv:
-        mu = mean(advantages)
-        std = (mean((advantages - mu) ** 2) * _bessel(advantages, mask)).sqrt()
+        if adv_stats is None:
+            mu = mean(advantages)
+            std = (mean((advantages - mu) ** 2) * _bessel(advantages, mask)).sqrt()
+        else:
+            mu, std = adv_stats(advantages, mask)
         advantages = (advantages - mu) / (std + 1e-8)
     pg1 = -advantages * ratio
     pg2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)

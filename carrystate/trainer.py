@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import deque
 import signal
@@ -16,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from carrystate import ppo
+from carrystate import diagnostics, distributed, ppo
 from carrystate.buffer import SegmentBuffer
 from carrystate.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
 from carrystate.config import Config, ConfigError, config_from_dict, dump_config, parse_override
 from carrystate.envs import make_env
 from carrystate.monitor import Monitor
 from carrystate.optim import make_optimizer, set_lr_fraction
-from carrystate.policy import Policy
+from carrystate.policy import Policy, State
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
 
@@ -71,57 +72,74 @@ def _action_layout(space) -> tuple[tuple[int, ...], torch.dtype]:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path | str | None = None, quiet: bool = False):
+        self.dist = distributed.setup(cfg)  # under torchrun: this rank among world_size; else rank 0 of 1
+        self.run_cfg, cfg = cfg, distributed.rank_config(cfg, self.dist.world_size)  # the run's / this rank's
         t = cfg.trainer
-        self.cfg, self.device = cfg, torch.device(t.device)
+        seed = t.seed + self.dist.rank  # each rank its own episodes, action samples and minibatch plans
+        self.cfg, self.device = cfg, self.dist.device(t.device)
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
-        torch.manual_seed(t.seed)
-        self.env = make_env(cfg.env, seed=t.seed)
+        torch.manual_seed(seed)
+        self.env = make_env(cfg.env, seed=seed)
         if self.env.num_agents != cfg.env.num_agents:
             raise ConfigError(f"env has {self.env.num_agents} agents but the config assumed {cfg.env.num_agents}")
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = Policy(cfg.policy, obs_space, act_space).to(self.device)
+        self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
         self.optimizer = make_optimizer(self.policy, t)
         core = self.policy.core
         self.store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, self.device)
-        self.rollout = Rollout(self.env, self.store, self.device, seed=t.seed)
+        self.rollout = Rollout(self.env, self.store, self.device, seed=seed)
         action_shape, action_dtype = _action_layout(act_space)
         self.buffer = SegmentBuffer(self.env.num_agents, t.batch_size, t.bptt_horizon, obs_space.shape,
                                     torch.float32, action_shape, action_dtype,
-                                    self.policy.initial_state(1, self.device), self.device)
-        self.sample_gen = torch.Generator(self.device).manual_seed(t.seed)  # action sampling
-        self.shuffle_gen = torch.Generator().manual_seed(t.seed + 1)  # minibatch plans
+                                    self.policy.initial_state(1, self.device), self.device, burn_in=t.burn_in)
+        rows = self.buffer.rows_per_agent
+        self.chain = rows if t.gradient_horizon == "episode" else (t.gradient_horizon or t.bptt_horizon) // t.bptt_horizon
+        self.diag_gen = torch.Generator().manual_seed(seed + 2)  # staleness samples
+        self.sample_gen = torch.Generator(self.device).manual_seed(seed)  # action sampling
+        self.shuffle_gen = torch.Generator().manual_seed(seed + 1)  # minibatch plans
         self.iteration, self.global_step = 0, 0
-        self.num_iterations = -(-t.total_timesteps // t.batch_size)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.quiet = quiet
+        self.num_iterations = -(-t.total_timesteps // (t.batch_size * self.dist.world_size))
+        self.run_dir = self.dist.broadcast_object(Path(run_dir) if run_dir is not None else None)  # rank 0's
+        self.quiet = quiet or not self.dist.is_main
         self.last_checkpoint: Path | None = None
         self.stop_signal: str | None = None  # set by the first SIGINT/SIGTERM
         self.returns: deque[float] = deque(maxlen=200)  # the last 200 episodes, for progress and summary
         self.success: deque[float] = deque(maxlen=200)
+        self.history: list[dict[str, float]] = []  # every iteration's logged scalars, for experiments
 
     # ---- the loop -------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> Summary:
         """Run iterations until the budget is spent (or `stop_after` iterations of this call, or a signal)."""
-        monitor = Monitor(self.run_dir / "tb" if self.run_dir else None, self.num_iterations * self.cfg.trainer.batch_size, self.quiet)
-        if self.run_dir:
+        main = self.dist.is_main  # rank 0 alone logs and writes the run folder
+        monitor = Monitor(self.run_dir / "tb" if self.run_dir and main else None,
+                          self.num_iterations * self.cfg.trainer.batch_size * self.dist.world_size, self.quiet)
+        if self.run_dir and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
         start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration
-        stop = lambda: self.stop_signal is not None  # noqa: E731
+        stop = self.stop_requested
         with self.signals_stop_gracefully():
             while self.iteration < self.num_iterations and not stop():
                 if stop_after is not None and self.iteration - first_iteration >= stop_after:
                     break
                 self.anneal_learning_rate()
-                rollout_stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen, stop)
+                rollout_stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen,
+                                                     self.dist.every(32, stop))  # ranks agree every 32 steps
+                self.dist.share_episodes(rollout_stats)
                 losses, learn_started = {}, time.perf_counter()
                 if not rollout_stats.interrupted:
                     self.compute_advantages()
+                    rollout_policy = copy.deepcopy(self.policy) if self.cfg.diagnostics.staleness_segments else None
                     losses = self.learn(stop)
-                losses["perf/learn_seconds"] = time.perf_counter() - learn_started
+                    losses["perf/learn_seconds"] = time.perf_counter() - learn_started
+                    if rollout_policy is not None:
+                        d = self.cfg.diagnostics
+                        losses.update(diagnostics.staleness(rollout_policy, self.policy, self.buffer,
+                                                            d.staleness_segments, d.staleness_window, self.diag_gen))
                 self.iteration += 1
-                self.global_step += rollout_stats.steps * self.env.num_agents
+                self.global_step += rollout_stats.steps * self.env.num_agents * self.dist.world_size
                 sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
                 self.log(monitor, rollout_stats, losses, sps)
                 if self.run_dir and (self.iteration % self.cfg.trainer.checkpoint_interval == 0
@@ -135,7 +153,7 @@ class Trainer:
                           float(np.mean(success)) if success else None,
                           (self.global_step - steps_at_start) / max(wall, 1e-9), wall, self.run_dir, self.last_checkpoint,
                           self.stop_signal)
-        if self.run_dir:
+        if self.run_dir and main:
             (self.run_dir / "summary.json").write_text(json.dumps(
                 {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2))
         return summary
@@ -159,21 +177,25 @@ class Trainer:
         mb_segments = t.minibatch_size // t.bptt_horizon
         totals: dict[str, list[float]] = {}
         for epoch in range(t.update_epochs):
-            for m, idx in enumerate(self.buffer.minibatch_plan(mb_segments, self.shuffle_gen)):
+            start_states = self.training_start_states()
+            plan = (self.buffer.minibatch_plan(mb_segments, self.shuffle_gen) if self.chain == 1
+                    else self.buffer.chain_plan(self.chain, mb_segments, self.shuffle_gen))
+            for m, idx in enumerate(plan):
                 if should_stop():
                     break
-                mb = self.buffer.minibatch(idx)
-                params, values, _ = policy.sequence(mb["obs"], mb["start_state"], mb["starts"], end_state=False)
+                mb = self.buffer.minibatch(idx.flatten())
+                params, values = self.unroll(mb, idx, start_states)
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
                 parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
                                      mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,
-                                     mask=mb["valid"])
+                                     mask=mb["valid"], adv_stats=self.dist.mean_std if self.dist.enabled else None)
                 where = f"iteration {self.iteration + 1}, epoch {epoch + 1}, minibatch {m + 1}"
                 if not torch.isfinite(parts.loss):
                     raise NumericalError(f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "
                                          f"value {float(parts.value_loss)}, entropy {float(parts.entropy)}")
                 self.optimizer.zero_grad()
                 parts.loss.backward()
+                self.dist.average_gradients(policy.parameters())
                 norm = nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm)
                 if not torch.isfinite(norm):
                     bad = [n for n, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
@@ -181,13 +203,41 @@ class Trainer:
                 self.optimizer.step()
                 for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
                     totals.setdefault(name, []).append(float(getattr(parts, name)))
-            if t.target_kl is not None and totals and np.mean(totals["approx_kl"][-(m + 1):]) > t.target_kl:
+            kl = lambda: self.dist.mean(np.mean(totals["approx_kl"][-(m + 1):]))  # noqa: E731 - agreed by all ranks
+            if t.target_kl is not None and totals and kl() > t.target_kl:
                 break
             if should_stop():
                 break
         out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
         out["losses/explained_variance"] = ppo.explained_variance(self.buffer.values.flatten(), self.buffer.returns.flatten())
         return out
+
+    def training_start_states(self) -> State:
+        """The state every segment's replay starts from in this epoch (trainer.start_state)."""
+        mode, b = self.cfg.trainer.start_state, self.buffer
+        if mode == "zero":
+            return tuple(torch.zeros_like(s) for s in b.start_state)
+        if mode == "refresh":
+            return diagnostics.refresh_start_states(self.policy, b)
+        return b.start_state
+
+    def unroll(self, mb: dict, idx: torch.Tensor, start_states: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay a minibatch: segments (idx [n]) or chains of consecutive segments (idx [n, chain]) from their
+        start states, warmed up by burn-in first when configured. Returns params and values per step."""
+        first = (idx[:, 0] if idx.dim() == 2 else idx).to(self.device)
+        state = tuple(s[:, first] for s in start_states)
+        if self.cfg.trainer.burn_in:
+            b_obs, b_starts, b_state, has = self.buffer.burn_in_inputs(first)
+            with torch.no_grad():
+                _, _, warmed = self.policy.sequence(b_obs, b_state, b_starts)
+            state = tuple(torch.where(has.view(1, -1, 1), w, s) for w, s in zip(warmed, state))
+        if idx.dim() == 1:
+            params, values, _ = self.policy.sequence(mb["obs"], state, mb["starts"], end_state=False)
+            return params, values
+        n, chain = idx.shape
+        params, values = self.policy.chain(mb["obs"].view(n, chain, *mb["obs"].shape[1:]), state,
+                                           mb["starts"].view(n, chain, -1))
+        return params.flatten(0, 1), values.flatten(0, 1)
 
     def log(self, monitor: Monitor, rollout_stats, losses: dict[str, float], sps: float) -> None:
         self.returns.extend(rollout_stats.episode_returns)
@@ -202,11 +252,19 @@ class Trainer:
             scalars["charts/episodic_length"] = float(np.mean(rollout_stats.episode_lengths))
         if rollout_stats.success:
             scalars["charts/success_rate"] = float(np.mean(rollout_stats.success))
+        self.history.append({"step": self.global_step, **scalars})
         if self.stop_signal is None:
             monitor.scalars(self.global_step, scalars)
         monitor.progress(self.global_step, sps, {**losses, **scalars}, self.returns, self.success)
 
     # ---- interruption ---------------------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """Whether a signal asked to stop; under torchrun all ranks agree (a signal to one stops all at the same
+        step), so none waits in a collective that the others skipped."""
+        if self.dist.any_rank(self.stop_signal is not None) and self.stop_signal is None:
+            self.stop_signal = "a signal to another rank"
+        return self.stop_signal is not None
+
     @contextmanager
     def signals_stop_gracefully(self):
         """First SIGINT/SIGTERM: finish the current optimizer (or env) step, checkpoint, stop. Second: stop
@@ -247,17 +305,25 @@ class Trainer:
             tensors.update({f"env.{k}": torch.from_numpy(np.asarray(v)) for k, v in env_state.items()
                             if isinstance(v, np.ndarray)})
             meta["env_state"] = {k: v for k, v in env_state.items() if not isinstance(v, np.ndarray)}
-        self.last_checkpoint = save_checkpoint(
-            self.run_dir, self.iteration, model=self.policy.state_dict(), tensors=tensors,
-            optimizer=self.optimizer.state_dict(), meta=meta, config=self.cfg, keep=self.cfg.trainer.keep_checkpoints)
+        if self.dist.enabled:  # one checkpoint holds every rank's carried state (the weights are the same)
+            states = self.dist.gather_to_main((tensors, meta), "gathering the ranks' state for a checkpoint")
+            if self.dist.is_main:
+                tensors, meta = distributed.merge_rank_states(states)
+        if self.dist.is_main:
+            self.last_checkpoint = save_checkpoint(
+                self.run_dir, self.iteration, model=self.policy.state_dict(), tensors=tensors,
+                optimizer=self.optimizer.state_dict(), meta=meta, config=self.run_cfg,
+                keep=self.cfg.trainer.keep_checkpoints)
+        self.dist.barrier("writing a checkpoint")  # no rank goes on (or resumes) before it is complete
         return self.last_checkpoint
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint exactly (built-in envs) or with fresh episodes (envs that cannot be saved)."""
-        diffs = config_differences(ckpt["config"], self.cfg)
+        diffs = config_differences(ckpt["config"], self.run_cfg)
         if diffs:
             raise CheckpointError(f"checkpoint {ckpt['path']} does not fit this run:\n  " + "\n  ".join(diffs))
-        tensors, meta = ckpt["tensors"], ckpt["meta"]
+        self.dist.check_agree("the checkpoint to resume from", ckpt["path"].name)
+        tensors, meta = distributed.rank_view(ckpt["tensors"], ckpt["meta"], self.dist, ckpt["path"])
         self.policy.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.store.load_state_dict({k[len("store."):]: v for k, v in tensors.items() if k.startswith("store.")})

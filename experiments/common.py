@@ -1,0 +1,53 @@
+"""Shared helpers for experiments: run a config, score it, save JSON, and a run-many-seeds loop."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from carrystate.config import load_config  # noqa: E402
+from carrystate.envs import make_env  # noqa: E402
+from carrystate.rollout import evaluate  # noqa: E402
+from carrystate.trainer import Trainer  # noqa: E402
+
+RESULTS = ROOT / "experiments" / "results"
+
+
+def train(config: str | None, overrides: list[str], episodes: int = 300) -> dict:
+    """Train, then evaluate the final policy on fresh episodes; returns history, score and timing."""
+    torch.set_num_threads(1)
+    cfg = load_config(ROOT / config if config else None, overrides)
+    tr = Trainer(cfg, quiet=True)
+    t0 = time.perf_counter()
+    summary = tr.train()
+    wall = time.perf_counter() - t0
+    env = make_env(cfg.env, seed=10_000 + cfg.trainer.seed)
+    stats = evaluate(tr.policy, env, episodes=episodes, seed=10_000 + cfg.trainer.seed)
+    env.close()
+    return {"overrides": overrides, "config": config, "steps": summary.global_step, "wall_s": wall, "sps": summary.sps,
+            "eval_return": float(np.mean(stats.episode_returns)),
+            "eval_success": float(np.mean(stats.success)) if stats.success else None,
+            "history": tr.history, "trainer": tr}
+
+
+def save(name: str, data) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1, default=float))
+    return path
+
+
+def mean_of(history: list[dict], key: str, last: float = 1.0) -> float:
+    """Mean of a logged scalar over the last fraction `last` of iterations that logged it."""
+    vals = [h[key] for h in history if key in h]
+    if not vals:
+        return float("nan")
+    return float(np.mean(vals[int(len(vals) * (1 - last)):]))

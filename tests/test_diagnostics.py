@@ -1,0 +1,181 @@
+"""Issue 4: staleness diagnostics, start-state modes, burn-in, long gradient reach and the probe."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from carrystate import diagnostics
+from carrystate.bench.learner import activation_bytes
+from carrystate.config import ConfigError, load_config
+from carrystate.trainer import Trainer
+from carrystate.policy import mask_state
+from tests.helpers import make_policy
+
+SMALL = ["env.num_envs=8", "trainer.batch_size=1024", "trainer.bptt_horizon=16", "trainer.minibatch_size=256",
+         "env.tmaze.length_min=10", "env.tmaze.length_max=40", "diagnostics.staleness_segments=16"]
+
+
+def _collected(extra=()):
+    tr = Trainer(load_config(None, SMALL + list(extra)), quiet=True)
+    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+    tr.compute_advantages()
+    return tr
+
+
+def test_staleness_of_unchanged_policy_is_exactly_zero():
+    tr = _collected()
+    m = diagnostics.staleness(copy.deepcopy(tr.policy), tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0))
+    for key in ("state_distance", "kl_first", "kl_last", "value_gap_first", "value_gap_last"):
+        assert m[f"memory/{key}"] == 0.0, key
+    assert 0 <= m["memory/replay_rounding"] < 1e-5
+
+
+def test_staleness_grows_with_the_update():
+    tr = _collected(["trainer.learning_rate=0.01", "trainer.update_epochs=8"])
+    old = copy.deepcopy(tr.policy)
+    tr.learn()
+    m = diagnostics.staleness(old, tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0))
+    assert m["memory/state_distance"] > 1e-3 and m["memory/kl_last"] > 0 and m["memory/value_gap_first"] > 0
+
+
+def test_staleness_is_logged_every_iteration(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tr = Trainer(load_config(None, SMALL + ["trainer.total_timesteps=2048"]), run_dir=tmp_path, quiet=True)
+    tr.train()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"memory/state_distance", "memory/kl_first", "memory/kl_last", "memory/value_gap_first",
+            "memory/value_gap_last"} <= tags
+    assert len(acc.Scalars("memory/kl_last")) == 2
+
+
+def test_refresh_equals_stored_when_weights_did_not_change():
+    tr = _collected(["trainer.start_state=refresh"])
+    fresh = tr.training_start_states()
+    for a, b in zip(fresh, tr.buffer.start_state):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_refresh_recomputes_with_new_weights_and_keeps_first_rows():
+    tr = _collected(["trainer.start_state=refresh"])
+    with torch.no_grad():
+        for p in tr.policy.core.parameters():
+            p.add_(0.1)
+    fresh = tr.training_start_states()
+    K = tr.buffer.rows_per_agent
+    first = torch.arange(tr.buffer.num_agents) * K
+    assert torch.equal(fresh[0][:, first], tr.buffer.start_state[0][:, first])
+    later = first + 1
+    assert not torch.allclose(fresh[0][:, later], tr.buffer.start_state[0][:, later], atol=1e-4)
+
+
+def test_zero_mode_replays_every_segment_from_zero_state():
+    tr = _collected(["trainer.start_state=zero"])
+    assert all(torch.count_nonzero(s) == 0 for s in tr.training_start_states())
+    assert any(torch.count_nonzero(s) > 0 for s in tr.buffer.start_state), "stored states stay untouched"
+
+
+def test_burn_in_steps_contribute_no_loss_and_rebuild_the_start_state():
+    tr = _collected(["trainer.burn_in=6"])
+    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)  # a second rollout: its first rows have a tail
+    tr.compute_advantages()
+    b = tr.buffer
+    assert b.tail_ready
+    idx = torch.arange(b.segments)
+    obs_, starts_, state_, has = b.burn_in_inputs(idx)
+    assert has.all() and obs_.shape[:2] == (b.segments, 6)
+    # with unchanged weights the warmed-up state equals the stored start state
+    with torch.no_grad():
+        _, _, warmed = tr.policy.sequence(obs_, state_, starts_)
+    warmed = mask_state(warmed, b.starts[:, 0])  # a segment that opens an episode starts from zeros anyway
+    torch.testing.assert_close(warmed[0], b.start_state[0], atol=1e-5, rtol=0)
+    # gradients of the loss never reach the burn-in steps
+    b.obs.requires_grad_(True)
+    k = 3  # a segment with a predecessor in the same rollout
+    mb = b.minibatch(torch.tensor([k]))
+    params, values = tr.unroll(mb, torch.tensor([k]), b.start_state)
+    (params.sum() + values.sum()).backward()
+    assert torch.count_nonzero(b.obs.grad[k - 1]) == 0
+    assert torch.count_nonzero(b.obs.grad[k]) > 0
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_chain_gradients_equal_full_backprop_over_the_chain(core):
+    policy = make_policy(core)
+    n, C, H = 3, 4, 8
+    torch.manual_seed(1)
+    obs = torch.randn(n, C, H, 3)
+    resets = torch.rand(n, C, H) < 0.05
+    state = tuple(torch.randn_like(s) for s in policy.initial_state(n))
+    p1, v1 = policy.chain(obs, state, resets)
+    g_chain = torch.autograd.grad(p1.square().sum() + v1.sum(), list(policy.parameters()))
+    p2, v2, _ = policy.sequence(obs.view(n, C * H, 3), state, resets.view(n, C * H))
+    g_full = torch.autograd.grad(p2.square().sum() + v2.sum(), list(policy.parameters()))
+    torch.testing.assert_close(p1.view(n, C * H, -1), p2, atol=1e-5, rtol=0)
+    for a, b in zip(g_chain, g_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_chain_memory_grows_only_by_the_stored_states():
+    policy = make_policy("lstm", hidden=64)
+    n, H = 16, 32
+
+    def saved(C):
+        obs = torch.randn(n, C, H, 3)
+        resets = torch.zeros(n, C, H, dtype=torch.bool)
+        state = policy.initial_state(n)
+        return activation_bytes(lambda: sum(x.sum() for x in policy.chain(obs, state, resets)))
+
+    state_bytes = 2 * n * 64 * 4  # h and c of one segment boundary
+    base = saved(1)
+    for C in (2, 4, 8):
+        per_segment = (saved(C) - base - (C - 1) * n * H * 3 * 4) / (C - 1)  # minus the chain's own inputs
+        assert per_segment <= 1.1 * state_bytes, (C, per_segment, state_bytes)
+    # whereas plain backpropagation through the same steps keeps every step's activations
+    obs = torch.randn(n, 8 * H, 3)
+    full = activation_bytes(lambda: policy.sequence(obs, policy.initial_state(n), torch.zeros(n, 8 * H, dtype=torch.bool))[1].sum())
+    assert full > 4 * saved(8)
+
+
+def test_training_runs_with_each_mode():
+    for extra in (["trainer.start_state=zero"], ["trainer.start_state=refresh"], ["trainer.burn_in=4"],
+                  ["trainer.gradient_horizon=32"], ["trainer.gradient_horizon=episode", "trainer.burn_in=4"]):
+        tr = Trainer(load_config(None, SMALL + ["trainer.total_timesteps=2048"] + extra), quiet=True)
+        s = tr.train()
+        assert s.global_step == 2048 and all(torch.isfinite(p).all() for p in tr.policy.parameters()), extra
+
+
+def test_gradient_horizon_validation():
+    with pytest.raises(ConfigError, match="gradient_horizon=24 must be a multiple of trainer.bptt_horizon=16"):
+        load_config(None, SMALL + ["trainer.gradient_horizon=24"])
+    with pytest.raises(ConfigError, match="spans 16 segments, which must divide the 8 segments"):
+        load_config(None, SMALL + ["trainer.gradient_horizon=256"])
+    with pytest.raises(ConfigError, match="trainer.burn_in=16 must be below"):
+        load_config(None, SMALL + ["trainer.burn_in=16"])
+
+
+def test_gradient_reach_is_cut_at_segment_boundaries_only_without_long_reach():
+    tr = _collected(["env.tmaze.length_min=200", "env.tmaze.length_max=200"])  # no episode end inside
+    b, H = tr.buffer, 16
+    cut = diagnostics.gradient_reach(tr.policy, b, chain=1, max_lag=b.steps - 1)
+    long = diagnostics.gradient_reach(tr.policy, b, chain=b.rows_per_agent, max_lag=b.steps - 1)
+    assert np.all(cut[:H] > 0) and np.all(cut[H:][~np.isnan(cut[H:])] == 0)
+    # with long reach the gradient crosses the boundary (it then fades as an untrained LSTM forgets)
+    assert np.all(long[H : 2 * H] > 0)
+
+
+def test_probe_cli_writes_plot(tmp_path, monkeypatch, capsys):
+    from carrystate.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMALL, "env.tmaze.length_min=200", "env.tmaze.length_max=200",
+                 "trainer.total_timesteps=1024", "trainer.run_name=p", "--quiet"]) == 0
+    assert main(["probe", "runs/p", "--out", "reach.png"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "reach.png").stat().st_size > 1000 and "gh episode" in out

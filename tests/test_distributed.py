@@ -1,0 +1,165 @@
+"""Data-parallel training under torchrun (issue 6): 2 CPU ranks with gloo equal one process on their union."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from carrystate.checkpoint import load_checkpoint
+from carrystate.config import ConfigError, load_config
+from carrystate.distributed import rank_config
+from carrystate.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+# per rank: 4 agents × 32 steps, minibatches of 4 segments of 16 steps, two iterations
+TINY = ["env.num_envs=4", "trainer.batch_size=128", "trainer.bptt_horizon=16", "trainer.minibatch_size=64",
+        "trainer.update_epochs=2", "env.tmaze.length_min=3", "env.tmaze.length_max=12", "trainer.seed=5"]
+WORLD = 2
+BUFFER_FIELDS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "starts", "valid",
+                 "final_values")
+
+
+def _env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_ranks(args_of_rank, tmp_path: Path) -> list[subprocess.Popen]:
+    """WORLD processes of `python -m carrystate.cli train ...` joined as torchrun would join them."""
+    port = _free_port()
+    procs = []
+    for rank in range(WORLD):
+        env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE=str(WORLD))
+        procs.append(subprocess.Popen([sys.executable, "-m", "carrystate.cli", "train", *args_of_rank(rank)],
+                                      env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs
+
+
+def _single_process_on_union(overrides: list[str]) -> Trainer:
+    """One process trained on the concatenation of the ranks' data. Shard r collects exactly what rank r
+    collects (seed + r, its own StateStore and SegmentBuffer) with the one shared policy; a trainer with
+    WORLD × the agents, batch and minibatch then learns on the shards' buffers stacked, each minibatch being
+    the shards' minibatches (from their own shuffles) side by side."""
+    t = load_config(None, overrides).trainer
+    shards = [Trainer(load_config(None, overrides + [f"trainer.seed={t.seed + r}"]), quiet=True) for r in range(WORLD)]
+    cfg = load_config(None, overrides)
+    union = Trainer(load_config(None, overrides + [f"env.num_envs={cfg.env.num_envs * WORLD}",
+                                                   f"trainer.batch_size={t.batch_size * WORLD}",
+                                                   f"trainer.minibatch_size={t.minibatch_size * WORLD}"]), quiet=True)
+    segments = shards[0].buffer.segments
+    ub = union.buffer
+
+    def plan(minibatch_segments: int, _generator) -> list[torch.Tensor]:
+        per_shard = [sh.buffer.minibatch_plan(minibatch_segments // WORLD, sh.shuffle_gen) for sh in shards]
+        return [torch.cat([idx + r * segments for r, idx in enumerate(parts)]) for parts in zip(*per_shard)]
+
+    ub.minibatch_plan = plan
+    for _ in range(union.num_iterations):
+        union.anneal_learning_rate()
+        for sh in shards:
+            sh.rollout.collect(union.policy, sh.buffer, sh.sample_gen)
+        for name in BUFFER_FIELDS:  # agent a of shard r is agent r * A + a of the union: rows stack
+            getattr(ub, name).copy_(torch.cat([getattr(sh.buffer, name) for sh in shards]))
+        ub.last_value.copy_(torch.cat([sh.buffer.last_value for sh in shards]))
+        for i, dst in enumerate(ub.start_state):
+            dst.copy_(torch.cat([sh.buffer.start_state[i] for sh in shards], dim=1))
+        union.compute_advantages()
+        union.learn()
+    return union
+
+
+def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resume_exactly(tmp_path):
+    overrides = TINY + [f"trainer.total_timesteps={128 * WORLD * 2}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
+           str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), *overrides]
+    res = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    straight = [load_file(tmp_path / f"straight_rank{r}.safetensors") for r in range(WORLD)]
+    resumed = [load_file(tmp_path / f"resumed_rank{r}.safetensors") for r in range(WORLD)]
+    weights = [k for k in straight[0] if k.startswith("w.")]
+
+    for k in weights:  # (a) the ranks' weights are the same bits
+        assert torch.equal(straight[0][k], straight[1][k]), k
+    assert not torch.equal(straight[0]["s.slice0.0"], straight[1]["s.slice0.0"]), "ranks saw different episodes"
+
+    union = _single_process_on_union(overrides)  # (b) = one process on the concatenated data
+    assert union.iteration == 0 and union.num_iterations == 2
+    for k, v in union.policy.state_dict().items():
+        torch.testing.assert_close(straight[0][f"w.{k}"], v, atol=1e-5, rtol=0, msg=k)
+    moved = max(float((straight[0][f"w.{k}"] - v).abs().max()) for k, v in Trainer(
+        load_config(None, overrides), quiet=True).policy.state_dict().items())
+    assert moved > 1e-3, "training changed the weights (the comparison is not trivially true)"
+
+    for r in range(WORLD):  # resume is exact per rank: weights, carried state, current observation
+        assert straight[r].keys() == resumed[r].keys()
+        for k in straight[r]:
+            assert torch.equal(straight[r][k], resumed[r][k]), (r, k)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["meta"]["world_size"] == WORLD and ckpt["meta"]["global_step"] == 128 * WORLD * 2
+    assert {f"rank{r}.store.slice0.0" for r in range(WORLD)} <= ckpt["tensors"].keys()
+
+
+def test_ranks_with_different_configs_stop_with_an_error_naming_the_setting(tmp_path):
+    procs = _spawn_ranks(lambda rank: [*TINY, f"trainer.runs_dir={tmp_path}",
+                                       f"trainer.learning_rate={0.0025 if rank == 0 else 0.001}", "--quiet"], tmp_path)
+    outs = [p.communicate(timeout=60) for p in procs]
+    for rank, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 2, err
+        assert f"carrystate (rank {rank}): the ranks resolved different configs" in err
+        assert "trainer.learning_rate: rank 0 0.0025, rank 1 0.001" in err
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])  # a dead rank, and a hung one (only the timeout helps)
+def test_a_dead_or_hung_rank_ends_the_others_with_an_error_within_the_timeout(tmp_path, fault):
+    timeout_s = 4
+    procs = _spawn_ranks(lambda rank: [*TINY, "trainer.total_timesteps=100000000", f"trainer.runs_dir={tmp_path}",
+                                       "trainer.run_name=r", f"trainer.dist_timeout_s={timeout_s}", "--quiet"],
+                         tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "r" / "config.yaml").exists():  # rank 0 is training: collectives from now on
+            assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        os.kill(procs[1].pid, getattr(signal, fault))
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=timeout_s + 30)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 1, err
+    assert "carrystate (rank 0): training stopped: rank 0:" in err
+    assert f"another rank stopped or did not answer within trainer.dist_timeout_s={timeout_s}s" in err
+    assert waited < timeout_s + 10
+
+
+def test_scaled_batch_is_divided_among_ranks_and_must_divide():
+    cfg = load_config(None, ["trainer.scale_batch_with_world_size=true"])  # 64 envs, 8192 steps, minibatch 2048
+    per_rank = rank_config(cfg, 2)
+    assert (per_rank.env.num_envs, per_rank.trainer.batch_size, per_rank.trainer.minibatch_size) == (32, 4096, 1024)
+    assert rank_config(load_config(None, []), 2).trainer.batch_size == 8192  # per rank unless asked
+    with pytest.raises(ConfigError, match=r"divides env.num_envs=64 among 3 ranks; it must be a multiple of 3"):
+        rank_config(cfg, 3)
+    with pytest.raises(ConfigError, match=r"each of the 2 ranks runs 32 env copies, batch_size 4096 and "
+                                          r"minibatch_size 32; invalid config:\n  trainer.minibatch_size=32 must"):
+        rank_config(load_config(None, ["trainer.scale_batch_with_world_size=true", "trainer.minibatch_size=64"]), 2)
