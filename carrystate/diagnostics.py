@@ -6,7 +6,8 @@ earlier rows of the rollout (all of them, or the last `window` rows) under the n
 computation, under the rollout's weights. Replaying from an episode start zeroes the state, so a window that
 contains the episode start recomputes the state exactly; a window that does not starts from the stored
 state at its first row. Reported, at the first and last step of each sampled segment:
-- `memory/state_distance`: ‖s_new − s_old‖ / ‖s_old‖ over all state tensors;
+- `memory/state_distance`: ‖s_new − s_old‖ / max(‖s_old‖, ‖s_new‖) over all state tensors (0 to 2; bounded
+  so that a state near zero does not blow the ratio up);
 - `memory/kl_first`, `memory/kl_last`: KL(π_new(·|s_new) ‖ π_new(·|s_old)), the action-distribution change
   the stale state causes;
 - `memory/value_gap_first`, `memory/value_gap_last`: R2D2's discrepancy |V(s_old) − V(s_new)| / max |V(s_new)|;
@@ -76,7 +77,8 @@ def staleness(old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, win
         s_new = mask_state(_replay(new, buffer, rows, b), opens)
         stored = tuple(s[:, rows] for s in buffer.start_state)
         eps = 1e-12
-        metrics = {"state_distance": _norm(_diff(s_new, s_old)) / (_norm(s_old) + eps),
+        scale = torch.maximum(_norm(s_old), _norm(s_new)) + eps
+        metrics = {"state_distance": _norm(_diff(s_new, s_old)) / scale,
                    "replay_rounding": _norm(_diff(stored, s_old)) / (_norm(stored) + eps)}
         p_old, v_old, _ = new.sequence(buffer.obs[rows], s_old, buffer.starts[rows])
         p_new, v_new, _ = new.sequence(buffer.obs[rows], s_new, buffer.starts[rows])

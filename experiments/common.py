@@ -45,9 +45,7 @@ def save(name: str, data) -> Path:
     return path
 
 
-def mean_of(history: list[dict], key: str, last: float = 1.0) -> float:
-    """Mean of a logged scalar over the last fraction `last` of iterations that logged it."""
+def median_of(history: list[dict], key: str) -> float:
+    """Median over iterations of a logged scalar (robust to the first iterations' transients)."""
     vals = [h[key] for h in history if key in h]
-    if not vals:
-        return float("nan")
-    return float(np.mean(vals[int(len(vals) * (1 - last)):]))
+    return float(np.median(vals)) if vals else float("nan")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from common import save, train
 
-from carrystate.bench.learner import activation_bytes
+from carrystate.bench.memory import peak_mib
 
 BASE = ["env.tmaze.length_min=256", "env.tmaze.length_max=256", "env.num_envs=32", "trainer.batch_size=32768",
         "trainer.bptt_horizon=64", "trainer.minibatch_size=8192", "trainer.update_epochs=4",
@@ -21,30 +19,40 @@ BASE = ["env.tmaze.length_min=256", "env.tmaze.length_max=256", "env.num_envs=32
         "diagnostics.staleness_segments=0"]
 
 
-def learner_memory(trainer) -> float:
-    """MiB autograd keeps for backward in one minibatch of this run's learner."""
-    b, t = trainer.buffer, trainer.cfg.trainer
-    mb_segments = t.minibatch_size // t.bptt_horizon
-    plan = (b.minibatch_plan(mb_segments, torch.Generator().manual_seed(0)) if trainer.chain == 1
-            else b.chain_plan(trainer.chain, mb_segments, torch.Generator().manual_seed(0)))
-    idx = plan[0]
-    mb = b.minibatch(idx.flatten())
-    return activation_bytes(lambda: sum(x.sum() for x in trainer.unroll(mb, idx, b.start_state))) / 2**20
+def learner_memory(gradient_horizon: str) -> dict:
+    """Peak MiB of one minibatch's forward+backward (8,192 steps, LSTM 64) in a fresh process: this run's
+    learner, and for comparison plain backpropagation through the same 16-segment chains."""
+    if gradient_horizon == "64":
+        return {"learner_MiB": peak_mib({"mode": "full", "rows": 128, "segments": 1, "horizon": 64, "hidden": 64})}
+    return {"learner_MiB": peak_mib({"mode": "chain", "rows": 8, "segments": 16, "horizon": 64, "hidden": 64}),
+            "full_backprop_MiB": peak_mib({"mode": "full", "rows": 8, "segments": 16, "horizon": 64, "hidden": 64})}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=3_000_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--memory-only", action="store_true", help="re-measure memory into the saved results")
     a = p.parse_args()
+    if a.memory_only:
+        import json
+
+        from common import RESULTS
+
+        rows = json.loads((RESULTS / "long_reach.json").read_text())
+        for row in rows:
+            row.update(learner_memory(row["gradient_horizon"]))
+        save("long_reach", rows)
+        return
     rows = []
     for seed in a.seeds:
         for gh in ("64", "episode"):
             r = train(None, BASE + [f"trainer.gradient_horizon={gh}", f"trainer.total_timesteps={a.steps}",
                                     f"trainer.seed={seed}"], episodes=200)
-            mem = learner_memory(r.pop("trainer"))
+            r.pop("trainer")
+            mem = learner_memory(gh)
             out = {"gradient_horizon": gh, "seed": seed, "eval_success": r["eval_success"], "steps": r["steps"],
-                   "wall_s": r["wall_s"], "sps": r["sps"], "learner_MiB": mem,
+                   "wall_s": r["wall_s"], "sps": r["sps"], **mem,
                    "curve": [(h["step"], h.get("charts/success_rate")) for h in r["history"]]}
             print({k: v for k, v in out.items() if k != "curve"}, flush=True)
             rows.append(out)

@@ -6,7 +6,7 @@ on the default T-maze and CartPole without velocity; and do `refresh` or `burn_i
 
 from __future__ import annotations
 
-from common import mean_of, save, train
+from common import median_of, save, train
 
 KEYS = ["memory/state_distance", "memory/kl_first", "memory/kl_last", "memory/value_gap_first", "memory/value_gap_last"]
 TASKS = {
@@ -23,8 +23,8 @@ def row(task, label, extra):
     r.pop("trainer")
     out = {"task": task, "setting": label, "eval_return": r["eval_return"], "eval_success": r["eval_success"],
            "steps": r["steps"], "wall_s": r["wall_s"]}
-    out.update({k.split("/")[1]: mean_of(r["history"], k) for k in KEYS})
-    out["curve"] = [(h["step"], h.get("memory/state_distance"), h.get("memory/kl_last"), h.get("charts/episodic_return"))
+    out.update({k.split("/")[1]: median_of(r["history"], k) for k in KEYS})
+    out["curve"] = [{"step": h["step"], "return": h.get("charts/episodic_return"), **{k: h.get(k) for k in KEYS}}
                     for h in r["history"]]
     print({k: v for k, v in out.items() if k != "curve"}, flush=True)
     return out

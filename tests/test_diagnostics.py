@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from carrystate import diagnostics
-from carrystate.bench.learner import activation_bytes
+from carrystate.bench.memory import peak_mib
 from carrystate.config import ConfigError, load_config
 from carrystate.trainer import Trainer
 from carrystate.policy import mask_state
@@ -122,25 +122,15 @@ def test_chain_gradients_equal_full_backprop_over_the_chain(core):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_chain_memory_grows_only_by_the_stored_states():
-    policy = make_policy("lstm", hidden=64)
-    n, H = 16, 32
-
-    def saved(C):
-        obs = torch.randn(n, C, H, 3)
-        resets = torch.zeros(n, C, H, dtype=torch.bool)
-        state = policy.initial_state(n)
-        return activation_bytes(lambda: sum(x.sum() for x in policy.chain(obs, state, resets)))
-
-    state_bytes = 2 * n * 64 * 4  # h and c of one segment boundary
-    base = saved(1)
-    for C in (2, 4, 8):
-        per_segment = (saved(C) - base - (C - 1) * n * H * 3 * 4) / (C - 1)  # minus the chain's own inputs
-        assert per_segment <= 1.1 * state_bytes, (C, per_segment, state_bytes)
-    # whereas plain backpropagation through the same steps keeps every step's activations
-    obs = torch.randn(n, 8 * H, 3)
-    full = activation_bytes(lambda: policy.sequence(obs, policy.initial_state(n), torch.zeros(n, 8 * H, dtype=torch.bool))[1].sum())
-    assert full > 4 * saved(8)
+def test_chain_memory_stays_near_one_segment_while_full_backprop_grows():
+    """Peak resident memory of one forward+backward in a fresh process (autograd hooks cannot see what
+    checkpointing keeps): chaining 2 → 16 segments adds a small fraction of what plain backpropagation
+    through the same 2 → 16 segments adds."""
+    spec = {"rows": 64, "horizon": 64, "hidden": 256}
+    chain = {C: peak_mib({**spec, "mode": "chain", "segments": C}) for C in (2, 16)}
+    full = {C: peak_mib({**spec, "mode": "full", "segments": C}) for C in (2, 16)}
+    assert full[16] - full[2] > 400, full  # ~75 MiB of activations per segment
+    assert chain[16] - chain[2] < 0.25 * (full[16] - full[2]), (chain, full)
 
 
 def test_training_runs_with_each_mode():
