@@ -84,6 +84,21 @@ def long_reach_section(rows) -> list[str]:
     return lines
 
 
+def seeds_section(rows) -> list[str]:
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    lines = ["### More seeds for the most stale T-maze setting (update_epochs 16)", "",
+             "Script: `python experiments/staleness_seeds.py`. Success of the final policy on 300 fresh episodes "
+             "(400k agent-steps); seed 1 is the run in the table above.", "",
+             "| start state | " + " | ".join(f"seed {s}" for s in seeds) + " | median KL first (per seed) |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for m in modes:
+        cells = [next((f"{r['eval_success']:.2f}" for r in rows if r["mode"] == m and r["seed"] == s), "—") for s in seeds]
+        kls = ", ".join(f"{r['kl_first']:.1e}" for r in rows if r["mode"] == m)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {kls} |")
+    return lines + [""]
+
+
 def sweep_section(rows) -> list[str]:
     lengths = sorted({r["length"] for r in rows})
     horizons = sorted({r["bptt_horizon"] for r in rows})
@@ -123,6 +138,9 @@ def main():
     st = _load("staleness")
     if st:
         lines += ["Script: `python experiments/staleness.py`.", ""] + staleness_section(st)
+        seeds = _load("staleness_seeds")
+        if seeds:
+            lines += seeds_section(seeds)
     lr = _load("long_reach")
     if lr:
         lines += ["Script: `python experiments/long_reach.py`.", ""] + long_reach_section(lr)
