@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -99,6 +100,26 @@ def seeds_section(rows) -> list[str]:
     return lines + [""]
 
 
+def cartpole_section(rows) -> list[str]:
+    lines = ["## CartPole without velocity: carrystate against sb3-contrib RecurrentPPO (issue 5, partial)", "",
+             "Script: `python experiments/cartpole_vs_sb3.py`. Same machine, same budget of 100k agent-steps, 8 envs each. "
+             "carrystate uses `configs/cartpole_novel.yaml`; sb3-contrib uses the rl-baselines3-zoo hyperparameters for "
+             "CartPoleNoVel-v1 (VecNormalize, a separate critic LSTM, lr and clip annealed linearly). The score is "
+             "the final policy's mean return over 100 fresh episodes (sampled actions); the maximum is 500.", "",
+             "| trainer | seed | final return | wall s | agent-steps/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['trainer']} | {r['seed']} | {r['eval_return']:.1f} | {r['wall_s']:.0f} | {r['sps']:,.0f} |")
+    by = {}
+    for r in rows:
+        by.setdefault(r["trainer"], []).append(r)
+    lines.append("")
+    for name, rs in by.items():
+        v = np.array([r["eval_return"] for r in rs])
+        lines.append(f"- {name}: {v.mean():.1f} ± {v.std():.1f} over {len(v)} seeds, "
+                     f"{np.mean([r['sps'] for r in rs]):,.0f} agent-steps/s")
+    return lines + [""]
+
+
 def sweep_section(rows) -> list[str]:
     lengths = sorted({r["length"] for r in rows})
     horizons = sorted({r["bptt_horizon"] for r in rows})
@@ -147,6 +168,9 @@ def main():
     sw = _load("tmaze_sweep")
     if sw:
         lines += ["Script: `python experiments/tmaze_sweep.py`.", ""] + sweep_section(sw)
+    cp = _load("cartpole_vs_sb3")
+    if cp:
+        lines += cartpole_section(cp)
     notes = ROOT / "experiments" / "findings.md"
     if notes.exists():
         lines += [notes.read_text()]
