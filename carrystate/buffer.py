@@ -126,9 +126,10 @@ class SegmentBuffer:
         order = torch.randperm(self.segments, generator=generator)
         return list(order.split(minibatch_segments))
 
-    def minibatch(self, idx: Tensor) -> dict[str, Tensor | State]:
+    def minibatch(self, idx: Tensor) -> dict[str, Tensor]:
+        """The per-step tensors of segments `idx`; start states are chosen by the learner (stored, zero,
+        refreshed or burnt in), so they are not gathered here."""
         idx = idx.to(self.obs.device)
         out = {k: getattr(self, k)[idx] for k in
                ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")}
-        out["start_state"] = tuple(s[:, idx] for s in self.start_state)
         return out

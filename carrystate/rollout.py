@@ -94,32 +94,29 @@ class Rollout:
             lane.pending = None
             self.store.reset(lane.key, torch.ones(lane.env.num_agents, dtype=torch.bool))
 
-    def _send(self, lane: _Lane, actions: np.ndarray) -> StepResult | None:
-        """Start the env step of one lane: asynchronously where the env can, else step it now."""
+    def _env_call(self, env: VecEnv, method: str, *args):
+        """Call `env.<method>(*args)`, counting its wall time as env time and naming the env and method
+        in an EnvError if it raises."""
         t0 = time.perf_counter()
         try:
-            if hasattr(lane.env, "step_async"):
-                lane.env.step_async(actions)
-                return None
-            return lane.env.step(actions)
+            return getattr(env, method)(*args)
         except EnvError:
             raise
         except Exception as err:
-            raise EnvError(f"{type(lane.env).__name__}.step raised {type(err).__name__}: {err}") from err
+            raise EnvError(f"{type(env).__name__}.{method} raised {type(err).__name__}: {err}") from err
         finally:
             self._env_seconds += time.perf_counter() - t0
 
+    def _send(self, lane: _Lane, actions: np.ndarray) -> StepResult | None:
+        """Start the env step of one lane: asynchronously where the env can, else step it now."""
+        if hasattr(lane.env, "step_async"):
+            self._env_call(lane.env, "step_async", actions)
+            return None
+        return self._env_call(lane.env, "step", actions)
+
     def _receive(self, lane: _Lane, res: StepResult | None) -> StepResult:
         if res is None:
-            t0 = time.perf_counter()
-            try:
-                res = lane.env.step_wait()
-            except EnvError:
-                raise
-            except Exception as err:
-                raise EnvError(f"{type(lane.env).__name__}.step_wait raised {type(err).__name__}: {err}") from err
-            finally:
-                self._env_seconds += time.perf_counter() - t0
+            res = self._env_call(lane.env, "step_wait")
         check_step_result(res, lane.env.num_agents, self.obs_shape, self.agents_per_env)
         return res
 
@@ -158,9 +155,7 @@ class Rollout:
             rows_state = tuple(s[:, rows] for s in state)
             _, v_final, _ = policy.step(final_obs, rows_state, torch.zeros_like(rows, dtype=torch.bool))
             final_values[rows] = v_final
-        valid_next = np.ones(lane.env.num_agents, dtype=bool) if res.valid is None else np.asarray(res.valid, bool)
-        # an episode starts after an episode end, and where a padding row becomes valid (a rejoining agent)
-        starts_next = res.terminated | res.truncated | (valid_next & ~valid)
+        starts_next, valid_next = episode_starts(res, valid)
         self.store.set(lane.key, state)
         self.store.reset(lane.key, self._tensor(starts_next))
         buffer.write(t, agents=lane.rows, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
@@ -208,6 +203,14 @@ class Rollout:
         return stats
 
 
+def episode_starts(res: StepResult, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of `res.obs` open an episode (their state must be zero before it is read), and which are
+    valid: an episode starts after an episode end, and where a padding row becomes valid again (an agent
+    rejoining when its env copy resets). `valid` [agents] is the validity of the previous observation."""
+    valid_next = np.ones(len(valid), dtype=bool) if res.valid is None else np.asarray(res.valid, bool)
+    return res.terminated | res.truncated | (valid_next & ~valid), valid_next
+
+
 @torch.no_grad()
 def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = False, seed: int = 0,
              device: torch.device | str = "cpu", max_steps: int = 1_000_000) -> RolloutStats:
@@ -217,6 +220,7 @@ def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = F
     store.register(0, env.num_agents)
     generator = torch.Generator(device).manual_seed(seed)
     obs, starts = env.reset(seed=seed), np.ones(env.num_agents, dtype=bool)
+    valid = np.ones(env.num_agents, dtype=bool)
     space = env.single_action_space
     stats = RolloutStats()
     for _ in range(max_steps):
@@ -229,7 +233,7 @@ def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = F
         if isinstance(space, gym.spaces.Box):
             a = np.clip(a, space.low, space.high)
         res = env.step(a)
-        starts = res.terminated | res.truncated
+        starts, valid = episode_starts(res, valid)
         store.set(0, state)
         store.reset(0, torch.as_tensor(starts, device=device))
         obs = res.obs

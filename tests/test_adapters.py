@@ -289,3 +289,19 @@ def test_policy_config_builds_token_encoder():
     obs = torch.randint(0, 256, (4, 10, 3)).float()
     params, value, _ = policy.step(obs, policy.initial_state(4), torch.ones(4, dtype=torch.bool))
     assert params.shape == (4, 5) and value.shape == (4,)
+
+
+def test_episode_starts_after_ends_and_where_padding_rejoins():
+    """The one rule the rollout and `evaluate` share: row 0 ended, row 1 rejoins after padding, row 2 carries
+    on, row 3 stays padding."""
+    from carrystate.envs.base import StepResult
+    from carrystate.rollout import episode_starts
+
+    z = np.zeros(4, np.float32)
+    res = StepResult(np.zeros((4, 1)), z, np.array([True, False, False, False]), np.zeros(4, bool), np.zeros((4, 1)),
+                     valid=np.array([True, True, True, False]))
+    starts, valid = episode_starts(res, np.array([True, False, True, False]))
+    assert starts.tolist() == [True, True, False, False] and valid.tolist() == [True, True, True, False]
+    res.valid = None
+    starts, valid = episode_starts(res, np.ones(4, bool))
+    assert starts.tolist() == [True, False, False, False] and valid.all()
