@@ -19,9 +19,21 @@ RESULTS = ROOT / "experiments" / "results"
 PLOTS = ROOT / "experiments" / "plots"
 
 
+def _fmt_mib(v) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
 def _load(name):
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save_plot(fig, name: str, alt: str) -> list[str]:
+    """Write `fig` to plots/<name>.png and return the markdown that shows it."""
+    fig.tight_layout()
+    fig.savefig(PLOTS / f"{name}.png", dpi=100)
+    plt.close(fig)
+    return ["", f"![{alt}](plots/{name}.png)", ""]
 
 
 def staleness_section(rows) -> list[str]:
@@ -51,11 +63,7 @@ def staleness_section(rows) -> list[str]:
         ax.set_xlabel("agent-steps")
         ax.set_ylabel("KL(π(·|s_new) ‖ π(·|s_old))")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(PLOTS / "staleness.png", dpi=100)
-    plt.close(fig)
-    lines += ["", "![staleness](plots/staleness.png)", ""]
-    return lines
+    return lines + _save_plot(fig, "staleness", "staleness")
 
 
 def long_reach_section(rows) -> list[str]:
@@ -64,12 +72,15 @@ def long_reach_section(rows) -> list[str]:
              "Passive T-maze with a 256-step corridor (episodes of 258 steps), 32 agents, 1,024-step rollouts "
              "(16 segments of 64 per agent), minibatches of 8,192 steps, 4 epochs, LSTM 64, γ = 0.999. With "
              "`episode`, gradients run through all 16 segments of an agent's rollout (activation checkpointing "
-             "per segment). `learner MiB` is what autograd keeps for backward in one minibatch.", "",
-             "| gradient_horizon | seed | success (200 fresh episodes) | steps | wall s | SPS | learner MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "per segment). `learner MiB` is the peak memory growth of one minibatch's forward+backward (8,192 steps, "
+             "LSTM 64, no resets), measured as peak resident-set growth in a fresh process "
+             "(`carrystate/bench/memory.py`); `full backprop MiB` is the same chains without checkpointing.", "",
+             "| gradient_horizon | seed | success (200 fresh episodes) | steps | wall s | SPS | learner MiB | full backprop MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['gradient_horizon']} | {r['seed']} | {r['eval_success']:.3f} | {r['steps']:,} | "
-                     f"{r['wall_s']:.0f} | {r['sps']:,.0f} | {r['learner_MiB']:.1f} |")
+                     f"{r['wall_s']:.0f} | {r['sps']:,.0f} | {r['learner_MiB']:.1f} | "
+                     f"{_fmt_mib(r.get('full_backprop_MiB'))} |")
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r in rows:
         pts = [(s, v) for s, v in r["curve"] if v is not None]
@@ -78,11 +89,7 @@ def long_reach_section(rows) -> list[str]:
     ax.set_ylabel("success rate in rollouts")
     ax.set_title("T-maze, corridor 256, bptt_horizon 64")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(PLOTS / "long_reach.png", dpi=100)
-    plt.close(fig)
-    lines += ["", "![long reach](plots/long_reach.png)", ""]
-    return lines
+    return lines + _save_plot(fig, "long_reach", "long reach")
 
 
 def seeds_section(rows) -> list[str]:
@@ -145,16 +152,13 @@ def sweep_section(rows) -> list[str]:
     ax.set_xlabel("corridor length L")
     ax.set_ylabel("success rate")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(PLOTS / "tmaze_sweep.png", dpi=100)
-    plt.close(fig)
-    return lines + ["", "![tmaze sweep](plots/tmaze_sweep.png)", ""]
+    return lines + _save_plot(fig, "tmaze_sweep", "tmaze sweep")
 
 
 def main():
     lines = ["# Experiments", "",
              "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
-             "2-core CPU machine, then rendered by `python experiments/report.py`. Raw numbers: "
+             "2-core CPU machine (one torch thread per run) on 2026-11-26, then rendered by `python experiments/report.py`. Raw numbers: "
              "`experiments/results/*.json`.", ""]
     st = _load("staleness")
     if st:

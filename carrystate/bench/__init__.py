@@ -6,6 +6,7 @@ Each part is also a module with its own command line (`python -m carrystate.benc
 
 from __future__ import annotations
 
+import datetime
 import json
 import platform
 from pathlib import Path
@@ -21,7 +22,7 @@ def run(out_dir: Path, quick: bool = False, markdown: Path | None = None) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
     info = {"device": f"CPU {platform.machine()} ({_cpu_name()}), {torch.get_num_threads()} torch thread",
-            "torch": torch.__version__}
+            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
     hiddens, horizons = ([128], [16, 64]) if quick else ([128, 256], [16, 64, 256])
     cpu = {"info": info,
            "memory": learner.bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], "bucketed"),

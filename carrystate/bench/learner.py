@@ -11,6 +11,7 @@ Also measures activation memory (bytes saved for backward) against bptt_horizon 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import statistics
@@ -187,7 +188,7 @@ def main():
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     info = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": a.threads}
+            "torch": torch.__version__, "threads": a.threads, "date": datetime.date.today().isoformat()}
     print(info, flush=True)
     out = {"info": info, "learner": []}
     if a.memory:  # first: a failed CUDA-graph capture below can leave the device's RNG unusable

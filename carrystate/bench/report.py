@@ -60,10 +60,10 @@ def write(markdown: Path, results: Path) -> None:
               "timestep at a time with masks; `loop_graphed` is that loop captured as CUDA graphs; `torchrl` is "
               "torchrl's `LSTMModule` in recurrent mode.", ""]
     if cpu:
-        lines += [f"### CPU: {cpu['info']['device']}, torch {cpu['info']['torch']}", ""] + _learner_table(cpu["learner"]) + [""]
+        lines += [f"### CPU: {cpu['info']['device']}, torch {cpu['info']['torch']}, measured {cpu['info'].get('date', '?')}", ""] + _learner_table(cpu["learner"]) + [""]
     for path in cuda:
         data = json.loads(path.read_text())
-        lines += [f"### CUDA: {data['info']['device']}, torch {data['info']['torch']}", ""] + _learner_table(data["learner"]) + [""]
+        lines += [f"### CUDA: {data['info']['device']}, torch {data['info']['torch']}, measured {data['info'].get('date', '?')}", ""] + _learner_table(data["learner"]) + [""]
     lines += ["## Learner memory against bptt_horizon", "",
               "Fixed minibatch of 16,384 agent-steps (rows = 16,384 / horizon), hidden 128. Bytes autograd saves for "
               "backward, and on CUDA the peak allocation of forward+backward. Memory stays flat as the horizon "
