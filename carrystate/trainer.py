@@ -247,6 +247,9 @@ class Trainer:
         scalars["perf/env_seconds"] = rollout_stats.env_seconds
         scalars["perf/policy_seconds"] = rollout_stats.seconds - rollout_stats.env_seconds
         scalars["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        if not rollout_stats.interrupted:  # mean reward per present agent-step of this rollout
+            valid = self.buffer.valid
+            scalars["charts/reward_per_agent_step"] = float((self.buffer.rewards * valid).sum() / valid.sum().clamp(min=1))
         if rollout_stats.episode_returns:
             scalars["charts/episodic_return"] = float(np.mean(rollout_stats.episode_returns))
             scalars["charts/episodic_length"] = float(np.mean(rollout_stats.episode_lengths))

@@ -237,6 +237,36 @@ def test_token_encoder_ignores_order_and_empty_tokens():
         TokenEncoder((4,), 8, [16])
 
 
+def test_token_encoder_packed_pooling_equals_dense_formula_with_gradients():
+    """The encoder embeds only present tokens; a dense per-slot computation of the documented formula (embed every
+    slot, zero the empty ones, mean and max over slots) must give the same features and parameter gradients,
+    including for a row with no tokens at all."""
+    torch.manual_seed(1)
+    enc = TokenEncoder((12, 3), embed_size=8, sizes=[16])
+    obs = torch.randint(0, 255, (4, 5, 12, 3), dtype=torch.uint8)
+    obs[torch.rand(4, 5, 12) < 0.6] = 255  # about 60% empty slots
+    obs[0, 0] = 255  # a row with no token
+
+    def dense(tokens):
+        loc, feat, val = tokens[..., 0].long(), tokens[..., 1].long(), tokens[..., 2].float().unsqueeze(-1) / 255
+        h = torch.relu(enc.location(loc) + enc.feature(feat) + val * enc.value_scale(feat))
+        present = (loc != 255).unsqueeze(-1)
+        h = torch.where(present, h, 0.0)
+        mean = h.sum(-2) / present.sum(-2).clamp(min=1)
+        return enc.mlp(torch.cat([mean, h.amax(-2)], -1))
+
+    want = dense(obs)
+    want.square().sum().backward()
+    want_grads = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    got = enc(obs)
+    got.square().sum().backward()
+    assert got.shape == (4, 5, 16)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip([p.grad for p in enc.parameters()], want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
 # ---- MettaGrid -----------------------------------------------------------------------------------------------
 
 def test_mettagrid_token_shapes_and_truncation_reset():

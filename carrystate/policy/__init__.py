@@ -67,15 +67,21 @@ class TokenEncoder(nn.Module):
         return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes)
 
     def forward(self, obs: Tensor) -> Tensor:
-        lead = obs.shape[:-2]
-        tokens = obs.reshape(-1, *obs.shape[-2:])  # [rows, tokens, 3]
-        loc, feat = tokens[..., 0].long(), tokens[..., 1].long()  # [rows, tokens]
-        value = tokens[..., 2].float().unsqueeze(-1) / 255.0  # [rows, tokens, 1]
-        present = (loc != self.EMPTY).unsqueeze(-1)  # [rows, tokens, 1]
-        h = torch.relu(self.location(loc) + self.feature(feat) + value * self.value_scale(feat))  # [rows, tokens, E]
-        count = present.sum(1).clamp(min=1)  # [rows, 1]
-        mean = torch.where(present, h, 0.0).sum(1) / count  # [rows, E]
-        peak = torch.where(present, h, 0.0).amax(1)  # [rows, E] (h >= 0, so absent tokens never win)
+        # Only the present tokens are embedded (MettaGrid fills ~30 of 200 slots), then pooled per row with
+        # index_add / scatter amax: 7-8x less work than embedding the padded list (measured on arena obs).
+        lead, slots = obs.shape[:-2], obs.shape[-2]
+        flat = obs.reshape(-1, 3)  # [rows * slots, 3]
+        rows = flat.shape[0] // slots
+        keep = (flat[:, 0] != self.EMPTY).nonzero().squeeze(1)  # indices of present tokens
+        row = keep // slots  # the row each present token belongs to
+        tok = flat[keep]
+        loc, feat = tok[:, 0].long(), tok[:, 1].long()
+        value = tok[:, 2:3].float() / 255.0
+        h = torch.relu(self.location(loc) + self.feature(feat) + value * self.value_scale(feat))  # [present, E]
+        count = torch.bincount(row, minlength=rows).clamp(min=1).unsqueeze(1).to(h.dtype)  # [rows, 1]
+        mean = h.new_zeros(rows, h.shape[1]).index_add_(0, row, h) / count  # [rows, E]
+        # h >= 0, so a zero start loses to every present token and an empty row pools to zeros
+        peak = h.new_zeros(rows, h.shape[1]).scatter_reduce(0, row.unsqueeze(1).expand_as(h), h, "amax")
         return self.mlp(torch.cat([mean, peak], -1)).reshape(*lead, -1)
 
 
