@@ -137,9 +137,8 @@ class Rollout:
             buffer.write_start_state(t, state, agents=rows)
         if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
             buffer.write_burn_in_state(t, state, agents=rows)
-        params, value, state = policy.step(obs, state, starts)
-        action = policy.actor.sample(params, generator)
-        logprob, _ = policy.actor.log_prob_entropy(params, action)
+        params, value, state = policy.step(obs, state, None)  # the store zeroed it where starts
+        action, logprob = policy.actor.act(params, generator)
         res = self._send(lane, self._env_actions(action))
         lane.pending = (t, obs, starts, valid, action, logprob, value, state, res)
 

@@ -108,7 +108,7 @@ def seeds_section(rows) -> list[str]:
 
 
 def cartpole_section(rows) -> list[str]:
-    lines = ["## CartPole without velocity: carrystate against sb3-contrib RecurrentPPO (issue 5, partial)", "",
+    lines = ["## CartPole without velocity: carrystate against sb3-contrib RecurrentPPO", "",
              "Script: `python experiments/cartpole_vs_sb3.py`. Same machine, same budget of 100k agent-steps, 8 envs each. "
              "carrystate uses `configs/cartpole_novel.yaml`; sb3-contrib uses the rl-baselines3-zoo hyperparameters for "
              "CartPoleNoVel-v1 (VecNormalize, a separate critic LSTM, lr and clip annealed linearly). The score is "
@@ -127,32 +127,105 @@ def cartpole_section(rows) -> list[str]:
     return lines + [""]
 
 
+def _mean_std(vals) -> str:
+    v = np.asarray(vals, float)
+    return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) else "—"
+
+
 def sweep_section(rows) -> list[str]:
     lengths = sorted({r["length"] for r in rows})
     horizons = sorted({r["bptt_horizon"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    cell = lambda L, h: [r["eval_success"] for r in rows if r["length"] == L and r["bptt_horizon"] == h]  # noqa: E731
     lines = ["## T-maze sweep: corridor length against bptt_horizon", "",
              "Passive T-maze, fixed corridor length L per run, 32 agents, 8,192-step rollouts, 2,048-step "
              "minibatches, 4 epochs, LSTM 64, γ = 0.995, the stored start state carried across segment boundaries. "
              f"Success rate of the final policy on 300 fresh episodes after {rows[0]['steps']:,} agent-steps "
-             "(chance: 0.5). One seed per cell.", "",
-             "| L | " + " | ".join(f"bptt {h}" for h in horizons) + " |", "|---|" + "---|" * len(horizons)]
+             f"(chance: 0.5), mean ± std over seeds {', '.join(map(str, seeds))}; the per-seed values follow.", "",
+             "| L | " + " | ".join(f"bptt {h}" for h in horizons) + " | " + " | ".join(f"bptt {h} per seed" for h in horizons)
+             + " |", "|---|" + "---|" * 2 * len(horizons)]
     for L in lengths:
-        cells = []
-        for h in horizons:
-            vals = [r["eval_success"] for r in rows if r["length"] == L and r["bptt_horizon"] == h]
-            cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "—")
-        lines.append(f"| {L} | " + " | ".join(cells) + " |")
+        lines.append(f"| {L} | " + " | ".join(_mean_std(cell(L, h)) for h in horizons) + " | "
+                     + " | ".join(" / ".join(f"{v:.2f}" for v in cell(L, h)) for h in horizons) + " |")
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for h in horizons:
-        pts = [(r["length"], r["eval_success"]) for r in rows if r["bptt_horizon"] == h]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"bptt_horizon {h}")
+        m = [np.mean(cell(L, h)) for L in lengths]
+        sd = [np.std(cell(L, h)) for L in lengths]
+        ax.errorbar(lengths, m, yerr=sd, fmt="o-", capsize=3, label=f"bptt_horizon {h}")
     ax.axhline(0.5, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("corridor length L")
-    ax.set_ylabel("success rate")
+    ax.set_ylabel(f"success rate (mean ± std, {len(seeds)} seeds)")
     ax.legend()
     return lines + _save_plot(fig, "tmaze_sweep", "tmaze sweep")
+
+
+def popgym_section(rows) -> list[str]:
+    envs = list(dict.fromkeys(r["env"] for r in rows))
+    trainers = list(dict.fromkeys(r["trainer"] for r in rows))
+    budget = rows[0]["budget"]
+    pick = lambda e, t: [r for r in rows if r["env"] == e and r["trainer"] == t]  # noqa: E731
+    lines = ["## POPGym: carrystate against sb3-contrib RecurrentPPO", "",
+             "Script: `python experiments/popgym_vs_sb3.py`. Equal settings for both: one LSTM of 128 units shared by "
+             "actor and critic, one 64-unit layer (carrystate: before the LSTM; sb3: after it, its default), 64 envs × "
+             "64 steps per batch (carrystate: 64-step segments), minibatch 1,024, 4 epochs, lr 1e-3, entropy 0.01, "
+             "γ 0.99, λ 0.95. Both see the previous action (sb3 through POPGym's own PreviousAction + Flatten "
+             f"wrappers). Budget: {budget:,} agent-steps per run (POPGym's paper used 10–15M with full-episode "
+             "backpropagation). Score: MMER, the maximum over training of the mean episodic return per batch, as "
+             "POPGym scores (returns lie in [-1, 1]; a random policy gets about -0.5 on the Repeat tasks). "
+             "Agent-steps per second are medians over seeds; runs were made one at a time, beside one other "
+             "experiment on the second core.", "",
+             "| env | " + " | ".join(f"{t} MMER" for t in trainers) + " | " + " | ".join(f"{t} per seed" for t in trainers)
+             + " | " + " | ".join(f"{t} steps/s" for t in trainers) + " |", "|---|" + "---|" * 3 * len(trainers)]
+    for e in envs:
+        lines.append(f"| {e} | " + " | ".join(_mean_std([r["mmer"] for r in pick(e, t)]) for t in trainers) + " | "
+                     + " | ".join(" / ".join(f"{r['mmer']:.2f}" for r in pick(e, t)) for t in trainers) + " | "
+                     + " | ".join(f"{np.median([r['sps'] for r in pick(e, t)]):,.0f}" if pick(e, t) else "—"
+                                  for t in trainers) + " |")
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(envs), figsize=(4 * len(envs), 3.4), squeeze=False)
+    colours = dict(zip(trainers, ("tab:blue", "tab:orange", "tab:green")))
+    for ax, e in zip(axes[0], envs):
+        for t in trainers:
+            for i, r in enumerate(pick(e, t)):
+                ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], color=colours[t], lw=0.7, alpha=0.8,
+                        label=t if i == 0 else None)
+        ax.set_title(e, fontsize=9)
+        ax.set_xlabel("agent-steps")
+        ax.set_ylabel("mean episodic return per batch")
+        ax.legend(fontsize=7)
+    return lines + _save_plot(fig, "popgym", "popgym learning curves")
+
+
+def mettagrid_section(rows) -> list[str]:
+    lines = ["## MettaGrid arena, 24 agents per map", "",
+             "Script: `python experiments/mettagrid_arena.py` with `configs/mettagrid_arena.yaml`: 8 maps of 25×25 with "
+             "24 agents each (192 agent rows), token observations through the token encoder, LSTM 128, 49,152-step "
+             "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate, each stepped in 2 worker "
+             "processes. `return` is the mean episodic return per agent (1,000-step episodes) of a policy on 192 "
+             "fresh agent-episodes: the untrained policy first, then the trained one. The curve shows the mean reward "
+             "per agent-step of each rollout batch (×1,000 = a per-episode rate). There is no published arena "
+             "number to compare with at this map size: Metta's own runs use its own maps and billions of steps.", "",
+             "| seed | agent-steps | untrained return | trained return | reward/agent-step, first 5 batches | "
+             "last 5 batches | wall s | agent-steps/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = [p["charts/reward_per_agent_step"] for p in r.get("curve", [])]
+        if not c:
+            continue
+        lines.append(f"| {r['seed']} | {r['steps']:,} | {r['untrained_return']:.2f} | "
+                     f"{r.get('final_return', float('nan')):.2f} | {np.mean(c[:5]):.4f} | {np.mean(c[-5:]):.4f} | "
+                     f"{r['wall_s']:.0f} | {r['sps']:,.0f} |")
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in rows:
+        pts = [(p["step"], p["charts/reward_per_agent_step"]) for p in r.get("curve", [])]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.9, label=f"seed {r['seed']}")
+    ax.set_xlabel("agent-steps")
+    ax.set_ylabel("mean reward per agent-step (rollout batch)")
+    ax.set_title("MettaGrid arena, 24 agents × 8 maps")
+    ax.legend(fontsize=7)
+    return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curve")
 
 
 def main():
@@ -175,6 +248,12 @@ def main():
     cp = _load("cartpole_vs_sb3")
     if cp:
         lines += cartpole_section(cp)
+    pg = _load("popgym_vs_sb3")
+    if pg:
+        lines += popgym_section(pg)
+    mg = _load("mettagrid_arena")
+    if mg:
+        lines += mettagrid_section(mg)
     notes = ROOT / "experiments" / "findings.md"
     if notes.exists():
         lines += [notes.read_text()]

@@ -101,8 +101,9 @@ class Policy(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return self.core.initial_state(batch, device)
 
-    def step(self, obs: Tensor, state: State, reset: Tensor) -> tuple[Tensor, Tensor, State]:
-        """obs [batch, *obs_shape], reset [batch] → action params [batch, P], value [batch], new state."""
+    def step(self, obs: Tensor, state: State, reset: Tensor | None) -> tuple[Tensor, Tensor, State]:
+        """obs [batch, *obs_shape], reset [batch] → action params [batch, P], value [batch], new state
+        (`reset=None`: the state is already zero where an episode starts)."""
         y, state = self.core.step(self.encoder(obs), state, reset)
         return self.actor(y), self.critic(y).squeeze(-1), state
 

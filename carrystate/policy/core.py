@@ -22,8 +22,8 @@ def mask_state(state: State, reset: Tensor) -> State:
     """Zero the rows of every state tensor where `reset` [batch] is true; other rows pass unchanged."""
     if not state:
         return state
-    keep = ~reset.view(1, -1, 1)
-    return tuple(torch.where(keep, s, torch.zeros((), dtype=s.dtype, device=s.device)) for s in state)
+    drop = reset.view(1, -1, 1)
+    return tuple(s.masked_fill(drop, 0.0) for s in state)
 
 
 class RecurrentCore(nn.Module):
@@ -65,9 +65,10 @@ class RecurrentCore(nn.Module):
             return y, (h,)
         return self.rnn(x), ()
 
-    def step(self, x: Tensor, state: State, reset: Tensor) -> tuple[Tensor, State]:
-        """One step for every row: x [batch, in], reset [batch] bool → y [batch, hidden], new state."""
-        y, state = self._run(x.unsqueeze(1), mask_state(state, reset))
+    def step(self, x: Tensor, state: State, reset: Tensor | None) -> tuple[Tensor, State]:
+        """One step for every row: x [batch, in], reset [batch] bool → y [batch, hidden], new state.
+        `reset=None`: the caller guarantees the state is already zero where an episode starts."""
+        y, state = self._run(x.unsqueeze(1), state if reset is None else mask_state(state, reset))
         return y.squeeze(1), state
 
     def sequence(self, x: Tensor, state: State, resets: Tensor, end_state: bool = True) -> tuple[Tensor, State]:

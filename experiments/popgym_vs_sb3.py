@@ -1,0 +1,94 @@
+"""Issue 5 experiment: POPGym memory tasks, carrystate against sb3-contrib RecurrentPPO at equal settings (one
+LSTM of 128 units shared by actor and critic, 64-unit layers, 64 envs x 64 steps per batch, minibatch 1024,
+4 epochs, lr 1e-3, ent 0.01), the same step budget, on this machine. Scored as POPGym scores: the maximum over
+training of the mean episodic return per batch (MMER), mean +- std over seeds. Both see the previous action:
+carrystate through its adapter, sb3 through POPGym's own PreviousAction + Flatten wrappers.
+
+    python experiments/popgym_vs_sb3.py [--steps 500000] [--seeds 1 2 3] [--envs ...] [--trainers carrystate sb3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from common import RESULTS, save, train
+
+ENVS = ("RepeatPreviousEasy", "RepeatPreviousMedium", "RepeatFirstMedium", "PositionOnlyCartPoleEasy")
+NUM_ENVS, ROLLOUT, MINIBATCH, EPOCHS, LR, ENT, HIDDEN, LAYER = 64, 64, 1024, 4, 1e-3, 0.01, 128, 64
+
+
+def carrystate_run(env_id: str, steps: int, seed: int) -> dict:
+    r = train(None, ["env.name=popgym", f"env.popgym.id={env_id}", f"env.num_envs={NUM_ENVS}",
+                     f"trainer.batch_size={NUM_ENVS * ROLLOUT}", f"trainer.bptt_horizon={ROLLOUT}",
+                     f"trainer.minibatch_size={MINIBATCH}", f"trainer.update_epochs={EPOCHS}",
+                     f"trainer.learning_rate={LR}", f"trainer.ent_coef={ENT}", f"policy.hidden_size={HIDDEN}",
+                     f"policy.encoder_sizes=[{LAYER}]", f"trainer.total_timesteps={steps}", f"trainer.seed={seed}",
+                     "diagnostics.staleness_segments=0"], episodes=100)
+    curve = [(h["step"], h["charts/episodic_return"]) for h in r["history"] if "charts/episodic_return" in h]
+    return {"steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"], "curve": curve}
+
+
+def sb3_run(env_id: str, steps: int, seed: int) -> dict:
+    import popgym.envs
+    from popgym.wrappers import Flatten, PreviousAction
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    cls = next(c for c in popgym.envs.ALL if c.__name__ == env_id)
+    torch.set_num_threads(1)
+    venv = make_vec_env(lambda: Flatten(PreviousAction(cls())), n_envs=NUM_ENVS, seed=seed)
+
+    class BatchReturns(BaseCallback):  # the mean return of the episodes that ended in each rollout batch
+        def _on_training_start(self):
+            self.curve, self.batch = [], []
+
+        def _on_step(self):
+            self.batch += [i["episode"]["r"] for i in self.locals["infos"] if "episode" in i]
+            return True
+
+        def _on_rollout_end(self):
+            if self.batch:
+                self.curve.append((self.num_timesteps, float(np.mean(self.batch))))
+            self.batch = []
+
+    cb = BatchReturns()
+    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=ROLLOUT, batch_size=MINIBATCH, n_epochs=EPOCHS,
+                         learning_rate=LR, ent_coef=ENT, gamma=0.99, gae_lambda=0.95, seed=seed, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=HIDDEN, shared_lstm=True, enable_critic_lstm=False,
+                                            net_arch=dict(pi=[LAYER], vf=[LAYER])))
+    t0 = time.perf_counter()
+    model.learn(steps, callback=cb)
+    wall = time.perf_counter() - t0
+    return {"steps": model.num_timesteps, "wall_s": wall, "sps": model.num_timesteps / wall, "curve": cb.curve}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=500_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--envs", nargs="+", default=list(ENVS))
+    p.add_argument("--trainers", nargs="+", default=["carrystate", "sb3"], choices=["carrystate", "sb3"])
+    p.add_argument("--name", default="popgym_vs_sb3", help="results file (rows are appended to it)")
+    a = p.parse_args()
+    path = RESULTS / f"{a.name}.json"
+    rows = __import__("json").loads(path.read_text()) if path.exists() else []
+    for env_id in a.envs:
+        for seed in a.seeds:
+            for trainer in a.trainers:
+                run = carrystate_run if trainer == "carrystate" else sb3_run
+                out = run(env_id, a.steps, seed)
+                row = {"env": env_id, "trainer": trainer, "seed": seed, "budget": a.steps,
+                       "mmer": max(r for _, r in out["curve"]), **out}
+                rows = [r for r in rows if (r["env"], r["trainer"], r["seed"], r["budget"]) != (env_id, trainer, seed, a.steps)]
+                rows.append(row)
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"}, flush=True)
+                save(a.name, rows)
+
+
+if __name__ == "__main__":
+    main()
