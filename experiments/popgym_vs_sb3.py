@@ -2,9 +2,10 @@
 LSTM of 128 units shared by actor and critic, 64-unit layers, 64 envs x 64 steps per batch, minibatch 1024,
 4 epochs, lr 1e-3, ent 0.01), the same step budget, on this machine. Scored as POPGym scores: the maximum over
 training of the mean episodic return per batch (MMER), mean +- std over seeds. Both see the previous action:
-carrystate through its adapter, sb3 through POPGym's own PreviousAction + Flatten wrappers.
+carrystate through its adapter (configs/popgym.yaml holds its settings), sb3 through POPGym's own
+PreviousAction + Flatten wrappers, with the settings read from the same file.
 
-    python experiments/popgym_vs_sb3.py [--steps 500000] [--seeds 1 2 3] [--envs ...] [--trainers carrystate sb3]
+    python experiments/popgym_vs_sb3.py [--steps 1000000] [--seeds 1 2 3] [--envs ...] [--trainers carrystate sb3]
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, save, train
+from common import RESULTS, ROOT, save, train
+
+from carrystate.config import load_config
 
 ENVS = ("RepeatPreviousEasy", "RepeatPreviousMedium", "RepeatFirstMedium", "PositionOnlyCartPoleEasy")
-NUM_ENVS, ROLLOUT, MINIBATCH, EPOCHS, LR, ENT, HIDDEN, LAYER = 64, 64, 1024, 4, 1e-3, 0.01, 128, 64
+CONFIG = "configs/popgym.yaml"
 
 
 def carrystate_run(env_id: str, steps: int, seed: int) -> dict:
-    r = train(None, ["env.name=popgym", f"env.popgym.id={env_id}", f"env.num_envs={NUM_ENVS}",
-                     f"trainer.batch_size={NUM_ENVS * ROLLOUT}", f"trainer.bptt_horizon={ROLLOUT}",
-                     f"trainer.minibatch_size={MINIBATCH}", f"trainer.update_epochs={EPOCHS}",
-                     f"trainer.learning_rate={LR}", f"trainer.ent_coef={ENT}", f"policy.hidden_size={HIDDEN}",
-                     f"policy.encoder_sizes=[{LAYER}]", f"trainer.total_timesteps={steps}", f"trainer.seed={seed}",
-                     "diagnostics.staleness_segments=0"], episodes=100)
+    r = train(CONFIG, [f"env.popgym.id={env_id}", f"trainer.total_timesteps={steps}",
+                                       f"trainer.seed={seed}", "diagnostics.staleness_segments=0"], episodes=100)
     curve = [(h["step"], h["charts/episodic_return"]) for h in r["history"] if "charts/episodic_return" in h]
     return {"steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"], "curve": curve}
 
@@ -39,9 +38,11 @@ def sb3_run(env_id: str, steps: int, seed: int) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
+    cfg = load_config(ROOT / CONFIG)
+    t, n_envs = cfg.trainer, cfg.env.num_envs
     cls = next(c for c in popgym.envs.ALL if c.__name__ == env_id)
     torch.set_num_threads(1)
-    venv = make_vec_env(lambda: Flatten(PreviousAction(cls())), n_envs=NUM_ENVS, seed=seed)
+    venv = make_vec_env(lambda: Flatten(PreviousAction(cls())), n_envs=n_envs, seed=seed)
 
     class BatchReturns(BaseCallback):  # the mean return of the episodes that ended in each rollout batch
         def _on_training_start(self):
@@ -57,10 +58,13 @@ def sb3_run(env_id: str, steps: int, seed: int) -> dict:
             self.batch = []
 
     cb = BatchReturns()
-    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=ROLLOUT, batch_size=MINIBATCH, n_epochs=EPOCHS,
-                         learning_rate=LR, ent_coef=ENT, gamma=0.99, gae_lambda=0.95, seed=seed, device="cpu",
-                         policy_kwargs=dict(lstm_hidden_size=HIDDEN, shared_lstm=True, enable_critic_lstm=False,
-                                            net_arch=dict(pi=[LAYER], vf=[LAYER])))
+    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=t.batch_size // n_envs, batch_size=t.minibatch_size,
+                         n_epochs=t.update_epochs, learning_rate=t.learning_rate, ent_coef=t.ent_coef, gamma=t.gamma,
+                         gae_lambda=t.gae_lambda, clip_range=t.clip_coef, vf_coef=t.vf_coef,
+                         max_grad_norm=t.max_grad_norm, seed=seed, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=cfg.policy.hidden_size, shared_lstm=True,
+                                            enable_critic_lstm=False, net_arch=dict(pi=cfg.policy.encoder_sizes,
+                                                                                    vf=cfg.policy.encoder_sizes)))
     t0 = time.perf_counter()
     model.learn(steps, callback=cb)
     wall = time.perf_counter() - t0
@@ -69,7 +73,7 @@ def sb3_run(env_id: str, steps: int, seed: int) -> dict:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=500_000)
+    p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--envs", nargs="+", default=list(ENVS))
     p.add_argument("--trainers", nargs="+", default=["carrystate", "sb3"], choices=["carrystate", "sb3"])
@@ -83,7 +87,7 @@ def main():
                 run = carrystate_run if trainer == "carrystate" else sb3_run
                 out = run(env_id, a.steps, seed)
                 row = {"env": env_id, "trainer": trainer, "seed": seed, "budget": a.steps,
-                       "mmer": max(r for _, r in out["curve"]), **out}
+                       "mmer": max((r for _, r in out["curve"]), default=float("nan")), **out}
                 rows = [r for r in rows if (r["env"], r["trainer"], r["seed"], r["budget"]) != (env_id, trainer, seed, a.steps)]
                 rows.append(row)
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"}, flush=True)
