@@ -171,11 +171,12 @@ class PolicyConfig(_Section):
     """Width of the recurrent state (and of the feed-forward core when core=none)."""
     num_layers: int = Field(1, ge=1)
     """Stacked recurrent layers."""
-    sequence_impl: Literal["auto", "chunked", "packed", "bucketed", "loop"] = "auto"
+    sequence_impl: Literal["auto", "chunked", "packed", "bucketed", "loop", "scan"] = "auto"
     """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
     `packed` (episode fragments as one packed sequence), `bucketed` (fragments grouped by length, one
-    dense fused call per group), `loop` (one step at a time), `auto` (bucketed: the fastest measured
-    on the CPU and on CUDA, see BENCHMARKS.md)."""
+    dense fused call per group), `loop` (one step at a time), `scan` (LSTM only: a step loop with a
+    hand-written backward, a reset is one multiply), `auto` (bucketed: the fastest measured on the CPU
+    and on CUDA, see BENCHMARKS.md)."""
 
 
 class DiagnosticsConfig(_Section):

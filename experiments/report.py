@@ -205,7 +205,9 @@ def mettagrid_section(rows) -> list[str]:
              "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate, each stepped in 2 worker "
              "processes. `return` is the mean episodic return per agent (1,000-step episodes) of a policy on 192 "
              "fresh agent-episodes: the untrained policy first, then the trained one. The curve shows the mean reward "
-             "per agent-step of each rollout batch (×1,000 = a per-episode rate). There is no published arena "
+             "per agent-step of each rollout batch (×1,000 = a per-episode rate); all maps reset together every "
+             "1,000 steps, so consecutive batches see different phases of an episode and the raw curve cycles, "
+             "which the 4-batch mean (one episode) smooths. There is no published arena "
              "number to compare with at this map size: Metta's own runs use its own maps and billions of steps.", "",
              "| seed | agent-steps | untrained return | trained return | reward/agent-step, first 5 batches | "
              "last 5 batches | wall s | agent-steps/s |", "|---|---|---|---|---|---|---|---|"]
@@ -218,9 +220,13 @@ def mettagrid_section(rows) -> list[str]:
                      f"{r['wall_s']:.0f} | {r['sps']:,.0f} |")
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for r in rows:
-        pts = [(p["step"], p["charts/reward_per_agent_step"]) for p in r.get("curve", [])]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.9, label=f"seed {r['seed']}")
+    for r, colour in zip(rows, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        steps = np.array([p["step"] for p in r.get("curve", [])])
+        vals = np.array([p["charts/reward_per_agent_step"] for p in r.get("curve", [])])
+        ax.plot(steps, vals, lw=0.5, alpha=0.35, color=colour)
+        if len(vals) >= 4:  # 4 batches = one 1,000-step episode: the maps reset together, so batches cycle
+            ax.plot(steps[3:], np.convolve(vals, np.ones(4) / 4, "valid"), lw=1.2, color=colour,
+                    label=f"seed {r['seed']} (mean over 4 batches = one episode)")
     ax.set_xlabel("agent-steps")
     ax.set_ylabel("mean reward per agent-step (rollout batch)")
     ax.set_title("MettaGrid arena, 24 agents × 8 maps")

@@ -74,8 +74,12 @@ def test_gaussian_head_matches_normal():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "none"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("impl", ["chunked", "packed", "bucketed", "loop"])
+@pytest.mark.parametrize("impl", ["chunked", "packed", "bucketed", "loop", "scan"])
 def test_sequence_with_resets_equals_stepping(kind, layers, impl):
+    if impl == "scan" and kind != "lstm":
+        with pytest.raises(ValueError, match="sequence_impl=scan is written for core=lstm"):
+            RecurrentCore(kind, 4, 6, layers, impl)
+        return
     torch.manual_seed(0)
     core = RecurrentCore(kind, 4, 6, layers, impl)
     B, T = 5, 11
@@ -93,7 +97,7 @@ def test_sequence_with_resets_equals_stepping(kind, layers, impl):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["packed", "bucketed", "loop"])
+@pytest.mark.parametrize("impl", ["packed", "bucketed", "loop", "scan"])
 def test_sequence_gradients_equal_chunked(impl):
     torch.manual_seed(0)
     core = RecurrentCore("lstm", 4, 6, 2)

@@ -1,6 +1,6 @@
 """Learner benchmark: forward+backward of one minibatch of segments with exact in-segment resets.
 
-Compares carrystate's unrolls (`chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
+Compares carrystate's unrolls (`bucketed`, `scan`, `chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
 call that ignores resets, the speed to match) and, when installed, torchrl's LSTMModule in recurrent mode,
 on the same shapes and the same random reset pattern (about one episode end per 50 steps per row).
 Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length.
@@ -116,7 +116,7 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
 
             trl = _torchrl_step(hidden, device)
             row = {"hidden": hidden, "horizon": T, "rows": rows, "resets": int(resets.sum())}
-            impls = ["fused", "chunked", "packed", "bucketed", "loop"] + (["torchrl"] if trl is not None else [])
+            impls = ["fused", "chunked", "packed", "bucketed", "scan", "loop"] + (["torchrl"] if trl is not None else [])
             impls += ["loop_graphed"] if device.type == "cuda" else []
             for impl in impls:
                 try:

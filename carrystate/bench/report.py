@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 OWN = ("## Learner", "## Learner memory", "## End to end", "## Targets", "## How to run")
-IMPLS = ["bucketed", "chunked", "packed", "loop", "loop_graphed", "torchrl"]
+IMPLS = ["bucketed", "scan", "chunked", "packed", "loop", "loop_graphed", "torchrl"]
 
 
 def _fmt(v, spec=".2f"):
@@ -55,7 +55,8 @@ def write(markdown: Path, results: Path) -> None:
              "segment that ignores resets (the leaky fast path); every other column applies the resets exactly.", ""]
     lines += ["## Learner: forward+backward of one minibatch of segments", "",
               "About one episode end per 50 steps per row (`resets` counts them). `bucketed` (the default) splits rows "
-              "into episode fragments and runs them as a few dense fused calls grouped by length; `chunked` cuts "
+              "into episode fragments and runs them as a few dense fused calls grouped by length; `scan` is a step "
+              "loop with a hand-written backward in which a reset is one multiply of the state (LSTM only); `chunked` cuts "
               "the segment at every step where some row resets; `packed` uses a packed sequence; `loop` steps one "
               "timestep at a time with masks; `loop_graphed` is that loop captured as CUDA graphs; `torchrl` is "
               "torchrl's `LSTMModule` in recurrent mode.", ""]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from carrystate.policy.scan import lstm_scan
+
 State = tuple[Tensor, ...]
 
 
@@ -32,8 +34,11 @@ class RecurrentCore(nn.Module):
     def __init__(self, kind: str, in_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
         super().__init__()
         self.kind, self.hidden_size, self.num_layers = kind, hidden_size, num_layers
-        if impl not in ("auto", "chunked", "packed", "bucketed", "loop"):
-            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, bucketed, loop")
+        if impl not in ("auto", "chunked", "packed", "bucketed", "loop", "scan"):
+            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, bucketed, loop, scan")
+        if impl == "scan" and kind != "lstm":
+            raise ValueError(f"policy.sequence_impl=scan is written for core=lstm, not core={kind}; "
+                             "use auto, bucketed, chunked, packed or loop")
         self.impl = impl
         if kind == "lstm":
             self.rnn = nn.LSTM(in_size, hidden_size, num_layers, batch_first=True)
@@ -78,11 +83,14 @@ class RecurrentCore(nn.Module):
         The one training unroll; every variant applies the resets exactly and they agree to float rounding:
         `chunked` cuts the segment at every timestep where some row resets (one fused call per piece),
         `loop` steps one timestep at a time, `packed` runs the episode fragments as one packed sequence,
-        `bucketed` runs the fragments as a few dense fused calls grouped by length. `auto` is bucketed,
+        `bucketed` runs the fragments as a few dense fused calls grouped by length, `scan` (LSTM only) is a
+        step loop with a hand-written backward where a reset is one multiply. `auto` is bucketed,
         the fastest on the CPU and on CUDA in BENCHMARKS.md at realistic reset densities."""
         if self.kind == "none":
             return self.rnn(x), ()
         impl = "bucketed" if self.impl == "auto" else self.impl
+        if impl == "scan":
+            return lstm_scan(self.rnn, x, state, resets)
         if impl == "bucketed":
             return self._sequence_bucketed(x, state, resets, end_state)
         if impl == "packed":

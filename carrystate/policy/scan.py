@@ -1,0 +1,92 @@
+"""`scan`: an LSTM unroll with exact per-step resets and a hand-written backward, for the CPU.
+
+One layer, time-major. The input projection of every step is one large GEMM done by autograd outside;
+the recurrence is a Python loop of a few large-batch ops per step, where a reset is one multiply of the
+carried (h, c) by 0/1 before the step. The backward walks the steps in reverse with the same few ops per
+step, and forms the recurrent weight's gradient as one GEMM over all steps at the end (autograd through a
+loop would issue one small GEMM per step for it, and record every op). Resets therefore cost one multiply
+per step and nothing else: no fragments, no padding, no gather or scatter.
+
+Gate order and biases follow `nn.LSTM` (i, f, g, o; both biases summed), so the core's `nn.LSTM`
+parameters are used as they are and every other unroll stays interchangeable with this one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class _LSTMScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor):
+        """pre_x [T, B, 4H] (x @ W_ih^T + biases), keep [T, B, 1] (0 where the state resets before step t),
+        h0, c0 [B, H], w_hh [4H, H] → y [T, B, H], h_T, c_T."""
+        T, B, G = pre_x.shape
+        H = G // 4
+        act = torch.empty_like(pre_x)  # activated gates i, f, g, o of every step
+        h_prev = pre_x.new_empty(T, B, H)  # (masked) state each step read
+        c_prev = pre_x.new_empty(T, B, H)
+        tanh_c = pre_x.new_empty(T, B, H)
+        y = pre_x.new_empty(T, B, H)
+        w_t = w_hh.t()
+        h, c = h0, c0
+        for t in range(T):
+            hp = torch.mul(h, keep[t], out=h_prev[t])
+            cp = torch.mul(c, keep[t], out=c_prev[t])
+            a = torch.addmm(pre_x[t], hp, w_t, out=act[t])
+            a[:, : 2 * H].sigmoid_()
+            g = a[:, 2 * H : 3 * H].tanh_()
+            a[:, 3 * H :].sigmoid_()
+            c = torch.addcmul(a[:, H : 2 * H] * cp, a[:, :H], g)
+            tc = torch.tanh(c, out=tanh_c[t])
+            h = torch.mul(a[:, 3 * H :], tc, out=y[t])
+        ctx.save_for_backward(keep, w_hh, act, h_prev, c_prev, tanh_c)
+        return y, h.clone(), c
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, dh_T: Tensor, dc_T: Tensor):
+        keep, w_hh, act, h_prev, c_prev, tanh_c = ctx.saved_tensors
+        T, B, G = act.shape
+        H = G // 4
+        # Everything that does not depend on the incoming gradient is formed for all steps at once, so
+        # the reverse loop is 6 ops per step. d(pre-activation) of gates i, f, g is dc times the other
+        # factor of their product times their activation's derivative; of gate o, dh times tanh(c) times it.
+        i, f, g, o = act.split(H, -1)
+        factors = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g.square())], -1).view(T, B, 3, H)
+        o_dtanh = o * (1 - tanh_c.square())  # dc_t += dh_t * o_t * tanh'(c_t)
+        do_factor = tanh_c * o * (1 - o)
+        f_keep = f * keep  # dc into c_{t-1} passes the forget gate and the reset mask
+        d_pre = torch.empty_like(act)
+        d3 = d_pre[..., : 3 * H].view(T, B, 3, H)
+        dh = torch.zeros_like(h_prev[0]) if dh_T is None else dh_T
+        dc = torch.zeros_like(c_prev[0]) if dc_T is None else dc_T
+        if dy is not None:
+            dh = dh + dy[T - 1]
+        for t in range(T - 1, -1, -1):
+            dc = torch.addcmul(dc, dh, o_dtanh[t])
+            torch.mul(dc.unsqueeze(1), factors[t], out=d3[t])
+            torch.mul(dh, do_factor[t], out=d_pre[t, :, 3 * H :])
+            dc = dc * f_keep[t]
+            dh_prev = torch.mm(d_pre[t], w_hh)  # into h_{t-1}, then through the reset mask
+            dh = dh_prev * keep[t] if t == 0 or dy is None else torch.addcmul(dy[t - 1], dh_prev, keep[t])
+        d_w = d_pre.view(T * B, G).t().mm(h_prev.view(T * B, H))
+        return d_pre, None, dh, dc, d_w
+
+
+def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor
+              ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """`rnn` (batch_first nn.LSTM, any number of layers), x [B, T, in], state ([layers, B, H] × 2), resets
+    [B, T] bool (zero the state before step t) → y [B, T, H], (h, c) after the last step."""
+    keep = (~resets).t().unsqueeze(-1).to(x.dtype)  # [T, B, 1]
+    inp = x.transpose(0, 1)  # time-major [T, B, in]
+    hs, cs = [], []
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+        pre_x = F.linear(inp, w_ih, bias).contiguous()
+        inp, h, c = _LSTMScan.apply(pre_x, keep, state[0][layer], state[1][layer], w_hh)
+        hs.append(h)
+        cs.append(c)
+    return inp.transpose(0, 1), (torch.stack(hs), torch.stack(cs))
