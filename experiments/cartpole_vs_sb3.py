@@ -1,6 +1,7 @@
 """Issue 5 experiment (partial): CartPole without velocity, carrystate against sb3-contrib RecurrentPPO with the
 rl-baselines3-zoo hyperparameters for CartPoleNoVel-v1, same step budget, same machine; the final policy's
-mean return on 100 fresh episodes, and wall time.
+mean return on 100 fresh episodes, the learning curve (mean return of the episodes ending in each batch),
+and wall time.
 
     python experiments/cartpole_vs_sb3.py [--steps 100000] [--seeds 1 2 3]
 """
@@ -14,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from common import save, train
+from common import returns_curve, save, sb3_batch_returns, train
 
 from carrystate.envs.gym_adapter import HideVelocity
 
@@ -32,8 +33,9 @@ def sb3_run(steps: int, seed: int) -> dict:
                          ent_coef=0.0, learning_rate=lin(1e-3), clip_range=lin(0.2), seed=seed, device="cpu",
                          policy_kwargs=dict(ortho_init=False, activation_fn=torch.nn.ReLU, lstm_hidden_size=64,
                                             enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])))
+    cb = sb3_batch_returns()
     t0 = time.perf_counter()
-    model.learn(steps)
+    model.learn(steps, callback=cb)
     wall = time.perf_counter() - t0
     venv.training, venv.norm_reward = False, False
     returns, state, obs = [], None, venv.reset()
@@ -47,7 +49,7 @@ def sb3_run(steps: int, seed: int) -> dict:
             returns.append(ep[i])
             ep[i] = 0
         starts = done
-    return {"eval_return": float(np.mean(returns[:100])), "wall_s": wall, "sps": steps / wall}
+    return {"eval_return": float(np.mean(returns[:100])), "wall_s": wall, "sps": steps / wall, "curve": cb.curve}
 
 
 def main():
@@ -60,7 +62,7 @@ def main():
         ours = train("configs/cartpole_novel.yaml", [f"trainer.seed={seed}", f"trainer.total_timesteps={a.steps}"], episodes=100)
         ours.pop("trainer")
         rows.append({"trainer": "carrystate", "seed": seed, "eval_return": ours["eval_return"], "wall_s": ours["wall_s"],
-                     "sps": ours["sps"], "steps": ours["steps"]})
+                     "sps": ours["sps"], "steps": ours["steps"], "curve": returns_curve(ours["history"])})
         print(rows[-1], flush=True)
         save("cartpole_vs_sb3", rows)
         theirs = sb3_run(a.steps, seed)

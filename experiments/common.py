@@ -49,3 +49,29 @@ def median_of(history: list[dict], key: str) -> float:
     """Median over iterations of a logged scalar (robust to the first iterations' transients)."""
     vals = [h[key] for h in history if key in h]
     return float(np.median(vals)) if vals else float("nan")
+
+
+def sb3_batch_returns():
+    """An sb3 callback whose `curve` lists (agent-steps, mean return of the episodes that ended in that rollout
+    batch) after every rollout: the same measure as carrystate's `charts/episodic_return` history."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class BatchReturns(BaseCallback):
+        def _on_training_start(self):
+            self.curve, self.batch = [], []
+
+        def _on_step(self):
+            self.batch += [float(i["episode"]["r"]) for i in self.locals["infos"] if "episode" in i]
+            return True
+
+        def _on_rollout_end(self):
+            if self.batch:
+                self.curve.append((self.num_timesteps, float(np.mean(self.batch))))
+            self.batch = []
+
+    return BatchReturns()
+
+
+def returns_curve(history: list[dict]) -> list[tuple[int, float]]:
+    """(agent-steps, mean episodic return of the batch) for every carrystate iteration where episodes ended."""
+    return [(h["step"], h["charts/episodic_return"]) for h in history if "charts/episodic_return" in h]

@@ -2,7 +2,7 @@
 mean reward per agent over >= 5M agent-steps, and the agent-steps per second. The untrained policy's score on the
 same maps is measured first, so the curve has its own baseline.
 
-    python experiments/mettagrid_arena.py [--steps 5013504] [--seeds 1]
+    python experiments/mettagrid_arena.py [--steps 5013504] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def score(policy, cfg, seed: int, episodes: int) -> float:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=5_013_504)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--chunk", type=int, default=5, help="iterations between saves of the partial curve")
     a = p.parse_args()
     torch.set_num_threads(1)

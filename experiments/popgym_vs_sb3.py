@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, ROOT, save, train
+from common import RESULTS, ROOT, returns_curve, save, sb3_batch_returns, train
 
 from carrystate.config import load_config
 
@@ -27,15 +27,35 @@ CONFIG = "configs/popgym.yaml"
 def carrystate_run(env_id: str, steps: int, seed: int) -> dict:
     r = train(CONFIG, [f"env.popgym.id={env_id}", f"trainer.total_timesteps={steps}",
                                        f"trainer.seed={seed}", "diagnostics.staleness_segments=0"], episodes=100)
-    curve = [(h["step"], h["charts/episodic_return"]) for h in r["history"] if "charts/episodic_return" in h]
-    return {"steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"], "curve": curve}
+    return {"steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"], "curve": returns_curve(r["history"])}
+
+
+def random_run(env_id: str, steps: int, seed: int) -> dict:
+    """Uniformly random actions, batched like the carrystate runs: the MMER a policy gets for nothing (a
+    maximum over hundreds of noisy batch means lies above the random policy's mean return)."""
+    from carrystate.envs import make_env
+
+    cfg = load_config(ROOT / CONFIG, [f"env.popgym.id={env_id}"])
+    env = make_env(cfg.env, seed=seed)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    per_batch = cfg.trainer.batch_size // env.num_agents
+    curve, done, t0 = [], 0, time.perf_counter()
+    while done < steps:
+        returns = []
+        for _ in range(per_batch):
+            returns += env.step(rng.integers(0, env.single_action_space.n, env.num_agents)).episode_returns
+        done += per_batch * env.num_agents
+        if returns:
+            curve.append((done, float(np.mean(returns))))
+    wall = time.perf_counter() - t0
+    return {"steps": done, "wall_s": wall, "sps": done / wall, "curve": curve}
 
 
 def sb3_run(env_id: str, steps: int, seed: int) -> dict:
     import popgym.envs
     from popgym.wrappers import Flatten, PreviousAction
     from sb3_contrib import RecurrentPPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
     cfg = load_config(ROOT / CONFIG)
@@ -44,20 +64,7 @@ def sb3_run(env_id: str, steps: int, seed: int) -> dict:
     torch.set_num_threads(1)
     venv = make_vec_env(lambda: Flatten(PreviousAction(cls())), n_envs=n_envs, seed=seed)
 
-    class BatchReturns(BaseCallback):  # the mean return of the episodes that ended in each rollout batch
-        def _on_training_start(self):
-            self.curve, self.batch = [], []
-
-        def _on_step(self):
-            self.batch += [i["episode"]["r"] for i in self.locals["infos"] if "episode" in i]
-            return True
-
-        def _on_rollout_end(self):
-            if self.batch:
-                self.curve.append((self.num_timesteps, float(np.mean(self.batch))))
-            self.batch = []
-
-    cb = BatchReturns()
+    cb = sb3_batch_returns()
     model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=t.batch_size // n_envs, batch_size=t.minibatch_size,
                          n_epochs=t.update_epochs, learning_rate=t.learning_rate, ent_coef=t.ent_coef, gamma=t.gamma,
                          gae_lambda=t.gae_lambda, clip_range=t.clip_coef, vf_coef=t.vf_coef,
@@ -76,7 +83,8 @@ def main():
     p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--envs", nargs="+", default=list(ENVS))
-    p.add_argument("--trainers", nargs="+", default=["carrystate", "sb3"], choices=["carrystate", "sb3"])
+    p.add_argument("--trainers", nargs="+", default=["carrystate", "sb3", "random"],
+                   choices=["carrystate", "sb3", "random"])
     p.add_argument("--name", default="popgym_vs_sb3", help="results file (rows are appended to it)")
     a = p.parse_args()
     path = RESULTS / f"{a.name}.json"
@@ -84,7 +92,7 @@ def main():
     for env_id in a.envs:
         for seed in a.seeds:
             for trainer in a.trainers:
-                run = carrystate_run if trainer == "carrystate" else sb3_run
+                run = {"carrystate": carrystate_run, "sb3": sb3_run, "random": random_run}[trainer]
                 out = run(env_id, a.steps, seed)
                 row = {"env": env_id, "trainer": trainer, "seed": seed, "budget": a.steps,
                        "mmer": max((r for _, r in out["curve"]), default=float("nan")), **out}

@@ -124,7 +124,19 @@ def cartpole_section(rows) -> list[str]:
         v = np.array([r["eval_return"] for r in rs])
         lines.append(f"- {name}: {v.mean():.1f} ± {v.std():.1f} over {len(v)} seeds, "
                      f"{np.mean([r['sps'] for r in rs]):,.0f} agent-steps/s")
-    return lines + [""]
+    if not all(r.get("curve") for r in rows):
+        return lines + [""]
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for (name, rs), colour in zip(by.items(), ("tab:blue", "tab:orange")):
+        for i, r in enumerate(rs):
+            ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], color=colour, lw=0.8,
+                    label=name if i == 0 else None)
+    ax.set_xlabel("agent-steps")
+    ax.set_ylabel("mean episodic return per batch")
+    ax.set_title("CartPole without velocity")
+    ax.legend(fontsize=7)
+    return lines + _save_plot(fig, "cartpole_vs_sb3", "cartpole learning curves")
 
 
 def _mean_std(vals) -> str:

@@ -19,7 +19,7 @@ HORIZONS = (16, 64)
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=1_000_000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--resume", action="store_true", help="keep the rows already saved and run only missing cells")
     a = p.parse_args()
     path = RESULTS / "tmaze_sweep.json"
