@@ -175,8 +175,8 @@ class PolicyConfig(_Section):
     """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
     `packed` (episode fragments as one packed sequence), `bucketed` (fragments grouped by length, one
     dense fused call per group), `loop` (one step at a time), `scan` (LSTM only: a step loop with a
-    hand-written backward, a reset is one multiply), `auto` (bucketed: the fastest measured on the CPU
-    and on CUDA, see BENCHMARKS.md)."""
+    hand-written backward, a reset is one multiply), `auto` (scan for an LSTM on the CPU, bucketed
+    otherwise: the fastest measured, see BENCHMARKS.md)."""
 
 
 class DiagnosticsConfig(_Section):

@@ -39,7 +39,10 @@ def test_staleness_grows_with_the_update():
     old = copy.deepcopy(tr.policy)
     tr.learn()
     m = diagnostics.staleness(old, tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0))
-    assert m["memory/state_distance"] > 1e-3 and m["memory/kl_last"] > 0 and m["memory/value_gap_first"] > 0
+    # at a segment's first step the stale state acts in full; by its last step an episode end inside the
+    # segment may have cut it (KL then 0 up to rounding), so only the first step is asserted to differ
+    assert m["memory/state_distance"] > 1e-3 and m["memory/kl_first"] > 1e-6 and m["memory/value_gap_first"] > 0
+    assert m["memory/kl_last"] > -1e-6
 
 
 def test_staleness_is_logged_every_iteration(tmp_path):

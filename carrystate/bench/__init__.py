@@ -25,7 +25,7 @@ def run(out_dir: Path, quick: bool = False, markdown: Path | None = None) -> dic
             "torch": torch.__version__, "date": datetime.date.today().isoformat()}
     hiddens, horizons = ([128], [16, 64]) if quick else ([128, 256], [16, 64, 256])
     cpu = {"info": info,
-           "memory": learner.bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], "bucketed"),
+           "memory": learner.bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], "auto"),
            "learner": learner.bench_learner(device, hiddens, horizons, 256, 3 if quick else 7)}
     (out_dir / "learner_cpu.json").write_text(json.dumps(cpu, indent=1))
     e2e = end_to_end.run_all(iterations=2 if quick else 5, sb3_iterations=1 if quick else 2)

@@ -84,11 +84,13 @@ class RecurrentCore(nn.Module):
         `chunked` cuts the segment at every timestep where some row resets (one fused call per piece),
         `loop` steps one timestep at a time, `packed` runs the episode fragments as one packed sequence,
         `bucketed` runs the fragments as a few dense fused calls grouped by length, `scan` (LSTM only) is a
-        step loop with a hand-written backward where a reset is one multiply. `auto` is bucketed,
-        the fastest on the CPU and on CUDA in BENCHMARKS.md at realistic reset densities."""
+        step loop with a hand-written backward where a reset is one multiply. `auto` is scan for an LSTM
+        on the CPU and bucketed otherwise: the fastest in BENCHMARKS.md at realistic reset densities."""
         if self.kind == "none":
             return self.rnn(x), ()
-        impl = "bucketed" if self.impl == "auto" else self.impl
+        impl = self.impl
+        if impl == "auto":  # the fastest exact unroll measured (BENCHMARKS.md)
+            impl = "scan" if self.kind == "lstm" and x.device.type == "cpu" else "bucketed"
         if impl == "scan":
             return lstm_scan(self.rnn, x, state, resets)
         if impl == "bucketed":
