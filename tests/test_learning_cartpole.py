@@ -16,7 +16,10 @@ from carrystate.rollout import evaluate
 from carrystate.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole_novel.yaml"
-SEED = 2  # fixed training seed known to pass (final policy ~496); other seeds may land lower
+# A fixed training seed that passes, as the core issue allows ("on at least one fixed seed"). With the current
+# sampler (Gumbel-max) seeds 1, 3, 4, 5, 6, 7 gave 204, 165, 150, 500, 184, 489: the task is not solved on
+# every seed at this budget, and EXPERIMENTS.md reports the spread.
+SEED = 5
 EVAL_SEED, EVAL_EPISODES = 10_000, 100
 
 
@@ -33,7 +36,7 @@ def test_lstm_solves_cartpole_without_velocity_within_150k_steps():
     # fresh episodes (env seeds disjoint from training), sampling actions as in training. We do not
     # use Summary.mean_return (last 200 *training* episodes): at ~500 steps per episode those 200
     # episodes span ~70-100k steps, i.e. most of the learning phase, so it lags far behind the policy
-    # (~250 for this run even though the final policy scores ~496).
+    # (for the seed-2 run before the sampler change, ~250 while its final policy scored ~496).
     env = make_env(cfg.env, seed=EVAL_SEED)
     try:
         stats = evaluate(trainer.policy, env, EVAL_EPISODES, deterministic=False, seed=EVAL_SEED)
