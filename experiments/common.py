@@ -29,13 +29,26 @@ def train(config: str | None, overrides: list[str], episodes: int = 300) -> dict
     t0 = time.perf_counter()
     summary = tr.train()
     wall = time.perf_counter() - t0
-    env = make_env(cfg.env, seed=10_000 + cfg.trainer.seed)
-    stats = evaluate(tr.policy, env, episodes=episodes, seed=10_000 + cfg.trainer.seed)
-    env.close()
+    stats = fresh_episodes(tr.policy, cfg, 10_000 + cfg.trainer.seed, episodes)
     return {"overrides": overrides, "config": config, "steps": summary.global_step, "wall_s": wall, "sps": summary.sps,
             "eval_return": float(np.mean(stats.episode_returns)),
             "eval_success": float(np.mean(stats.success)) if stats.success else None,
             "history": tr.history, "trainer": tr}
+
+
+def fresh_episodes(policy, cfg, seed: int, episodes: int):
+    """`policy` run on `episodes` fresh episodes of `cfg`'s env, seeded `seed` (the env is closed after)."""
+    env = make_env(cfg.env, seed=seed)
+    try:
+        return evaluate(policy, env, episodes=episodes, seed=seed)
+    finally:
+        env.close()
+
+
+def load(name: str, default=None):
+    """The rows saved under `name` by `save`, or `default` if there are none yet."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else default
 
 
 def save(name: str, data) -> Path:

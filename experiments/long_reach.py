@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import save, train
+from common import load, save, train
 
 from carrystate.bench.memory import peak_mib
 
@@ -35,11 +35,7 @@ def main():
     p.add_argument("--memory-only", action="store_true", help="re-measure memory into the saved results")
     a = p.parse_args()
     if a.memory_only:
-        import json
-
-        from common import RESULTS
-
-        rows = json.loads((RESULTS / "long_reach.json").read_text())
+        rows = load("long_reach")
         for row in rows:
             row.update(learner_memory(row["gradient_horizon"]))
         save("long_reach", rows)

@@ -13,11 +13,9 @@ import time
 import numpy as np
 import torch
 
-from common import ROOT, save
+from common import ROOT, fresh_episodes, save
 
 from carrystate.config import load_config
-from carrystate.envs import make_env
-from carrystate.rollout import evaluate
 from carrystate.trainer import Trainer
 
 KEYS = ("charts/reward_per_agent_step", "charts/episodic_return", "charts/SPS", "perf/env_seconds",
@@ -26,11 +24,7 @@ KEYS = ("charts/reward_per_agent_step", "charts/episodic_return", "charts/SPS", 
 
 def score(policy, cfg, seed: int, episodes: int) -> float:
     """Mean episodic return per agent of `policy` on fresh maps."""
-    env = make_env(cfg.env, seed=seed)
-    try:
-        return float(np.mean(evaluate(policy, env, episodes=episodes, seed=seed).episode_returns))
-    finally:
-        env.close()
+    return float(np.mean(fresh_episodes(policy, cfg, seed, episodes).episode_returns))
 
 
 def main():

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, ROOT, returns_curve, save, sb3_batch_returns, train
+from common import ROOT, load, returns_curve, save, sb3_batch_returns, train
 
 from carrystate.config import load_config
 
@@ -87,8 +87,7 @@ def main():
                    choices=["carrystate", "sb3", "random"])
     p.add_argument("--name", default="popgym_vs_sb3", help="results file (rows are appended to it)")
     a = p.parse_args()
-    path = RESULTS / f"{a.name}.json"
-    rows = __import__("json").loads(path.read_text()) if path.exists() else []
+    rows = load(a.name, [])
     for env_id in a.envs:
         for seed in a.seeds:
             for trainer in a.trainers:

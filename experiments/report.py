@@ -5,27 +5,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results"
+from common import ROOT, load  # noqa: E402
+
 PLOTS = ROOT / "experiments" / "plots"
 
 
 def _fmt_mib(v) -> str:
     return "—" if v is None else f"{v:.1f}"
-
-
-def _load(name):
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _save_plot(fig, name: str, alt: str) -> list[str]:
@@ -251,33 +243,30 @@ def mettagrid_section(rows) -> list[str]:
     return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curve")
 
 
+def staleness_with_seeds_section(rows) -> list[str]:
+    seeds = load("staleness_seeds")
+    return staleness_section(rows) + (seeds_section(seeds) if seeds else [])
+
+
+# result name, the script named above its section (None: the section names its own), the section
+SECTIONS = [("staleness", "staleness.py", staleness_with_seeds_section),
+            ("long_reach", "long_reach.py", long_reach_section),
+            ("tmaze_sweep", "tmaze_sweep.py", sweep_section),
+            ("cartpole_vs_sb3", None, cartpole_section),
+            ("popgym_vs_sb3", None, popgym_section),
+            ("mettagrid_arena", None, mettagrid_section)]
+
+
 def main():
     lines = ["# Experiments", "",
              "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
              "2-core CPU machine (one torch thread per run) on 2026-11-26, then rendered by `python experiments/report.py`. Raw numbers: "
              "`experiments/results/*.json`. The findings follow the tables, under \"What the numbers say\", and open "
              "with a table of where carrystate is ahead, level or behind sb3-contrib's RecurrentPPO.", ""]
-    st = _load("staleness")
-    if st:
-        lines += ["Script: `python experiments/staleness.py`.", ""] + staleness_section(st)
-        seeds = _load("staleness_seeds")
-        if seeds:
-            lines += seeds_section(seeds)
-    lr = _load("long_reach")
-    if lr:
-        lines += ["Script: `python experiments/long_reach.py`.", ""] + long_reach_section(lr)
-    sw = _load("tmaze_sweep")
-    if sw:
-        lines += ["Script: `python experiments/tmaze_sweep.py`.", ""] + sweep_section(sw)
-    cp = _load("cartpole_vs_sb3")
-    if cp:
-        lines += cartpole_section(cp)
-    pg = _load("popgym_vs_sb3")
-    if pg:
-        lines += popgym_section(pg)
-    mg = _load("mettagrid_arena")
-    if mg:
-        lines += mettagrid_section(mg)
+    for name, script, section in SECTIONS:
+        rows = load(name)
+        if rows:
+            lines += ([f"Script: `python experiments/{script}`.", ""] if script else []) + section(rows)
     notes = ROOT / "experiments" / "findings.md"
     if notes.exists():
         lines += [notes.read_text()]

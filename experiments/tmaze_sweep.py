@@ -8,9 +8,8 @@ of the final policy on 300 fresh episodes.
 from __future__ import annotations
 
 import argparse
-import json
 
-from common import RESULTS, save, train
+from common import load, save, train
 
 LENGTHS = (16, 32, 64, 96, 128, 256)
 HORIZONS = (16, 64)
@@ -22,8 +21,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--resume", action="store_true", help="keep the rows already saved and run only missing cells")
     a = p.parse_args()
-    path = RESULTS / "tmaze_sweep.json"
-    rows = json.loads(path.read_text()) if a.resume and path.exists() else []
+    rows = load("tmaze_sweep", []) if a.resume else []
     done = {(r["length"], r["bptt_horizon"], r["seed"]) for r in rows if r["steps"] >= a.steps}
     for seed in a.seeds:
         for L in LENGTHS:
