@@ -7,6 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carrystate.policy.core import RecurrentCore
 from tests.helpers import ScriptedEnv, collect, make_policy, manual_states
 
 
@@ -92,8 +93,6 @@ def test_perturbing_one_episode_changes_nothing_outside_it(sc, data):
 def test_every_fast_unroll_equals_the_step_loop_for_any_reset_pattern(batch, steps, density, impl, layers, seed):
     """The loop (one step at a time, state masked before each step) is the oracle: outputs, end state and the
     gradients of a loss using both, with respect to inputs, start state and weights, agree to 1e-5."""
-    from carrystate.policy.core import RecurrentCore
-
     torch.manual_seed(seed)
     core = RecurrentCore("lstm", 3, 5, layers)
     x = torch.randn(batch, steps, 3, requires_grad=True)

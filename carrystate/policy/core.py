@@ -164,10 +164,9 @@ class RecurrentCore(nn.Module):
         if not bool(resets[:, 1:].any()):  # one host sync; no reset after t=0: a single fused call
             return self._run(x, state)
         flat_start, row, t0, length = self._fragments(resets)
-        sizes = self._bucket_sizes(T, x.device)
-        bucket = torch.searchsorted(sizes, length)  # fragments of length in (sizes[k-1], sizes[k]]
+        bucket = torch.ceil(torch.log2(length.float())).long()  # fragments of length in (2^(k-1), 2^k]
         order = torch.argsort(bucket)
-        counts = torch.bincount(bucket, minlength=len(sizes)).tolist()  # one host sync
+        counts = torch.bincount(bucket, minlength=int(T).bit_length() + 1).tolist()  # one host sync
         y = x.new_zeros(B * T, self.hidden_size)
         flat_x = x.reshape(B * T, -1)
         begin = 0
@@ -176,7 +175,7 @@ class RecurrentCore(nn.Module):
                 continue
             idx = order[begin : begin + n]
             begin += n
-            L = int(sizes[k])
+            L = min(1 << k, T)
             offs = torch.arange(L, device=x.device)
             src = flat_start[idx, None] + offs  # [n, L]
             valid = offs[None, :] < length[idx, None]
@@ -190,16 +189,6 @@ class RecurrentCore(nn.Module):
         last = torch.cat([(row[1:] != row[:-1]), row.new_ones(1, dtype=torch.bool)])
         _, end = self._sequence_packed(x, state, resets, only_last=last)
         return y.view(B, T, -1), end
-
-    bucket_ratio = 2.0  # padded length grows by this factor from one bucket to the next
-
-    def _bucket_sizes(self, T: int, device) -> Tensor:
-        """Padded lengths of the buckets: 1, then ×bucket_ratio (rounded up) until T."""
-        sizes, L = [1], 1.0
-        while sizes[-1] < T:
-            L *= self.bucket_ratio
-            sizes.append(min(max(int(-(-L // 1)), sizes[-1] + 1), T))
-        return torch.tensor(sizes, device=device)
 
     def _run_packed(self, packed, init: State):
         if self.kind == "lstm":

@@ -60,17 +60,15 @@ class _LSTMScan(torch.autograd.Function):
         f_keep = f * keep  # dc into c_{t-1} passes the forget gate and the reset mask
         d_pre = torch.empty_like(act)
         d3 = d_pre[..., : 3 * H].view(T, B, 3, H)
-        dh = torch.zeros_like(h_prev[0]) if dh_T is None else dh_T
-        dc = torch.zeros_like(c_prev[0]) if dc_T is None else dc_T
-        if dy is not None:
-            dh = dh + dy[T - 1]
+        # autograd hands zeros (never None) for outputs the loss does not use
+        dh, dc = dh_T + dy[T - 1], dc_T
         for t in range(T - 1, -1, -1):
             dc = torch.addcmul(dc, dh, o_dtanh[t])
             torch.mul(dc.unsqueeze(1), factors[t], out=d3[t])
             torch.mul(dh, do_factor[t], out=d_pre[t, :, 3 * H :])
             dc = dc * f_keep[t]
             dh_prev = torch.mm(d_pre[t], w_hh)  # into h_{t-1}, then through the reset mask
-            dh = dh_prev * keep[t] if t == 0 or dy is None else torch.addcmul(dy[t - 1], dh_prev, keep[t])
+            dh = dh_prev * keep[t] if t == 0 else torch.addcmul(dy[t - 1], dh_prev, keep[t])
         d_w = d_pre.view(T * B, G).t().mm(h_prev.view(T * B, H))
         return d_pre, None, dh, dc, d_w
 
