@@ -1,6 +1,6 @@
 """Learner benchmark: forward+backward of one minibatch of segments with exact in-segment resets.
 
-Compares carrystate's unrolls (`bucketed`, `scan`, `chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
+Compares carrystate's unrolls (`bucketed`, `scan`, `triton`, `chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
 call that ignores resets, the speed to match) and, when installed, torchrl's LSTMModule in recurrent mode,
 on the same shapes and the same random reset pattern (about one episode end per 50 steps per row).
 Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length.
@@ -20,6 +20,7 @@ import time
 import torch
 from torch import nn
 
+from carrystate.policy import scan_triton
 from carrystate.policy.core import RecurrentCore
 
 
@@ -89,7 +90,10 @@ def _graphed_loop(core, x, state, resets):
     return f
 
 
-def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed=0):
+ALL_IMPLS = ["fused", "chunked", "packed", "bucketed", "scan", "triton", "loop", "torchrl", "loop_graphed"]
+
+
+def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed=0, impls=ALL_IMPLS):
     results = []
     for hidden in hiddens:
         for T in horizons:
@@ -114,11 +118,11 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
                     x.grad = None
                 return f
 
-            trl = _torchrl_step(hidden, device)
+            trl = _torchrl_step(hidden, device) if "torchrl" in impls else None
             row = {"hidden": hidden, "horizon": T, "rows": rows, "resets": int(resets.sum())}
-            impls = ["fused", "chunked", "packed", "bucketed", "scan", "loop"] + (["torchrl"] if trl is not None else [])
-            impls += ["loop_graphed"] if device.type == "cuda" else []
-            for impl in impls:
+            skip = {"torchrl": trl is None, "loop_graphed": device.type != "cuda",
+                    "triton": not scan_triton.available(device, hidden)}
+            for impl in [i for i in impls if not skip.get(i, False)]:
                 try:
                     fn = _graphed_loop(core, x, state, resets) if impl == "loop_graphed" else run(impl)
                     row[impl] = _time(fn, device, repeats) * 1e3
@@ -128,6 +132,44 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
             results.append(row)
             print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return results
+
+
+def tune_triton(device, shapes, repeats, configs=None):
+    """Time the triton unroll's tile configurations on (hidden, horizon, rows) shapes; leaves the fastest
+    overall (least summed time relative to each shape's best) in `scan_triton.CONFIG` and returns all."""
+    configs = configs or [dict(block_b=b, block_n=n, block_k=n, num_warps=w)
+                          for b, n, w in [(16, 64, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (16, 128, 8)]]
+    table = []
+    for hidden, T, rows in shapes:
+        torch.manual_seed(0)
+        core = RecurrentCore("lstm", hidden, hidden, 1, "triton").to(device)
+        x = torch.randn(rows, T, hidden, device=device, requires_grad=True)
+        state = tuple(torch.randn(1, rows, hidden, device=device) for _ in range(2))
+        resets = (torch.rand(rows, T) < 1 / 50).to(device)
+
+        def f():
+            y, _ = core.sequence(x, state, resets, end_state=False)
+            y.sum().backward()
+            x.grad = None
+            core.zero_grad(set_to_none=True)
+        times = {}
+        for i, cfg in enumerate(configs):
+            scan_triton.CONFIG.update(cfg)
+            try:
+                times[i] = _time(f, device, repeats) * 1e3
+            except Exception as err:  # noqa: BLE001 - a config that does not fit the chip is reported
+                print(f"tune h{hidden} T{T} B{rows} {cfg}: {type(err).__name__}: {str(err)[:160]}", flush=True)
+        best = min(times.values())
+        for i, ms in times.items():
+            table.append({"hidden": hidden, "horizon": T, "rows": rows, **configs[i], "ms": ms, "x_best": ms / best})
+            print(f"tune h{hidden} T{T} B{rows} {configs[i]}: {ms:.3f} ms ({ms / best:.2f}x best)", flush=True)
+    score = {i: sum(r["x_best"] for r in table if all(r[k] == v for k, v in configs[i].items()))
+             for i in range(len(configs))}
+    complete = [i for i in score if sum(all(r[k] == v for k, v in configs[i].items()) for r in table) == len(shapes)]
+    if complete:
+        scan_triton.CONFIG.update(configs[min(complete, key=score.get)])
+    print("triton config chosen:", scan_triton.CONFIG, flush=True)
+    return {"configs": table, "chosen": dict(scan_triton.CONFIG)}
 
 
 def activation_bytes(fn) -> int:
@@ -183,21 +225,42 @@ def main():
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--memory", action="store_true", help="also measure activation memory against horizon")
+    p.add_argument("--memory-impl", default=None, help="unroll for the memory table (default: the device's auto)")
+    p.add_argument("--impls", nargs="+", default=ALL_IMPLS, choices=ALL_IMPLS)
+    p.add_argument("--fp32-too", action="store_true",
+                   help="then repeat fused and triton with TF32 off everywhere (torch's default lets cuDNN use TF32)")
+    p.add_argument("--tune-triton", action="store_true", help="first pick the triton unroll's tiles by measurement")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     info = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": a.threads, "date": datetime.date.today().isoformat()}
+            "torch": torch.__version__, "threads": a.threads, "date": datetime.date.today().isoformat(),
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32}
     print(info, flush=True)
     out = {"info": info, "learner": []}
+    if a.tune_triton and scan_triton.available(device, 128):
+        shapes = [(h, 64, r) for h in a.hidden for r in a.rows]
+        out["triton_tuning"] = tune_triton(device, shapes, a.repeats)
+        _save(out, a.json)
     if a.memory:  # first: a failed CUDA-graph capture below can leave the device's RNG unusable
-        impl = "bucketed" if device.type == "cuda" else "chunked"
+        out["memory_impl"] = impl = a.memory_impl or RecurrentCore("lstm", 8, 128).auto_impl(device)
         out["memory"] = bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], impl)
     for rows in a.rows:
-        out["learner"] += bench_learner(device, a.hidden, a.horizon, rows, a.repeats)
-    if a.json:
-        with open(a.json, "w") as f:
+        out["learner"] += bench_learner(device, a.hidden, a.horizon, rows, a.repeats, impls=a.impls)
+        _save(out, a.json)
+    if a.fp32_too:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out["learner_fp32"] = []
+        for rows in a.rows:
+            out["learner_fp32"] += bench_learner(device, a.hidden, a.horizon, rows, a.repeats, impls=["fused", "triton"])
+            _save(out, a.json)
+
+
+def _save(out: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(out, f, indent=1)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from carrystate.policy.scan import lstm_scan
+from carrystate.policy import scan_triton
 
 State = tuple[Tensor, ...]
 
@@ -34,10 +35,11 @@ class RecurrentCore(nn.Module):
     def __init__(self, kind: str, in_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
         super().__init__()
         self.kind, self.hidden_size, self.num_layers = kind, hidden_size, num_layers
-        if impl not in ("auto", "chunked", "packed", "bucketed", "loop", "scan"):
-            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, bucketed, loop, scan")
-        if impl == "scan" and kind != "lstm":
-            raise ValueError(f"policy.sequence_impl=scan is written for core=lstm, not core={kind}; "
+        if impl not in ("auto", "chunked", "packed", "bucketed", "loop", "scan", "triton"):
+            raise ValueError(f"policy.sequence_impl={impl!r} is not one of auto, chunked, packed, bucketed, loop, "
+                             "scan, triton")
+        if impl in ("scan", "triton") and kind != "lstm":
+            raise ValueError(f"policy.sequence_impl={impl} is written for core=lstm, not core={kind}; "
                              "use auto, bucketed, chunked, packed or loop")
         self.impl = impl
         if kind == "lstm":
@@ -76,6 +78,14 @@ class RecurrentCore(nn.Module):
         y, state = self._run(x.unsqueeze(1), state if reset is None else mask_state(state, reset))
         return y.squeeze(1), state
 
+    def auto_impl(self, device: torch.device) -> str:
+        """The unroll `auto` runs on `device`: the fastest exact one measured there (BENCHMARKS.md)."""
+        if self.kind == "lstm" and device.type == "cpu":
+            return "scan"
+        if self.kind == "lstm" and device.type == "cuda" and scan_triton.available(device, self.hidden_size):
+            return "triton"
+        return "bucketed"
+
     def sequence(self, x: Tensor, state: State, resets: Tensor, end_state: bool = True) -> tuple[Tensor, State]:
         """x [batch, T, in], state at t=0, resets [batch, T] bool → y [batch, T, hidden], state after T-1
         (or () when `end_state` is false and the unroll can skip it).
@@ -84,15 +94,20 @@ class RecurrentCore(nn.Module):
         `chunked` cuts the segment at every timestep where some row resets (one fused call per piece),
         `loop` steps one timestep at a time, `packed` runs the episode fragments as one packed sequence,
         `bucketed` runs the fragments as a few dense fused calls grouped by length, `scan` (LSTM only) is a
-        step loop with a hand-written backward where a reset is one multiply. `auto` is scan for an LSTM
-        on the CPU and bucketed otherwise: the fastest in BENCHMARKS.md at realistic reset densities."""
+        step loop with a hand-written backward where a reset is one multiply, and `triton` (LSTM, CUDA) is
+        that loop as one GPU kernel each way. `auto` is scan for an LSTM on the CPU, triton for an LSTM on a
+        GPU when triton is installed, and bucketed otherwise: the fastest in BENCHMARKS.md at realistic reset
+        densities."""
         if self.kind == "none":
             return self.rnn(x), ()
-        impl = self.impl
-        if impl == "auto":  # the fastest exact unroll measured (BENCHMARKS.md)
-            impl = "scan" if self.kind == "lstm" and x.device.type == "cpu" else "bucketed"
+        impl = self.auto_impl(x.device) if self.impl == "auto" else self.impl
         if impl == "scan":
             return lstm_scan(self.rnn, x, state, resets)
+        if impl == "triton":
+            if not scan_triton.available(x.device, self.hidden_size):
+                raise ValueError(f"policy.sequence_impl=triton cannot run here: "
+                                 f"{scan_triton.unavailable_reason(x.device, self.hidden_size)}")
+            return lstm_scan(self.rnn, x, state, resets, scan_triton.LSTMScanTriton)
         if impl == "bucketed":
             return self._sequence_bucketed(x, state, resets, end_state)
         if impl == "packed":

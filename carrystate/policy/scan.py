@@ -73,10 +73,11 @@ class _LSTMScan(torch.autograd.Function):
         return d_pre, None, dh, dc, d_w
 
 
-def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor
-              ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor,
+              recurrence: type[torch.autograd.Function] = _LSTMScan) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """`rnn` (batch_first nn.LSTM, any number of layers), x [B, T, in], state ([layers, B, H] × 2), resets
-    [B, T] bool (zero the state before step t) → y [B, T, H], (h, c) after the last step."""
+    [B, T] bool (zero the state before step t) → y [B, T, H], (h, c) after the last step. `recurrence`
+    runs one layer's steps: the torch ops here, or the GPU kernels of `scan_triton`."""
     keep = (~resets).t().unsqueeze(-1).to(x.dtype)  # [T, B, 1]
     inp = x.transpose(0, 1)  # time-major [T, B, in]
     hs, cs = [], []
@@ -84,7 +85,7 @@ def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Ten
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
         bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
         pre_x = F.linear(inp, w_ih, bias).contiguous()
-        inp, h, c = _LSTMScan.apply(pre_x, keep, state[0][layer], state[1][layer], w_hh)
+        inp, h, c = recurrence.apply(pre_x, keep, state[0][layer], state[1][layer], w_hh)
         hs.append(h)
         cs.append(c)
     return inp.transpose(0, 1), (torch.stack(hs), torch.stack(cs))

@@ -1,0 +1,46 @@
+"""The triton unroll (GPU kernels; on a CPU they run in triton's interpreter) against the step-by-step
+reference: outputs, end state and every gradient, on random reset patterns."""
+
+import pytest
+import torch
+
+from carrystate.policy import scan_triton
+from carrystate.policy.core import RecurrentCore
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+needs_triton = pytest.mark.skipif(not scan_triton.available(DEVICE, 16), reason=scan_triton.unavailable_reason(DEVICE, 16))
+
+
+@needs_triton
+@pytest.mark.parametrize("rows,steps,hidden,layers,density", [
+    (5, 7, 16, 1, 0.25),     # fewer rows than one block
+    (37, 9, 32, 2, 0.2),     # rows not a multiple of the block, two layers
+    (20, 5, 128, 1, 0.3),    # several column tiles per gate
+    (16, 6, 16, 1, 1.0),     # a reset at every step
+])
+def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidden, layers, density):
+    torch.backends.cudnn.allow_tf32 = False  # the oracle is fp32
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 8, hidden, layers, "loop").to(DEVICE)
+    x = torch.randn(rows, steps, 8, device=DEVICE, requires_grad=True)
+    resets = (torch.rand(rows, steps) < density).to(DEVICE)
+    state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows, DEVICE))
+    out = {}
+    for impl in ("loop", "triton"):
+        core.impl = impl
+        y, end = core.sequence(x, state, resets)
+        # weights on every output, so each gradient path (y, h_T, c_T) is checked on its own
+        loss = (y * torch.linspace(-1, 1, hidden, device=DEVICE)).square().sum() + (end[0] ** 3).sum() - (end[1] * 2).sum()
+        out[impl] = [y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()])]
+    for ref, got in zip(out["loop"], out["triton"]):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_triton_unroll_refuses_what_it_cannot_run_with_a_clear_error():
+    with pytest.raises(ValueError, match="sequence_impl=triton is written for core=lstm"):
+        RecurrentCore("gru", 4, 16, 1, "triton")
+    core = RecurrentCore("lstm", 4, 6, 1, "triton")
+    x, resets = torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool)
+    why = "power of two" if scan_triton.triton is not None and DEVICE.type == "cpu" else ""
+    with pytest.raises(ValueError, match=f"sequence_impl=triton cannot run here: .*{why}"):
+        core.sequence(x, core.initial_state(2), resets)
