@@ -12,4 +12,4 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_scan_triton.py 2>
 timeout 300 python3 -m carrystate.bench.learner --device cuda --rows 256 1024 --repeats 7 --tune-triton --memory \
   --impls fused bucketed packed scan triton loop_graphed --fp32-too \
   --json "$OUT/gpu_learner.json" 2>&1 | tee "$OUT/gpu_learner.txt"
-timeout 120 python3 -m carrystate.bench.cuda_check 2>&1 | tee "$OUT/cuda_check.txt"
+timeout 150 python3 -m carrystate.bench.cuda_check 2>&1 | tee "$OUT/cuda_check.txt"

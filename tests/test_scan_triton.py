@@ -15,7 +15,8 @@ needs_triton = pytest.mark.skipif(not scan_triton.available(DEVICE, 16), reason=
 @pytest.mark.parametrize("rows,steps,hidden,layers,density", [
     (5, 7, 16, 1, 0.25),     # fewer rows than one block
     (37, 9, 32, 2, 0.2),     # rows not a multiple of the block, two layers
-    (20, 5, 128, 1, 0.3),    # several column tiles per gate
+    (20, 5, 128, 1, 0.3),    # one 128-wide tile per gate
+    (18, 4, 256, 1, 0.3),    # several column tiles per gate
     (16, 6, 16, 1, 1.0),     # a reset at every step
 ])
 def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidden, layers, density):

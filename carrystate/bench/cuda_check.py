@@ -19,23 +19,37 @@ from carrystate.trainer import Trainer
 
 
 def unroll_matches_reference(impl: str, hidden: int, steps: int, rows: int, layers: int = 1) -> bool:
-    """Outputs, end state and the gradients of x, start state and weights against `loop`, fp32, 1e-5."""
+    """Outputs, end state and the gradients of x, start state and weights against `loop`, in fp32.
+
+    The error of a tensor is its largest difference relative to its largest entry. Passes when `impl` is
+    within 1e-5 of the reference, or no further from it than 1.5× `scan` is: `scan` is the same math in
+    plain torch ops, the control. The weight gradients sum rows × steps terms whose order differs between
+    any two unrolls, so at these sizes rounding alone reaches ~1e-5 (on an H200: 1.1e-5 for both at
+    h128/T64/B256), and the strict elementwise figure (|a - b| <= 1e-5 + 1e-5 |b|) exceeds 1 for `scan`
+    too; it is printed alongside."""
     torch.manual_seed(0)
     core = RecurrentCore("lstm", 32, hidden, layers, "loop").cuda()
     x = torch.randn(rows, steps, 32, device="cuda", requires_grad=True)
     resets = (torch.rand(rows, steps) < 1 / 50).cuda()
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows, "cuda"))
     out = {}
-    for name in ("loop", impl):
+    for name in ("loop", impl, "scan"):
         core.impl = name
         y, end = core.sequence(x, state, resets)
         loss = (y * torch.linspace(-1, 1, hidden, device="cuda")).square().sum() + (end[0] ** 3).sum() - end[1].sum()
         out[name] = [y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()])]
-    errs = [((a - b).abs() / (1e-5 + 1e-5 * b.abs())).max().item() for a, b in zip(out[impl], out["loop"])]
-    good = max(errs) <= 1.0
-    worst = max(range(len(errs)), key=errs.__getitem__)
-    print(f"{impl} == loop on cuda, h{hidden} T{steps} B{rows} L{layers}, {int(resets.sum())} resets: worst tensor "
-          f"#{worst} at {max(errs):.2f} of the 1e-5 tolerance -> {'ok' if good else 'FAIL'}", flush=True)
+
+    def errors(name):
+        pairs = list(zip(out[name], out["loop"]))
+        norm = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in pairs)
+        elem = max(((a - b).abs() / (1e-5 + 1e-5 * b.abs())).max().item() for a, b in pairs)
+        return norm, elem
+    norm, elem = errors(impl)
+    norm_scan, elem_scan = errors("scan")
+    good = norm <= max(1e-5, 1.5 * norm_scan)
+    print(f"{impl} == loop on cuda, h{hidden} T{steps} B{rows} L{layers}, {int(resets.sum())} resets: max error "
+          f"{norm:.1e} of the tensor's scale (scan {norm_scan:.1e}); elementwise {elem:.2f} of 1e-5 + 1e-5|ref| "
+          f"(scan {elem_scan:.2f}) -> {'ok' if good else 'FAIL'}", flush=True)
     return good
 
 

@@ -134,42 +134,46 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
     return results
 
 
-def tune_triton(device, shapes, repeats, configs=None):
-    """Time the triton unroll's tile configurations on (hidden, horizon, rows) shapes; leaves the fastest
-    overall (least summed time relative to each shape's best) in `scan_triton.CONFIG` and returns all."""
+def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
+    """Time the triton unroll's launch configurations (rows per program, tile widths, warps) for each hidden size
+    over `rows_list`; keeps, per hidden size, the one with the least summed time relative to each shape's
+    best in `scan_triton.CONFIG`, and returns every measurement."""
     configs = configs or [dict(block_b=b, block_n=n, block_k=n, num_warps=w)
                           for b, n, w in [(16, 64, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (16, 128, 8)]]
     table = []
-    for hidden, T, rows in shapes:
-        torch.manual_seed(0)
-        core = RecurrentCore("lstm", hidden, hidden, 1, "triton").to(device)
-        x = torch.randn(rows, T, hidden, device=device, requires_grad=True)
-        state = tuple(torch.randn(1, rows, hidden, device=device) for _ in range(2))
-        resets = (torch.rand(rows, T) < 1 / 50).to(device)
+    for hidden in hiddens:
+        scores = {}
+        for rows in rows_list:
+            torch.manual_seed(0)
+            core = RecurrentCore("lstm", hidden, hidden, 1, "triton").to(device)
+            x = torch.randn(rows, horizon, hidden, device=device, requires_grad=True)
+            state = tuple(torch.randn(1, rows, hidden, device=device) for _ in range(2))
+            resets = (torch.rand(rows, horizon) < 1 / 50).to(device)
 
-        def f():
-            y, _ = core.sequence(x, state, resets, end_state=False)
-            y.sum().backward()
-            x.grad = None
-            core.zero_grad(set_to_none=True)
-        times = {}
-        for i, cfg in enumerate(configs):
-            scan_triton.CONFIG.update(cfg)
-            try:
-                times[i] = _time(f, device, repeats) * 1e3
-            except Exception as err:  # noqa: BLE001 - a config that does not fit the chip is reported
-                print(f"tune h{hidden} T{T} B{rows} {cfg}: {type(err).__name__}: {str(err)[:160]}", flush=True)
-        best = min(times.values())
-        for i, ms in times.items():
-            table.append({"hidden": hidden, "horizon": T, "rows": rows, **configs[i], "ms": ms, "x_best": ms / best})
-            print(f"tune h{hidden} T{T} B{rows} {configs[i]}: {ms:.3f} ms ({ms / best:.2f}x best)", flush=True)
-    score = {i: sum(r["x_best"] for r in table if all(r[k] == v for k, v in configs[i].items()))
-             for i in range(len(configs))}
-    complete = [i for i in score if sum(all(r[k] == v for k, v in configs[i].items()) for r in table) == len(shapes)]
-    if complete:
-        scan_triton.CONFIG.update(configs[min(complete, key=score.get)])
+            def f():
+                y, _ = core.sequence(x, state, resets, end_state=False)
+                y.sum().backward()
+                x.grad = None
+                core.zero_grad(set_to_none=True)
+            times = {}
+            for i, cfg in enumerate(configs):
+                scan_triton.CONFIG[hidden] = cfg
+                try:
+                    times[i] = _time(f, device, repeats) * 1e3
+                except Exception as err:  # noqa: BLE001 - a config that does not fit the chip is reported
+                    print(f"tune h{hidden} T{horizon} B{rows} {cfg}: {type(err).__name__}: {str(err)[:160]}", flush=True)
+            best = min(times.values(), default=None)
+            for i in range(len(configs)):
+                ms = times.get(i)
+                scores[i] = scores.get(i, 0.0) + (ms / best if ms and best else float("inf"))
+                table.append({"hidden": hidden, "horizon": horizon, "rows": rows, **configs[i], "ms": ms})
+                print(f"tune h{hidden} T{horizon} B{rows} {configs[i]}: " + (f"{ms:.3f} ms ({ms / best:.2f}x best)" if ms and best else "failed"), flush=True)
+        if min(scores.values()) < float("inf"):
+            scan_triton.CONFIG[hidden] = configs[min(scores, key=scores.get)]
+        else:
+            scan_triton.CONFIG.pop(hidden, None)
     print("triton config chosen:", scan_triton.CONFIG, flush=True)
-    return {"configs": table, "chosen": dict(scan_triton.CONFIG)}
+    return {"configs": table, "chosen": {str(k): v for k, v in scan_triton.CONFIG.items()}}
 
 
 def activation_bytes(fn) -> int:
@@ -240,8 +244,7 @@ def main():
     print(info, flush=True)
     out = {"info": info, "learner": []}
     if a.tune_triton and scan_triton.available(device, 128):
-        shapes = [(h, 64, r) for h in a.hidden for r in a.rows]
-        out["triton_tuning"] = tune_triton(device, shapes, a.repeats)
+        out["triton_tuning"] = tune_triton(device, a.hidden, a.rows, a.repeats)
         _save(out, a.json)
     if a.memory:  # first: a failed CUDA-graph capture below can leave the device's RNG unusable
         out["memory_impl"] = impl = a.memory_impl or RecurrentCore("lstm", 8, 128).auto_impl(device)

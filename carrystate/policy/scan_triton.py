@@ -11,7 +11,9 @@ Each program owns BLOCK_B rows for the whole segment. Per step it forms the four
 by tile (`tl.dot` of the masked h_{t-1} against W_hh), applies the gates, and writes h_t, c_t and the
 activated gates, which the backward reads. h and c go through global memory (they stay in L1/L2) because
 the matmul needs h_{t-1} in a different thread layout than the elementwise part produced it in; a block
-barrier per step orders the two. Numerics follow `nn.LSTM` on the same device: the recurrent matmul uses
+barrier per step orders the two. (Keeping h and c in registers across steps instead was measured on an
+H200: no faster with TF32, 5-15x slower in IEEE fp32, and it needs 8 warps where this runs with 4; see
+BENCHMARKS.md.) Numerics follow `nn.LSTM` on the same device: the recurrent matmul uses
 TF32 exactly when `torch.backends.cudnn.allow_tf32` lets cuDNN use it, IEEE fp32 otherwise.
 
 With `TRITON_INTERPRET=1` the same kernels run on the CPU (slowly), which is how the tests check them
@@ -145,16 +147,18 @@ if triton is not None:
             tl.debug_barrier()  # d_pre_t complete before the next (earlier) step reads it as a matmul operand
 
 
-# Tile sizes and warps per program; `carrystate.bench.learner --tune-triton` measures the alternatives.
-CONFIG = {"block_b": 16, "block_n": 64, "block_k": 64, "num_warps": 4}
+# Rows per program, tile widths and warps, by hidden size: the fastest measured on an H200 (BENCHMARKS.md;
+# `carrystate.bench.learner --tune-triton` measures the alternatives on another GPU).
+CONFIG = {"default": {"block_b": 16, "block_n": 64, "block_k": 64, "num_warps": 4},
+          128: {"block_b": 16, "block_n": 128, "block_k": 128, "num_warps": 8}}
 
 
 def _launch_config(B: int, H: int):
-    block_b = CONFIG["block_b"]
+    cfg = CONFIG.get(H, CONFIG["default"])
     precision = "tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRET else "ieee"
-    return (triton.cdiv(B, block_b),), dict(H=H, BLOCK_B=block_b, BLOCK_N=min(H, CONFIG["block_n"]),
-                                             BLOCK_K=min(H, CONFIG["block_k"]), PRECISION=precision,
-                                             num_warps=CONFIG["num_warps"])
+    return (triton.cdiv(B, cfg["block_b"]),), dict(H=H, BLOCK_B=cfg["block_b"], BLOCK_N=min(H, cfg["block_n"]),
+                                                    BLOCK_K=min(H, cfg["block_k"]), PRECISION=precision,
+                                                    num_warps=cfg["num_warps"])
 
 
 class LSTMScanTriton(torch.autograd.Function):
