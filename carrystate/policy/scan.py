@@ -1,11 +1,16 @@
 """`scan`: an LSTM unroll with exact per-step resets and a hand-written backward, for the CPU.
 
-One layer, time-major. The input projection of every step is one large GEMM done by autograd outside;
-the recurrence is a Python loop of a few large-batch ops per step, where a reset is one multiply of the
-carried (h, c) by 0/1 before the step. The backward walks the steps in reverse with the same few ops per
-step, and forms the recurrent weight's gradient as one GEMM over all steps at the end (autograd through a
-loop would issue one small GEMM per step for it, and record every op). Resets therefore cost one multiply
-per step and nothing else: no fragments, no padding, no gather or scatter.
+One layer, time-major. The input projection of every step is one large GEMM done by autograd outside; the
+recurrence walks the steps with one GEMM per step, where a reset is one multiply of the carried (h, c) by
+0/1 before the step. The backward walks the steps in reverse the same way, and forms the recurrent
+weight's gradient as one GEMM over all steps at the end (autograd through a loop would issue one small GEMM
+per step for it, and record every op). Resets therefore cost one multiply per step and nothing else: no
+fragments, no padding, no gather or scatter.
+
+The loops run in C++ (scan_cpu.cpp: per step an ATen GEMM and one fused, vectorized elementwise pass),
+compiled for this machine on first use; that is what brings the unroll to the fused nn.LSTM's speed on the
+CPU (BENCHMARKS.md). The same loops in torch ops (`_LSTMScan`, about 10 calls per step) serve every other
+dtype and device, and stand in where the C++ cannot be built. `scan_triton` holds the GPU kernels.
 
 Gate order and biases follow `nn.LSTM` (i, f, g, o; both biases summed), so the core's `nn.LSTM`
 parameters are used as they are and every other unroll stays interchangeable with this one.
@@ -13,9 +18,62 @@ parameters are used as they are and every other unroll stays interchangeable wit
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+_CPU = None  # the compiled CPU kernels (scan_cpu.cpp), False when they cannot be built here
+_SIMD_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl",
+                                                        "-mavx512bw"]}
+
+
+def cpu_kernels():
+    """scan_cpu.cpp compiled for this machine, or None. The first call builds it (about 30 s; cached under
+    torch's extension directory afterwards); CARRYSTATE_NO_CPP=1 or a failed build selects the torch-op
+    loop below, which computes the same thing with ~10 PyTorch calls per step."""
+    global _CPU
+    if _CPU is None:
+        _CPU = False
+        if os.environ.get("CARRYSTATE_NO_CPP") != "1":
+            try:
+                from torch.utils.cpp_extension import load
+                # vector width from what this CPU can run (torch's own dispatch level), not -march=native: the
+                # build is cached by name, and the cache may be shared with other machines
+                level = torch.backends.cpu.get_cpu_capability()
+                print(f"carrystate: loading the CPU scan kernel ({level}; compiled once per machine, ~30 s)",
+                      file=sys.stderr, flush=True)
+                _CPU = load(f"carrystate_scan_cpu_{level.lower()}", [str(Path(__file__).with_name("scan_cpu.cpp"))],
+                            extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *_SIMD_FLAGS.get(level, [])],
+                            extra_ldflags=["-lmvec"], verbose=False)
+            except Exception as err:  # noqa: BLE001 - no compiler, no ninja, ...: the op loop still works
+                warnings.warn(f"carrystate: the CPU scan kernel did not build ({type(err).__name__}: {err}); "
+                              "using the torch-op loop", stacklevel=2)
+    return _CPU or None
+
+
+class _LSTMScanCPU(torch.autograd.Function):
+    """`_LSTMScan` with both loops in C++: one GEMM and one fused elementwise pass per step."""
+
+    @staticmethod
+    def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor):
+        T, B, _ = pre_x.shape
+        keep2 = keep.reshape(T, B).contiguous()
+        y, act, h_prev, c_prev, tanh_c, c_T = cpu_kernels().forward(
+            pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous())
+        ctx.save_for_backward(keep2, w_hh, act, h_prev, c_prev, tanh_c)
+        return y, y[T - 1].clone(), c_T
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, dh_T: Tensor, dc_T: Tensor):
+        keep2, w_hh, act, h_prev, c_prev, tanh_c = ctx.saved_tensors
+        d_pre, dh0, dc0, d_w = cpu_kernels().backward(dy.contiguous(), dh_T.contiguous(), dc_T.contiguous(), keep2,
+                                                      w_hh.contiguous(), act, h_prev, c_prev, tanh_c)
+        return d_pre, None, dh0, dc0, d_w
 
 
 class _LSTMScan(torch.autograd.Function):
@@ -74,10 +132,14 @@ class _LSTMScan(torch.autograd.Function):
 
 
 def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor,
-              recurrence: type[torch.autograd.Function] = _LSTMScan) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+              recurrence: type[torch.autograd.Function] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """`rnn` (batch_first nn.LSTM, any number of layers), x [B, T, in], state ([layers, B, H] × 2), resets
     [B, T] bool (zero the state before step t) → y [B, T, H], (h, c) after the last step. `recurrence`
-    runs one layer's steps: the torch ops here, or the GPU kernels of `scan_triton`."""
+    runs one layer's steps: by default the C++ kernels for float32 on the CPU where they build, the torch
+    ops otherwise; `scan_triton.LSTMScanTriton` for the GPU kernels."""
+    if recurrence is None:
+        fast = x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernels() is not None
+        recurrence = _LSTMScanCPU if fast else _LSTMScan
     keep = (~resets).t().unsqueeze(-1).to(x.dtype)  # [T, B, 1]
     inp = x.transpose(0, 1)  # time-major [T, B, in]
     hs, cs = [], []

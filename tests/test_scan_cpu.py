@@ -1,0 +1,63 @@
+"""The scan unroll's C++ kernels (scan_cpu.cpp) against its torch-op loop and the step-by-step reference:
+outputs, end state and every gradient, on random reset patterns."""
+
+import pytest
+import torch
+
+from carrystate.policy import scan
+from carrystate.policy.core import RecurrentCore
+
+needs_kernels = pytest.mark.skipif(scan.cpu_kernels() is None, reason="the C++ scan kernel did not build here")
+
+
+def _run(core, x, state, resets, recurrence):
+    y, end = scan.lstm_scan(core.rnn, x, state, resets, recurrence) if recurrence else core.sequence(x, state, resets)
+    hidden = y.shape[-1]
+    loss = (y * torch.linspace(-1, 1, hidden)).square().sum() + (end[0] ** 3).sum() - (2 * end[1]).sum()
+    return [y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()])]
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,steps,hidden,layers,density", [
+    (5, 7, 16, 1, 0.25),
+    (37, 9, 33, 2, 0.2),   # a width that is no multiple of the vector width, two layers
+    (1, 1, 1, 1, 0.0),     # one row, one step, one unit
+    (8, 6, 8, 1, 1.0),     # a reset before every step
+    (12, 20, 64, 1, 0.0),  # no resets at all
+])
+def test_cpp_scan_equals_torch_op_scan_and_step_loop(rows, steps, hidden, layers, density):
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 4, hidden, layers, "loop")
+    x = torch.randn(rows, steps, 4, requires_grad=True)
+    resets = torch.rand(rows, steps) < density
+    state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows))
+    reference = _run(core, x, state, resets, None)                  # core.impl = loop: nn.LSTM step by step
+    ops = _run(core, x, state, resets, scan._LSTMScan)              # the torch-op loop
+    cpp = _run(core, x, state, resets, scan._LSTMScanCPU)           # the C++ kernels
+    for ref, a, b in zip(reference, ops, cpp):
+        torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+def test_scan_uses_cpp_kernels_for_float32_on_cpu_and_torch_ops_otherwise(monkeypatch):
+    used = []
+
+    def spy(cls):
+        original = cls.apply
+
+        def apply(*args):
+            used.append(cls.__name__)
+            return original(*args)
+        monkeypatch.setattr(cls, "apply", apply)
+    spy(scan._LSTMScan)
+    spy(scan._LSTMScanCPU)
+    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    x, resets = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
+    core.sequence(x, core.initial_state(2), resets)
+    core.double()
+    core.sequence(x.double(), tuple(s.double() for s in core.initial_state(2)), resets)
+    monkeypatch.setattr(scan, "_CPU", False)  # as when the build failed
+    core.float()
+    core.sequence(x, core.initial_state(2), resets)
+    assert used == ["_LSTMScanCPU", "_LSTMScan", "_LSTMScan"]
