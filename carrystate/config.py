@@ -175,7 +175,7 @@ class PolicyConfig(_Section):
     """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
     `packed` (episode fragments as one packed sequence), `bucketed` (fragments grouped by length, one
     dense fused call per group), `loop` (one step at a time), `scan` (LSTM only: a step loop with a
-    hand-written backward, a reset is one multiply), `triton` (LSTM on a CUDA GPU: that loop as one
+    hand-written backward, a reset is one multiply; C++ on the CPU, built on first use), `triton` (LSTM on a CUDA GPU: that loop as one
     persistent kernel each way; needs triton), `auto` (scan for an LSTM on the CPU, triton for an LSTM on
     a GPU where triton is installed, bucketed otherwise: the fastest measured, see BENCHMARKS.md)."""
 

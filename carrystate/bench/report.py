@@ -121,12 +121,12 @@ def write(markdown: Path, results: Path) -> None:
         lines.append(f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.2f}×' for x in of)} "
                      f"({'met' if max(of) <= 1.5 else 'missed'}).")
     lines += ["", "### What stands in the way", "",
-              "- CPU learner (best exact 1.18–1.39× the leaky call): both exact unrolls land at 1.2–1.5×. The "
-              "default for an LSTM on the CPU, `scan`, runs about 10 elementwise ops per step forward and 6 backward "
-              "as separate PyTorch calls, where oneDNN's fused LSTM runs its whole loop in one kernel with better "
-              "GEMM efficiency. `bucketed` pays for padding its length buckets and for gathering and scattering the "
-              "fragments. A fused CPU kernel that takes a per-step reset mask (C++ or a compiled scan) would close "
-              "the gap; it is not built here.",
+              "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.82–1.13× the leaky fused call): "
+              "its loops are C++ (`policy/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
+              "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
+              "1.18–1.39× in the previous bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
+              "it is 1.07–1.13× fused where the op loop was 1.9–2.0× (same process, alternating). Without a "
+              "compiler the op loop runs instead.",
               "- GPU learner (triton, the CUDA default: 0.77–2.34× fused on an H200 with its committed tiles; met at "
               "5 of 12 shapes, all with 1024 rows or 16 steps; before it the best exact unroll on a GPU was `bucketed`, "
               "`packed` or the graphed loop at 2.3–9.7× for 64–256 steps on the H100): each program owns 16 rows and walks every step in "
@@ -146,15 +146,17 @@ def write(markdown: Path, results: Path) -> None:
               "(1.6×; `results/cuda_check_h200.txt`). With cuDNN's default TF32 the replay matches the rollout "
               "to 5e-5 instead of 4e-7 (TF32 rounding in both, in different orders); `torch.backends.cudnn."
               "allow_tf32 = False` restores the exact match.",
-              "- End to end against sb3-contrib (2.6–3.0×): the floor alone allows 37–55k agent-steps/s "
-              "on the T-maze here (8,192 steps in 0.15–0.22 s across runs), which is 4–6× sb3-contrib's 8–10k. So "
-              "20× is out of reach at these settings on this CPU, whatever the trainer does. sb3-contrib with a "
-              "shared LSTM and 64 envs is faster than the target assumed.",
-              "- Trainer against the floor (1.6–2.1× here; 1.5–2.2× over three bench runs this day, with the "
-              "floor's learn part itself ranging 0.12–0.19 s between runs minutes apart): the learner pays 1.2–1.5× "
-              "for exact resets at these small minibatches (32 segments of hidden 64) plus the PPO loss, gradient "
-              "clipping and minibatch gathers. The rollout pays per-step Python work for sampling, buffer writes, "
-              "the state store and env output checks. The staleness diagnostic costs 3–16% of an iteration.",
+              "- End to end against sb3-contrib (3.6–4.3×; 2.6–3.0× before the C++ scan): the floor alone allows "
+              "61k agent-steps/s on the T-maze here (8,192 steps in 0.135 s) and 39k on CartPole, which is 7× and "
+              "5.4× sb3-contrib's 8.7k and 7.2k. So 20× is out of reach at these settings on this CPU, whatever "
+              "the trainer does: sb3-contrib with a shared LSTM and 64 envs is faster than the target assumed.",
+              "- Trainer against the floor (1.62× on the T-maze, 1.50× on CartPole; 1.59× and 1.37× with the "
+              "staleness diagnostic off; the floor's learn part ranged 0.10–0.19 s between bench runs this day): "
+              "per 8,192 steps the rollout takes about 70 ms where env stepping plus the fused forwards take 31, "
+              "and the learner 137 ms where the fused forward+backward and optimizer steps take 105. The rollout "
+              "pays per-step Python work for sampling, buffer writes, the state store and env output checks "
+              "(buffer writes alone are ~7 ms); the learner pays 1.1× for exact resets at these small minibatches "
+              "plus the PPO loss, gradient clipping and minibatch gathers.",
               "- Rollout step: sampling is Gumbel-max, and it returns the log-probabilities in the same call. The "
               "state is masked with `masked_fill`, and the state the store already zeroed is not masked twice. "
               "A T-maze rollout of 8,192 steps went from 89–92 to 73–74 ms (three alternating runs). "
