@@ -125,7 +125,7 @@ def write(markdown: Path, results: Path) -> None:
               "its loops are C++ (`policy/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
               "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
               "1.18–1.39× in the previous bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
-              "it is 1.07–1.13× fused where the op loop was 1.9–2.0× (same process, alternating). Without a "
+              "it is 1.07–1.13× fused where the op loop was 1.9–2.0× (alternating runs of the learner bench). Without a "
               "compiler the op loop runs instead.",
               "- GPU learner (triton, the CUDA default: 0.77–2.34× fused on an H200 with its committed tiles; met at "
               "5 of 12 shapes, all with 1024 rows or 16 steps; before it the best exact unroll on a GPU was `bucketed`, "
@@ -155,7 +155,7 @@ def write(markdown: Path, results: Path) -> None:
               "per 8,192 steps the rollout takes about 70 ms where env stepping plus the fused forwards take 31, "
               "and the learner 137 ms where the fused forward+backward and optimizer steps take 105. The rollout "
               "pays per-step Python work for sampling, buffer writes, the state store and env output checks "
-              "(buffer writes alone are ~7 ms); the learner pays 1.1× for exact resets at these small minibatches "
+              "(buffer writes alone are ~7 ms under the profiler); the learner pays 1.1× for exact resets at these small minibatches "
               "plus the PPO loss, gradient clipping and minibatch gathers.",
               "- Rollout step: sampling is Gumbel-max, and it returns the log-probabilities in the same call. The "
               "state is masked with `masked_fill`, and the state the store already zeroed is not masked twice. "
