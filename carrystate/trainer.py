@@ -105,6 +105,7 @@ class Trainer:
         self.quiet = quiet or not self.dist.is_main
         self.last_checkpoint: Path | None = None
         self.stop_signal: str | None = None  # set by the first SIGINT/SIGTERM
+        self._saved_signal: str | None = None  # stop_signal as the newest checkpoint recorded it
         self.returns: deque[float] = deque(maxlen=200)  # the last 200 episodes, for progress and summary
         self.success: deque[float] = deque(maxlen=200)
         self.history: list[dict[str, float]] = []  # every iteration's logged scalars, for experiments
@@ -146,6 +147,11 @@ class Trainer:
                                      or self.iteration == self.num_iterations or stop()
                                      or (stop_after is not None and self.iteration - first_iteration >= stop_after)):
                     self.save()
+            # A signal that arrived while the last checkpoint was being written (after its meta was taken)
+            # stopped the loop without a checkpoint that says so: write that iteration's again, marked.
+            if self.run_dir and self.dist.any_rank(self.stop_signal is not None
+                                                   and self._saved_signal != self.stop_signal):
+                self.save()
         monitor.close()
         wall = time.perf_counter() - start
         returns, success = list(self.returns), list(self.success)
@@ -300,6 +306,7 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rollout.obs"] = torch.from_numpy(np.ascontiguousarray(self.rollout.obs))
         tensors["rollout.starts"] = torch.from_numpy(self.rollout.starts.copy())
+        self._saved_signal = self.stop_signal
         meta = {"global_step": self.global_step, "interrupted": self.stop_signal,
                 "recent_returns": list(self.returns), "recent_success": list(self.success),
                 "env_state": None}

@@ -220,7 +220,9 @@ def test_signal_finishes_step_writes_checkpoint_and_exits(tmp_path, sig):
     assert proc.returncode == 130, err
     assert f"stopped by {sig.name}: checkpoint written, resume with `carrystate train --resume runs/sig`" in out
     ckpt = load_checkpoint(run)
-    assert ckpt["meta"]["interrupted"] == sig.name and ckpt["path"].name > newest_before
+    # newer than the newest before the signal, or that same iteration written again when the signal came
+    # between its save and the next step
+    assert ckpt["meta"]["interrupted"] == sig.name and ckpt["path"].name >= newest_before
     tr = Trainer.resume(run, quiet=True)  # and the run continues from it
     assert tr.global_step == ckpt["meta"]["global_step"]
 
@@ -233,3 +235,20 @@ def test_second_signal_exits_at_once_without_touching_checkpoints(tmp_path):
     assert proc.returncode == 130
     for p in checkpoints(run):  # every checkpoint left behind is intact
         load_checkpoint(p)
+
+
+def test_signal_during_a_checkpoint_write_still_leaves_a_checkpoint_marked_interrupted(tmp_path, monkeypatch):
+    cfg = load_config(None, SMALL + ["trainer.total_timesteps=4096", "trainer.checkpoint_interval=1"])
+    tr = Trainer(cfg, run_dir=tmp_path / "race", quiet=True)
+    save = Trainer.save
+
+    def save_then_signal(self):  # the signal lands after this save took its meta, before the loop checks
+        path = save(self)
+        if self.iteration == 2 and self.stop_signal is None:
+            self.stop_signal = "SIGTERM"
+        return path
+    monkeypatch.setattr(Trainer, "save", save_then_signal)
+    summary = tr.train()
+    assert summary.interrupted == "SIGTERM" and summary.iterations == 2
+    ckpt = load_checkpoint(tmp_path / "race")
+    assert ckpt["path"].name == "iter_000002" and ckpt["meta"]["interrupted"] == "SIGTERM"
