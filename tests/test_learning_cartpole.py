@@ -16,10 +16,11 @@ from carrystate.rollout import evaluate
 from carrystate.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole_novel.yaml"
-# A fixed training seed that passes, as the core issue allows ("on at least one fixed seed"). With the current
-# sampler (Gumbel-max) seeds 1, 3, 4, 5, 6, 7 gave 204, 165, 150, 500, 184, 489: the task is not solved on
-# every seed at this budget, and EXPERIMENTS.md reports the spread.
-SEED = 5
+# A fixed training seed that passes, as the core issue allows ("on at least one fixed seed"). With the C++
+# scan (on an AVX-512 CPU) seeds 1-8 gave 416, 487, 337, 109, 332, 486, 490, 311: the task is not solved on
+# every seed at this budget, and EXPERIMENTS.md reports the spread. Rounding differs between unrolls and
+# CPUs, and trajectories with it: seed 5 gave 500 with the torch-op loop and 332 with the C++ kernels.
+SEED = 7
 EVAL_SEED, EVAL_EPISODES = 10_000, 100
 
 

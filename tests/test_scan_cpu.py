@@ -61,3 +61,22 @@ def test_scan_uses_cpp_kernels_for_float32_on_cpu_and_torch_ops_otherwise(monkey
     core.float()
     core.sequence(x, core.initial_state(2), resets)
     assert used == ["_LSTMScanCPU", "_LSTMScan", "_LSTMScan"]
+
+
+@needs_kernels
+def test_cpp_scan_stays_finite_and_exact_for_saturating_gates():
+    """Gate pre-activations far beyond exp's float range (the kernels are built with -ffast-math, which
+    assumes no infinities) saturate as the op loop's do, outputs and gradients."""
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 4, 8, 1, "loop")
+    with torch.no_grad():
+        core.rnn.weight_ih_l0.mul_(300.0)  # pre-activations of several hundred, both signs
+    x = torch.randn(6, 5, 4, requires_grad=True)
+    resets = torch.rand(6, 5) < 0.3
+    state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(6))
+    ops = _run(core, x, state, resets, scan._LSTMScan)
+    cpp = _run(core, x, state, resets, scan._LSTMScanCPU)
+    for a, b in zip(ops, cpp):
+        assert torch.isfinite(b).all()
+        # float rounding of pre-activations in the hundreds: 1e-5 of each tensor's scale
+        torch.testing.assert_close(b, a, atol=1e-5 * max(1.0, a.abs().max().item()), rtol=1e-5)

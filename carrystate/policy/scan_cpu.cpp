@@ -9,8 +9,11 @@
 
 namespace {
 
-inline float sigm(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-inline float tanh_(float x) { return 2.0f / (1.0f + std::exp(-2.0f * x)) - 1.0f; }
+// -ffast-math assumes no infinities, so exp's argument is kept where it cannot overflow: beyond |x| = 40
+// the sigmoid is 0 or 1 and the tanh -1 or 1 in float anyway.
+inline float clamp40(float x) { return std::fmin(std::fmax(x, -40.0f), 40.0f); }
+inline float sigm(float x) { return 1.0f / (1.0f + std::exp(-clamp40(x))); }
+inline float tanh_(float x) { return 2.0f / (1.0f + std::exp(-2.0f * clamp40(x))) - 1.0f; }
 
 }  // namespace
 
