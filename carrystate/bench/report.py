@@ -121,7 +121,8 @@ def write(markdown: Path, results: Path) -> None:
         lines.append(f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.2f}×' for x in of)} "
                      f"({'met' if max(of) <= 1.5 else 'missed'}).")
     lines += ["", "### What stands in the way", "",
-              "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.82–1.13× the leaky fused call): "
+              "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.82–1.15× the leaky fused call over "
+              "two bench runs this day): "
               "its loops are C++ (`policy/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
               "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
               "1.18–1.39× in the previous bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
@@ -146,14 +147,15 @@ def write(markdown: Path, results: Path) -> None:
               "(1.6×; `results/cuda_check_h200.txt`). With cuDNN's default TF32 the replay matches the rollout "
               "to 5e-5 instead of 4e-7 (TF32 rounding in both, in different orders); `torch.backends.cudnn."
               "allow_tf32 = False` restores the exact match.",
-              "- End to end against sb3-contrib (3.6–4.3×; 2.6–3.0× before the C++ scan): the floor alone allows "
-              "61k agent-steps/s on the T-maze here (8,192 steps in 0.135 s) and 39k on CartPole, which is 7× and "
-              "5.4× sb3-contrib's 8.7k and 7.2k. So 20× is out of reach at these settings on this CPU, whatever "
+              "- End to end against sb3-contrib (3.6–4.3× over two bench runs; 2.6–3.0× before the C++ scan): the "
+              "floor alone allows 58–61k agent-steps/s on the T-maze here (8,192 steps in 0.135–0.142 s) and 39–40k "
+              "on CartPole, which is 6–7× and 5.4–5.5× sb3-contrib's 8.7–9.4k and 7.2–7.4k. So 20× is out of reach at these settings on this CPU, whatever "
               "the trainer does: sb3-contrib with a shared LSTM and 64 envs is faster than the target assumed.",
-              "- Trainer against the floor (1.62× on the T-maze, 1.50× on CartPole; 1.59× and 1.37× with the "
-              "staleness diagnostic off; the floor's learn part ranged 0.10–0.19 s between bench runs this day): "
+              "- Trainer against the floor (1.56–1.62× on the T-maze, 1.44–1.50× on CartPole over two bench runs; "
+              "1.59× and 1.37–1.40× with the staleness diagnostic off, i.e. within the runs' noise; the floor's "
+              "learn part ranged 0.10–0.19 s between bench runs this day): "
               "per 8,192 steps the rollout takes about 70 ms where env stepping plus the fused forwards take 31, "
-              "and the learner 137 ms where the fused forward+backward and optimizer steps take 105. The rollout "
+              "and the learner about 137 ms where the fused forward+backward and optimizer steps take 105–111. The rollout "
               "pays per-step Python work for sampling, buffer writes, the state store and env output checks "
               "(buffer writes alone are ~7 ms under the profiler); the learner pays 1.1× for exact resets at these small minibatches "
               "plus the PPO loss, gradient clipping and minibatch gathers.",
