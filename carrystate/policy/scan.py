@@ -42,6 +42,11 @@ def cpu_kernels():
         if os.environ.get("CARRYSTATE_NO_CPP") != "1":
             try:
                 from torch.utils.cpp_extension import load
+                try:  # the pip package's ninja, also when its environment's bin folder is not on PATH
+                    import ninja
+                    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+                except (ImportError, AttributeError):
+                    pass
                 # vector width from what this CPU can run (torch's own dispatch level), not -march=native: the
                 # build is cached by name, and the cache may be shared with other machines
                 level = torch.backends.cpu.get_cpu_capability()
