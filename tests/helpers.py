@@ -84,3 +84,13 @@ def manual_states(policy: Policy, obs: np.ndarray, done: np.ndarray):
             if done[t]:
                 state = tuple(torch.zeros_like(s) for s in state)
     return before, values
+
+
+def outputs_and_gradients(core, x, state, resets, unroll=None) -> list[torch.Tensor]:
+    """y, the end state, and the gradients of x, the start state and the weights of one unroll of `core`
+    (`unroll(x, state, resets)`, by default `core.sequence`). The loss weights every output differently,
+    so each gradient path (y, h_T, c_T) is checked on its own."""
+    y, end = (unroll or core.sequence)(x, state, resets)
+    weight = torch.linspace(-1, 1, y.shape[-1], device=y.device)
+    loss = (y * weight).square().sum() + (end[0] ** 3).sum() - (2 * end[1]).sum()
+    return [y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()])]

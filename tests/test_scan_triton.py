@@ -6,9 +6,11 @@ import torch
 
 from carrystate.policy import scan_triton
 from carrystate.policy.core import RecurrentCore
+from tests.helpers import outputs_and_gradients
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-needs_triton = pytest.mark.skipif(not scan_triton.available(DEVICE, 16), reason=scan_triton.unavailable_reason(DEVICE, 16))
+_WHY = scan_triton.why_unavailable(DEVICE, 16)
+needs_triton = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 
 
 @needs_triton
@@ -19,8 +21,8 @@ needs_triton = pytest.mark.skipif(not scan_triton.available(DEVICE, 16), reason=
     (18, 4, 256, 1, 0.3),    # several column tiles per gate
     (16, 6, 16, 1, 1.0),     # a reset at every step
 ])
-def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidden, layers, density):
-    torch.backends.cudnn.allow_tf32 = False  # the oracle is fp32
+def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidden, layers, density, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the oracle is fp32
     torch.manual_seed(0)
     core = RecurrentCore("lstm", 8, hidden, layers, "loop").to(DEVICE)
     x = torch.randn(rows, steps, 8, device=DEVICE, requires_grad=True)
@@ -29,10 +31,7 @@ def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidde
     out = {}
     for impl in ("loop", "triton"):
         core.impl = impl
-        y, end = core.sequence(x, state, resets)
-        # weights on every output, so each gradient path (y, h_T, c_T) is checked on its own
-        loss = (y * torch.linspace(-1, 1, hidden, device=DEVICE)).square().sum() + (end[0] ** 3).sum() - (end[1] * 2).sum()
-        out[impl] = [y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()])]
+        out[impl] = outputs_and_gradients(core, x, state, resets)
     for ref, got in zip(out["loop"], out["triton"]):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 

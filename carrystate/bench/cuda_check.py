@@ -80,7 +80,7 @@ def main() -> int:
             ok, has_triton = False, False
         torch.backends.cudnn.allow_tf32 = True
     else:
-        print("triton unroll unavailable:", scan_triton.unavailable_reason(torch.device("cuda"), 128), flush=True)
+        print("triton unroll unavailable:", scan_triton.why_unavailable(torch.device("cuda"), 128), flush=True)
     train("bucketed")  # warms up CUDA and cuDNN for the timed pair below
     train("bucketed")
     tr = train("auto" if has_triton else "bucketed")

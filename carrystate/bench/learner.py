@@ -136,32 +136,20 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
 
 def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
     """Time the triton unroll's launch configurations (rows per program, tile widths, warps) for each hidden size
-    over `rows_list`; keeps, per hidden size, the one with the least summed time relative to each shape's
-    best in `scan_triton.CONFIG`, and returns every measurement."""
+    over `rows_list` with `bench_learner`; keeps, per hidden size, the one with the least summed time relative
+    to each shape's best in `scan_triton.CONFIG`, and returns every measurement."""
     configs = configs or [dict(block_b=b, block_n=n, block_k=n, num_warps=w)
                           for b, n, w in [(16, 64, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (16, 128, 8)]]
     table = []
     for hidden in hiddens:
         scores = {}
         for rows in rows_list:
-            torch.manual_seed(0)
-            core = RecurrentCore("lstm", hidden, hidden, 1, "triton").to(device)
-            x = torch.randn(rows, horizon, hidden, device=device, requires_grad=True)
-            state = tuple(torch.randn(1, rows, hidden, device=device) for _ in range(2))
-            resets = (torch.rand(rows, horizon) < 1 / 50).to(device)
-
-            def f():
-                y, _ = core.sequence(x, state, resets, end_state=False)
-                y.sum().backward()
-                x.grad = None
-                core.zero_grad(set_to_none=True)
             times = {}
             for i, cfg in enumerate(configs):
                 scan_triton.CONFIG[hidden] = cfg
-                try:
-                    times[i] = _time(f, device, repeats) * 1e3
-                except Exception as err:  # noqa: BLE001 - a config that does not fit the chip is reported
-                    print(f"tune h{hidden} T{horizon} B{rows} {cfg}: {type(err).__name__}: {str(err)[:160]}", flush=True)
+                row = bench_learner(device, [hidden], [horizon], rows, repeats, impls=["triton"])[0]
+                if row.get("triton") is not None:
+                    times[i] = row["triton"]
             best = min(times.values(), default=None)
             for i in range(len(configs)):
                 ms = times.get(i)

@@ -104,9 +104,9 @@ class RecurrentCore(nn.Module):
         if impl == "scan":
             return lstm_scan(self.rnn, x, state, resets)
         if impl == "triton":
-            if not scan_triton.available(x.device, self.hidden_size):
-                raise ValueError(f"policy.sequence_impl=triton cannot run here: "
-                                 f"{scan_triton.unavailable_reason(x.device, self.hidden_size)}")
+            why = scan_triton.why_unavailable(x.device, self.hidden_size)
+            if why:
+                raise ValueError(f"policy.sequence_impl=triton cannot run here: {why}")
             return lstm_scan(self.rnn, x, state, resets, scan_triton.LSTMScanTriton)
         if impl == "bucketed":
             return self._sequence_bucketed(x, state, resets, end_state)

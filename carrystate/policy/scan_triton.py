@@ -36,19 +36,20 @@ except ImportError:  # optional: only the CUDA fast path needs it
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def available(device: torch.device, hidden: int) -> bool:
-    """Whether the kernels can run here: triton installed, a CUDA device (or the interpreter on the CPU),
-    and a hidden size they tile (a power of two, at least 16)."""
-    on_device = device.type == "cuda" or (INTERPRET and device.type == "cpu")
-    return triton is not None and on_device and hidden >= 16 and hidden & (hidden - 1) == 0
-
-
-def unavailable_reason(device: torch.device, hidden: int) -> str:
+def why_unavailable(device: torch.device, hidden: int) -> str | None:
+    """None where the kernels can run: triton installed, a CUDA device (or the interpreter on the CPU), and
+    a hidden size they tile (a power of two, at least 16); else what is missing."""
     if triton is None:
         return "triton is not installed (pip install triton; it comes with CUDA builds of torch)"
     if not (device.type == "cuda" or (INTERPRET and device.type == "cpu")):
         return f"it runs on a CUDA device, not {device.type} (or on the CPU under TRITON_INTERPRET=1)"
-    return f"hidden_size must be a power of two >= 16 for its tiles, not {hidden}"
+    if hidden < 16 or hidden & (hidden - 1):
+        return f"hidden_size must be a power of two >= 16 for its tiles, not {hidden}"
+    return None
+
+
+def available(device: torch.device, hidden: int) -> bool:
+    return why_unavailable(device, hidden) is None
 
 
 if triton is not None:
