@@ -79,3 +79,44 @@ def test_cpp_scan_stays_finite_and_exact_for_saturating_gates():
         assert torch.isfinite(b).all()
         # float rounding of pre-activations in the hundreds: 1e-5 of each tensor's scale
         torch.testing.assert_close(b, a, atol=1e-5 * max(1.0, a.abs().max().item()), rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,hidden,layers", [(64, 64, 1), (37, 33, 2), (1, 1, 1)])
+def test_cpp_rollout_step_equals_nn_lstm_one_step(rows, hidden, layers):
+    """lstm_step (the rollout's C++ step) gives nn.LSTM's output and state for T=1, also from zeroed rows."""
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 4, hidden, layers, "scan")
+    x = torch.randn(rows, 4)
+    state = tuple(torch.randn_like(s) for s in core.initial_state(rows))
+    state[0][:, ::3] = 0  # rows whose episode starts here
+    state[1][:, ::3] = 0
+    with torch.no_grad():
+        y_ref, (h_ref, c_ref) = core.rnn(x.unsqueeze(1), state)
+        y, (h, c) = scan.lstm_step(core.rnn, x, state)
+    for a, ref in ((y, y_ref.squeeze(1)), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeypatch):
+    """Under no_grad (the rollout) core.step runs the C++ step; with grad enabled it must keep autograd, so
+    it runs nn.LSTM, and the two agree."""
+    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    calls, kernels = [], scan._CPU
+
+    class Spy:  # the compiled module's attributes are read-only: stand in for the module
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def step(self, *args):
+            calls.append(1)
+            return kernels.step(*args)
+    monkeypatch.setattr(scan, "_CPU", Spy())
+    x, state = torch.randn(4, 3), core.initial_state(4)
+    with torch.no_grad():
+        y_fast, _ = core.step(x, state, None)
+    assert calls == [1]
+    y_grad, _ = core.step(x, state, None)
+    assert calls == [1] and y_grad.requires_grad
+    torch.testing.assert_close(y_fast, y_grad.detach(), atol=1e-6, rtol=1e-6)

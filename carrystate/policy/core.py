@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from carrystate.policy.scan import lstm_scan
+from carrystate.policy.scan import lstm_scan, lstm_step
 from carrystate.policy import scan_triton
 
 State = tuple[Tensor, ...]
@@ -75,7 +75,11 @@ class RecurrentCore(nn.Module):
     def step(self, x: Tensor, state: State, reset: Tensor | None) -> tuple[Tensor, State]:
         """One step for every row: x [batch, in], reset [batch] bool → y [batch, hidden], new state.
         `reset=None`: the caller guarantees the state is already zero where an episode starts."""
-        y, state = self._run(x.unsqueeze(1), state if reset is None else mask_state(state, reset))
+        if reset is not None:
+            state = mask_state(state, reset)
+        if self.kind == "lstm" and (out := lstm_step(self.rnn, x, state)) is not None:
+            return out
+        y, state = self._run(x.unsqueeze(1), state)
         return y.squeeze(1), state
 
     def auto_impl(self, device: torch.device) -> str:
