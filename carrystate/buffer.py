@@ -47,6 +47,7 @@ class SegmentBuffer:
         # [num_layers, segments, hidden] per state tensor: the state each row held at its first step
         self.start_state: State = tuple(torch.zeros(s.shape[0], S, *s.shape[2:], device=device) for s in state_template)
         self.last_value = z(num_agents)  # [agents] value after the rollout's last step
+        self._timelines: dict[str, Tensor] = {}  # write's views, of tensors allocated here once
         # Burn-in (R2D2): the state at column H - burn_in of every row, and the previous rollout's last
         # burn_in steps per agent, so that every segment can be warmed up from the steps that precede it.
         self.burn_in = burn_in
@@ -68,8 +69,11 @@ class SegmentBuffer:
     def write(self, step: int, agents: slice = slice(None), **fields: Tensor) -> None:
         """Store one rollout step under `step` of the agents' timelines: of every agent, or of the agents in
         `agents` (one env batch of a double-buffered rollout; each field then has that many rows)."""
+        views = self._timelines
         for name, value in fields.items():
-            self.timeline(getattr(self, name))[agents, step] = value
+            if name not in views:  # the [agents, steps, ...] view of a field, made once (the rollout's per-step path)
+                views[name] = self.timeline(getattr(self, name))
+            views[name][agents, step] = value
 
     def write_start_state(self, step: int, state: State, agents: slice = slice(None)) -> None:
         """At the first step of each row (step % horizon == 0), record the state the agents (all, or those in
@@ -88,7 +92,9 @@ class SegmentBuffer:
             dst[:, rows] = src
 
     def begin_rollout(self) -> None:
-        """Before a rollout overwrites the buffer, keep the last burn_in steps of every agent."""
+        """Before a rollout overwrites the buffer: zero `final_values` (the rollout writes only its truncated
+        steps), and keep the last burn_in steps of every agent."""
+        self.final_values.zero_()
         if not self.burn_in:
             return
         if self.filled:

@@ -147,20 +147,21 @@ class Rollout:
         t, obs, starts, valid, action, logprob, value, state, res = lane.pending
         lane.pending = None
         res = self._receive(lane, res)
-        final_values = torch.zeros_like(value)
         if res.truncated.any():  # bootstrap a time-limit cut from the value of its final observation
             rows = self._tensor(np.flatnonzero(res.truncated))
             final_obs = self._tensor(res.final_obs)[rows]
             rows_state = tuple(s[:, rows] for s in state)
             _, v_final, _ = policy.step(final_obs, rows_state, torch.zeros_like(rows, dtype=torch.bool))
+            final_values = torch.zeros_like(value)
             final_values[rows] = v_final
+            buffer.write(t, agents=lane.rows, final_values=final_values)  # elsewhere zero (begin_rollout)
         starts_next, valid_next = episode_starts(res, valid)
         self.store.set(lane.key, state)
-        self.store.reset(lane.key, self._tensor(starts_next))
+        if starts_next.any():
+            self.store.reset(lane.key, self._tensor(starts_next))
         buffer.write(t, agents=lane.rows, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
                      valid=self._tensor(valid), rewards=self._tensor(res.reward),
-                     terminated=self._tensor(res.terminated), truncated=self._tensor(res.truncated),
-                     final_values=final_values)
+                     terminated=self._tensor(res.terminated), truncated=self._tensor(res.truncated))
         self.obs[lane.rows], self.starts[lane.rows], self.valid[lane.rows] = res.obs, starts_next, valid_next
         stats.episode_returns += res.episode_returns
         stats.episode_lengths += res.episode_lengths

@@ -159,3 +159,16 @@ def test_muon_takes_hidden_matrices_and_adam_the_rest():
     (params.sum() + values.sum()).backward()
     opt.step()
     assert all(not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0)
+
+
+def test_one_entry_multidiscrete_head_matches_categorical():
+    """MultiDiscrete([n]) takes the single-choice path but keeps the action's trailing axis."""
+    head = make_head(5, gym.spaces.MultiDiscrete([4]))
+    params = head(torch.randn(7, 5)) * 10
+    a, logp_act = head.act(params, torch.Generator().manual_seed(0))
+    assert a.shape == (7, 1)
+    logp, ent = head.log_prob_entropy(params, a)
+    ref = Categorical(logits=params)
+    torch.testing.assert_close(logp, ref.log_prob(a[:, 0]))
+    torch.testing.assert_close(logp_act, logp)
+    torch.testing.assert_close(ent, ref.entropy())

@@ -41,6 +41,11 @@ class CategoricalHead(nn.Module):
         sample of the categorical and costs about half of torch.multinomial at rollout batch sizes."""
         noise = torch.rand(params.shape, generator=generator, device=params.device)
         noise = -torch.log(-torch.log(noise))
+        if len(self.nvec) == 1:  # one choice (Discrete): the loop below without its split and cat
+            logp = torch.log_softmax(params, -1)
+            a = (logp + noise).argmax(-1, keepdim=True)
+            logp_a = logp.gather(-1, a).squeeze(-1)
+            return (a if self.multi else a.squeeze(-1)), logp_a
         picks, logp_sum = [], 0
         for logp, g in zip(self._split(params), noise.split(self.nvec, -1)):
             a = (logp + g).argmax(-1, keepdim=True)
@@ -62,6 +67,9 @@ class CategoricalHead(nn.Module):
 
     def log_prob_entropy(self, params: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         action = action.long() if self.multi else action.long().unsqueeze(-1)
+        if len(self.nvec) == 1:  # one choice: the loop below without its split and running sums
+            logp = torch.log_softmax(params, -1)
+            return logp.gather(-1, action).squeeze(-1), -(logp.exp() * logp).sum(-1)
         logp_sum = torch.zeros(params.shape[:-1], device=params.device)
         ent_sum = torch.zeros_like(logp_sum)
         for i, logp in enumerate(self._split(params)):
