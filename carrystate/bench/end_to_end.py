@@ -4,7 +4,8 @@ equal settings (envs, rollout length, minibatch, epochs, LSTM width), and agains
 The floor is the time training cannot go below with this network on this machine: stepping the envs
 for one rollout, one forward per rollout step (the faster of a fused nn.LSTM call and the policy's own
 step), and a fused forward+backward (ignoring resets) plus an
-optimizer step per minibatch of every epoch. The trainer's time over the floor is its overhead.
+optimizer step per minibatch of every epoch. The trainer's time over the floor is its overhead; both are
+timed in alternation, round by round, because this machine's speed drifts by tens of percent over minutes.
 
     python -m carrystate.bench.end_to_end --json out.json
 """
@@ -12,6 +13,7 @@ optimizer step per minibatch of every epoch. The trainer's time over the floor i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -48,20 +50,24 @@ class TMazeGym(gym.Env):
         return r.final_obs[0] if r.terminated[0] else r.obs[0], float(r.reward[0]), bool(r.terminated[0]), False, {}
 
 
-def carrystate_sps(task: str, iterations: int, extra: list[str] = ()) -> dict:
-    cfg = load_config(None, COMMON + TASKS[task] + list(extra) + [f"trainer.total_timesteps={8192 * (iterations + 1)}"])
-    tr = Trainer(cfg, quiet=True)
-    tr.train(stop_after=1)  # warm-up iteration
-    t0 = time.perf_counter()
-    s = tr.train()
+def make_trainer(task: str, extra: list[str] = ()) -> Trainer:
+    return Trainer(load_config(None, COMMON + TASKS[task] + list(extra) + ["trainer.total_timesteps=1000000000"]),
+                   quiet=True)
+
+
+def carrystate_sps(tr: Trainer, iterations: int) -> dict:
+    """Agent-steps per second over `iterations` whole iterations, after one warm-up iteration."""
+    tr.train(stop_after=1)
+    t0, steps = time.perf_counter(), tr.global_step
+    tr.train(stop_after=iterations)
     wall = time.perf_counter() - t0
-    return {"sps": (s.global_step - 8192) / wall, "seconds_per_iteration": wall / iterations, "trainer": tr}
+    return {"sps": (tr.global_step - steps) / wall, "seconds_per_iteration": wall / iterations}
 
 
-def floor_seconds(tr: Trainer, repeats: int = 3) -> dict:
-    """Env stepping + one forward per rollout step + fused fwd/bwd + optimizer step per minibatch. Each part
-    is timed `repeats` times and its fastest time kept: a floor is the best the machine did. The forward is
-    the faster of nn.LSTM with T=1 (one fused call) and the policy's own step, which the rollout uses."""
+def floor_parts(tr: Trainer) -> dict:
+    """The floor's parts as functions: env stepping for one rollout, one forward per rollout step, and a fused
+    forward+backward (ignoring resets) plus an optimizer step per minibatch of every epoch. The forward is the
+    faster of nn.LSTM with T=1 (one fused call) and the policy's own step, which the rollout uses."""
     cfg = tr.cfg
     env = make_env(cfg.env, seed=5)
     env.reset()
@@ -99,16 +105,33 @@ def floor_seconds(tr: Trainer, repeats: int = 3) -> dict:
                 loss.backward()
                 tr.optimizer.step()
 
-    def best(fn) -> float:
-        times = []
-        for _ in range(repeats):
+    return {"env": env_part, "forward_fused": forward_fused, "forward_step": forward_step, "learn": learn_part}
+
+
+def over_floor(trainers: dict[str, Trainer], rounds: int = 10) -> dict:
+    """Each trainer's seconds per iteration against the floor, measured in alternation: every round runs one
+    iteration of each trainer, then each floor part once, so that both sides see the same machine (its
+    speed drifts by 10-30% over minutes here). Returns the medians over rounds, and each ratio of medians."""
+    first = next(iter(trainers.values()))
+    state = copy.deepcopy((first.policy.state_dict(), first.optimizer.state_dict()))
+    parts = floor_parts(first)
+    times: dict[str, list[float]] = {k: [] for k in [*trainers, *parts]}
+    for _ in range(rounds):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            tr.train(stop_after=1)
+            times[name].append(time.perf_counter() - t0)
+        for name, fn in parts.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    parts = {"env": best(env_part), "forward": min(best(forward_fused), best(forward_step)), "learn": best(learn_part)}
-    return {**parts, "total": sum(parts.values())}
+            times[name].append(time.perf_counter() - t0)
+    first.policy.load_state_dict(state[0])  # the floor's optimizer steps are not training
+    first.optimizer.load_state_dict(state[1])
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    floor = {"env": med["env"], "forward": min(med["forward_fused"], med["forward_step"]), "learn": med["learn"]}
+    floor["total"] = sum(floor.values())
+    return {"floor": floor, "seconds_per_iteration": {k: med[k] for k in trainers},
+            "over_floor": {k: med[k] / floor["total"] for k in trainers}, "rounds": rounds}
 
 
 def sb3_sps(task: str, iterations: int) -> dict | None:
@@ -133,19 +156,22 @@ def sb3_sps(task: str, iterations: int) -> dict | None:
     return {"sps": 8192 * iterations / wall, "seconds_per_iteration": wall / iterations}
 
 
-def run_all(iterations: int = 5, sb3_iterations: int = 2) -> dict:
+def run_all(iterations: int = 5, sb3_iterations: int = 2, rounds: int = 10) -> dict:
     results = {}
     for task in TASKS:
         torch.set_num_threads(1)
-        ours = carrystate_sps(task, iterations)
-        floor = floor_seconds(ours.pop("trainer"))
-        ours["floor_seconds_per_iteration"] = floor
-        ours["over_floor"] = ours["seconds_per_iteration"] / floor["total"]
+        tr = make_trainer(task)
+        ours = carrystate_sps(tr, iterations)
         # the default staleness diagnostic (a policy copy and 16 segment replays per iteration) is a
         # measurement, not training: the trainer's time without it, against the same floor
-        bare = carrystate_sps(task, iterations, ["diagnostics.staleness_segments=0"])
-        bare.pop("trainer")
-        ours["over_floor_without_diagnostics"] = bare["seconds_per_iteration"] / floor["total"]
+        bare = make_trainer(task, ["diagnostics.staleness_segments=0"])
+        bare.train(stop_after=1)
+        fl = over_floor({"default": tr, "without_diagnostics": bare}, rounds)
+        ours["floor_seconds_per_iteration"] = fl["floor"]
+        ours["floor_rounds"] = fl["rounds"]
+        ours["seconds_per_iteration_beside_floor"] = fl["seconds_per_iteration"]["default"]
+        ours["over_floor"] = fl["over_floor"]["default"]
+        ours["over_floor_without_diagnostics"] = fl["over_floor"]["without_diagnostics"]
         torch.set_num_threads(1)
         theirs = sb3_sps(task, sb3_iterations)
         results[task] = {"carrystate": ours, "sb3_recurrent_ppo": theirs,
@@ -158,9 +184,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=5, help="timed iterations of 8192 agent-steps each")
     p.add_argument("--sb3-iterations", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10, help="alternating rounds of trainer iterations and floor parts")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    results = run_all(a.iterations, a.sb3_iterations)
+    results = run_all(a.iterations, a.sb3_iterations, a.rounds)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
