@@ -3,7 +3,8 @@
 Compares carrystate's unrolls (`bucketed`, `scan`, `triton`, `chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
 call that ignores resets, the speed to match) and, when installed, torchrl's LSTMModule in recurrent mode,
 on the same shapes and the same random reset pattern (about one episode end per 50 steps per row).
-Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length.
+Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length, and the
+rollout's one-step call against nn.LSTM with T=1.
 
     python -m carrystate.bench.learner --device cpu --json out.json      # medians over repeats
 """
@@ -206,6 +207,33 @@ def bench_memory(device, hidden, horizons, steps, reset_everys, impl):
             rows_out.append(r)
             print(r, flush=True)
     return rows_out
+
+
+@torch.no_grad()
+def bench_rollout_step(device, shapes=((64, 64), (256, 128), (1024, 128), (256, 256)), repeats=7, steps=50):
+    """The rollout's recurrent step (`RecurrentCore.step`: the C++ step on the CPU) against nn.LSTM called with
+    T=1, per (agents, hidden): median time per step over `repeats` runs of `steps` carried steps."""
+    rows = []
+    for agents, hidden in shapes:
+        torch.manual_seed(0)
+        core = RecurrentCore("lstm", hidden, hidden, 1).to(device)
+        x = torch.randn(agents, hidden, device=device)
+
+        def fused():
+            state = core.initial_state(agents, device)
+            for _ in range(steps):
+                _, state = core._run(x.unsqueeze(1), state)
+
+        def step():
+            state = core.initial_state(agents, device)
+            for _ in range(steps):
+                _, state = core.step(x, state, None)
+
+        r = {"agents": agents, "hidden": hidden, "nn_lstm_us": _time(fused, device, repeats) / steps * 1e6,
+             "step_us": _time(step, device, repeats) / steps * 1e6}
+        rows.append(r)
+        print(r, flush=True)
+    return rows
 
 
 def main():

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-OWN = ("## Learner", "## Learner memory", "## End to end", "## Targets", "## How to run")
+OWN = ("## Learner", "## Learner memory", "## Rollout step", "## End to end", "## Targets", "## How to run")
 IMPLS = ["triton", "bucketed", "scan", "chunked", "packed", "loop", "loop_graphed", "torchrl"]
 
 
@@ -91,6 +91,14 @@ def write(markdown: Path, results: Path) -> None:
         data = json.loads(path.read_text())
         if data.get("memory"):
             lines += [f"{data['info']['device']} (`{data.get('memory_impl', 'bucketed')}`):", ""] + _memory_table(data["memory"]) + [""]
+    if cpu and cpu.get("rollout_step"):
+        lines += ["## Rollout step: one recurrent step for every agent", "",
+                  f"{cpu['info']['device']}, no gradient. `RecurrentCore.step` (on the CPU the C++ step of "
+                  "`policy/scan_cpu.cpp`: the input and recurrent GEMMs and one fused elementwise pass, the scan's "
+                  "math) against `nn.LSTM` called with T=1; time per step, median over repeats of 50 carried steps.", "",
+                  "| agents | hidden | nn.LSTM T=1 µs | step µs | step / nn.LSTM |", "|---|---|---|---|---|"]
+        lines += [f"| {r['agents']} | {r['hidden']} | {r['nn_lstm_us']:.1f} | {r['step_us']:.1f} | "
+                  f"{r['step_us'] / r['nn_lstm_us']:.2f} |" for r in cpu["rollout_step"]] + [""]
     if e2e:
         lines += ["## End to end: agent-steps per second of whole training", "",
                   "64 envs, 8,192-step rollouts, 64-step segments, 2,048-step minibatches, 4 epochs, LSTM 64 after a "

@@ -100,6 +100,9 @@ def check_step_result(res: StepResult, num_agents: int, obs_shape: tuple[int, ..
         if value.shape != (num_agents,):
             raise EnvError(f"env returned {name} of shape {value.shape}, expected ({num_agents},)")
     for name, value in (("observation", res.obs), ("reward", res.reward)):
+        value = np.asarray(value)
+        if value.dtype.kind in "iub" or np.isfinite(value).all():  # the per-step case: one check, no row search
+            continue
         bad = ~np.isfinite(value.reshape(num_agents, -1)).all(1)
         if bad.any():
             raise EnvError(f"non-finite {name} from the env at {where(int(np.flatnonzero(bad)[0]))}"

@@ -139,20 +139,13 @@ class _LSTMScan(torch.autograd.Function):
 def lstm_step(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
     """One rollout step of `rnn` with the C++ kernel: x [B, in], state ([layers, B, H] × 2, already zero where
     an episode starts) → y [B, H], new state; None where the kernel does not apply (not float32 on the CPU, or
-    not built), and the caller runs `rnn` itself. Per layer an input GEMM, a recurrent GEMM and one fused
-    elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's state), where
-    nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step)."""
+    not built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
+    one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
+    state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or cpu_kernels() is None or torch.is_grad_enabled():
         return None
-    hs, cs = [], []
-    for layer in range(rnn.num_layers):
-        w_ih, w_hh, b_ih, b_hh = rnn._flat_weights[4 * layer: 4 * layer + 4]
-        x, c = _CPU.step(F.linear(x, w_ih, b_ih + b_hh), state[0][layer], state[1][layer], w_hh)
-        hs.append(x)
-        cs.append(c)
-    if len(hs) == 1:
-        return x, (hs[0].unsqueeze(0), cs[0].unsqueeze(0))
-    return x, (torch.stack(hs), torch.stack(cs))
+    y, h, c = _CPU.step(x, state[0], state[1], rnn._flat_weights)
+    return y, (h, c)
 
 
 def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor,

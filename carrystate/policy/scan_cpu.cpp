@@ -125,33 +125,42 @@ std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor dh_T, torch:
   return {d_pre, dh0, dc, d_w};
 }
 
-// One rollout step of one layer, in place: pre [B, 4H] (x @ W_ih^T + biases, becomes the gates' pre-activation),
-// h, c [B, H] (already zero where an episode starts), w_hh [4H, H] -> h', c' [B, H]. The same GEMM and
-// elementwise math as one step of forward, so that a replay reproduces the rollout's state.
-std::vector<torch::Tensor> step(torch::Tensor pre, torch::Tensor h, torch::Tensor c, torch::Tensor w_hh) {
-  const int64_t B = pre.size(0), G = pre.size(1), H = G / 4;
-  at::addmm_out(pre, pre, h, w_hh.t());
-  auto h_new = torch::empty({B, H}, pre.options());
-  auto c_new = torch::empty({B, H}, pre.options());
-  const float* a = pre.data_ptr<float>();
-  const float* cp = c.data_ptr<float>();
-  float* hn = h_new.data_ptr<float>();
-  float* cn = c_new.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    const float* ab = a + b * G;
+// One rollout step of every layer: x [B, in], h, c [L, B, H] (already zero where an episode starts), weights
+// (nn.LSTM's flat list: w_ih, w_hh, b_ih, b_hh per layer) -> y [B, H], h', c' [L, B, H]. Per layer the same
+// input GEMM (biases summed first), recurrent GEMM and elementwise math as the scan (scan.lstm_scan and
+// forward above), so that a replay reproduces the rollout's state.
+std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor c, std::vector<torch::Tensor> weights) {
+  const int64_t L = h.size(0), B = h.size(1), H = h.size(2), G = 4 * H;
+  auto h_in = h.contiguous(), c_in = c.contiguous();
+  auto h_new = torch::empty_like(h_in);
+  auto c_new = torch::empty_like(c_in);
+  torch::Tensor inp = x;
+  for (int64_t l = 0; l < L; ++l) {
+    const auto& w_ih = weights[4 * l];
+    const auto& w_hh = weights[4 * l + 1];
+    auto pre = at::linear(inp, w_ih, weights[4 * l + 2] + weights[4 * l + 3]).contiguous();
+    at::addmm_out(pre, pre, h_in[l], w_hh.t());
+    const float* a = pre.data_ptr<float>();
+    const float* cp = c_in.data_ptr<float>() + l * B * H;
+    float* hn = h_new.data_ptr<float>() + l * B * H;
+    float* cn = c_new.data_ptr<float>() + l * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* ab = a + b * G;
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      const float i = sigm(ab[j]), f = sigm(ab[H + j]), g = tanh_(ab[2 * H + j]), o = sigm(ab[3 * H + j]);
-      const float cj = f * cp[b * H + j] + i * g;
-      cn[b * H + j] = cj;
-      hn[b * H + j] = o * tanh_(cj);
+      for (int64_t j = 0; j < H; ++j) {
+        const float i = sigm(ab[j]), f = sigm(ab[H + j]), g = tanh_(ab[2 * H + j]), o = sigm(ab[3 * H + j]);
+        const float cj = f * cp[b * H + j] + i * g;
+        cn[b * H + j] = cj;
+        hn[b * H + j] = o * tanh_(cj);
+      }
     }
+    inp = h_new[l];
   }
-  return {h_new, c_new};
+  return {inp, h_new, c_new};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "scan forward (CPU)");
   m.def("backward", &backward, "scan backward (CPU)");
-  m.def("step", &step, "one rollout step of one layer (CPU)");
+  m.def("step", &step, "one rollout step of every layer (CPU)");
 }
