@@ -229,8 +229,8 @@ def bench_rollout_step(device, shapes=((64, 64), (256, 128), (1024, 128), (256, 
             for _ in range(steps):
                 _, state = core.step(x, state, None)
 
-        r = {"agents": agents, "hidden": hidden, "nn_lstm_us": _time(fused, device, repeats) / steps * 1e6,
-             "step_us": _time(step, device, repeats) / steps * 1e6}
+        r = {"agents": agents, "hidden": hidden, "nn_lstm_us": _time(fused, device, repeats, warmup=3) / steps * 1e6,
+             "step_us": _time(step, device, repeats, warmup=3) / steps * 1e6}
         rows.append(r)
         print(r, flush=True)
     return rows

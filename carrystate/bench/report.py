@@ -131,16 +131,19 @@ def write(markdown: Path, results: Path) -> None:
         of = [r["carrystate"]["over_floor"] for r in e2e.values()]
         lines.append(f"- End to end ≥ 20× sb3-contrib: measured {', '.join(f'{x:.1f}×' for x in sp)} "
                      f"({'met' if sp and min(sp) >= 20 else 'missed'}).")
-        lines.append(f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.2f}×' for x in of)} "
+        lines.append(f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.3f}×' for x in of)} "
                      f"({'met' if max(of) <= 1.5 else 'missed'}).")
     lines += ["", "### What stands in the way", "",
-              "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.82–1.15× the leaky fused call over "
-              "two bench runs this day): "
+              "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.79–1.16× the leaky fused call over "
+              "five bench runs on 2026-11-26): "
               "its loops are C++ (`policy/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
               "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
-              "1.18–1.39× in the previous bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
-              "it is 1.07–1.13× fused where the op loop was 1.9–2.0× (alternating runs of the learner bench). Without a "
-              "compiler the op loop runs instead.",
+              "1.18–1.39× in an earlier bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
+              "it is 1.03–1.13× fused in four of five runs of the learner bench (one gave 1.43×) where the op loop was "
+              "1.9–2.0×. Without "
+              "a compiler the op loop runs instead. Copying the input projection into the gate buffer once instead "
+              "of inside each step's GEMM call was tried and measured the same (0.99–1.01×, both kernels loaded in "
+              "one process), so it was not kept.",
               "- GPU learner (triton, the CUDA default: 0.77–2.34× fused on an H200 with its committed tiles; met at "
               "5 of 12 shapes, all with 1024 rows or 16 steps; before it the best exact unroll on a GPU was `bucketed`, "
               "`packed` or the graphed loop at 2.3–9.7× for 64–256 steps on the H100): each program owns 16 rows and walks every step in "
@@ -160,28 +163,41 @@ def write(markdown: Path, results: Path) -> None:
               "(1.6×; `results/cuda_check_h200.txt`). With cuDNN's default TF32 the replay matches the rollout "
               "to 5e-5 instead of 4e-7 (TF32 rounding in both, in different orders); `torch.backends.cudnn."
               "allow_tf32 = False` restores the exact match.",
-              "- End to end against sb3-contrib (3.6–4.3× over two bench runs; 2.6–3.0× before the C++ scan): the "
-              "floor alone allows 58–61k agent-steps/s on the T-maze here (8,192 steps in 0.135–0.142 s) and 39–40k "
-              "on CartPole, which is 6–7× and 5.4–5.5× sb3-contrib's 8.7–9.4k and 7.2–7.4k. So 20× is out of reach at these settings on this CPU, whatever "
-              "the trainer does: sb3-contrib with a shared LSTM and 64 envs is faster than the target assumed.",
-              "- Trainer against the floor (1.56–1.62× on the T-maze, 1.44–1.50× on CartPole over two bench runs; "
-              "1.59× and 1.37–1.40× with the staleness diagnostic off, i.e. within the runs' noise; the floor's "
-              "learn part ranged 0.10–0.19 s between bench runs this day): "
-              "per 8,192 steps the rollout takes about 70 ms where env stepping plus the fused forwards take 31, "
-              "and the learner about 137 ms where the fused forward+backward and optimizer steps take 105–111. The rollout "
-              "pays per-step Python work: of its ~555 µs per step (64 agents), the policy step is ~200, sampling ~40, "
-              "the env ~40 and the state store ~20, and the other ~260 are glue (observation and action copies, "
-              "buffer writes, env output checks, episode bookkeeping). Writing the env's numpy fields through "
-              "numpy views saved only ~0.5 ms per rollout, so that was left as it was; batching the buffer writes "
-              "per rollout is the next candidate. The learner pays 1.1× for exact resets at these small minibatches "
-              "plus the PPO loss, gradient clipping and minibatch gathers.",
-              "- Rollout step: sampling is Gumbel-max, and it returns the log-probabilities in the same call. The "
-              "state is masked with `masked_fill`, and the state the store already zeroed is not masked twice. "
-              "A T-maze rollout of 8,192 steps went from 89–92 to 73–74 ms (three alternating runs). "
-              "`torch.lstm_cell` with the LSTM's weights was 1.6× faster than `nn.LSTM` with T=1 at 64 agents and "
-              "hidden 64, but 1.2× slower at 1024 agents and hidden 128, so the rollout keeps `nn.LSTM`. The "
-              "buffer is preallocated and there is no `.item()` per step, but small per-step tensors are still "
-              "allocated by the ops themselves; only a captured graph (CUDA graphs) would remove them.",
+              "- End to end against sb3-contrib (3.9–4.3× on the T-maze and 3.9–4.7× on CartPole over four bench runs "
+              "on 2026-11-26; 2.6–3.0× before the C++ scan): the floor alone allows 53–59k agent-steps/s on the "
+              "T-maze here (8,192 steps in 0.140–0.156 s) and 35–40k on CartPole, which is 6.0–6.6× and 5.2–6.2× "
+              "sb3-contrib's 8.6–9.1k and 6.4–7.1k in the same runs. So 20× is out of reach at these settings on this CPU, whatever the "
+              "trainer does: the floor's learn part alone (0.12–0.14 s per iteration, the same fused LSTM "
+              "forward+backward sb3-contrib runs) is about 1/7 of sb3-contrib's whole iteration (0.90–0.95 s), and "
+              "20× would need the whole iteration in 0.045 s. sb3-contrib with a shared LSTM and 64 envs is faster "
+              "than the target assumed.",
+              "- Trainer against the floor (met in three of four bench runs on 2026-11-26, T-maze 1.501×, 1.443×, "
+              "1.442×, 1.483× and CartPole 1.391×, 1.361×, 1.354×, 1.312×; with the staleness diagnostic off "
+              "1.28–1.45×; so on the T-maze the margin is within the runs' spread). The "
+              "trainer and the floor are now timed in alternating rounds; before, the floor was taken minutes "
+              "after the trainer on a machine whose speed drifts by 10–30%, which is how the earlier session's "
+              "1.56–1.62× were measured (with the rollout then at 70–74 ms). Per 8,192 T-maze steps the rollout takes about 50 ms (was 70–74) where env stepping plus one "
+              "forward per step take about 20, and the learner about 150–170 ms where the fused forward+backward and "
+              "optimizer steps take 120–135. What moved the rollout: the C++ LSTM step (below; 75 → 58 ms), "
+              "single-choice sampling and scoring without the split/cat loop, buffer field views made once, "
+              "final values written only at truncated steps (zeroed per rollout), the state store reset only when "
+              "some episode starts and by a 0/1 multiply instead of `masked_fill`, and one `isfinite` pass per env "
+              "output field (58 → 50 ms). What is left: the policy step runs about 30% slower inside the rollout "
+              "than alone (probably the env's work between steps evicting its weights and activations from cache), sampling "
+              "~40 µs per step, buffer writes ~30 µs and the store ~30 µs. The learner pays ~1.05–1.1× for exact "
+              "resets at these small minibatches and ~0.5 ms per minibatch for the PPO loss and the categorical "
+              "log-probabilities (about 60 small ops forward and backward; `log_softmax` over 2 actions alone is "
+              "0.1 ms). The staleness diagnostic adds ~7 ms per iteration (four replays of 16 segments).",
+              "- Rollout step: on the CPU `RecurrentCore.step` runs the C++ step (`policy/scan_cpu.cpp`: per layer "
+              "the input GEMM with both biases, the recurrent GEMM in place and one fused elementwise pass, all "
+              "layers in one call; the scan's math, so replay reproduces the rollout's state). `nn.LSTM` with T=1 "
+              "pays about 60 µs of fixed per-call work (76 µs for 5 agents × hidden 32, where the C++ step takes 12), "
+              "so at the end-to-end shape (64 agents, hidden 64) the step takes half the time; at 256–1024 agents "
+              "both are the same GEMMs and measure within noise of each other (0.89–1.11× over three runs). The step is used "
+              "only without autograd (the rollout, evaluation); with gradients `nn.LSTM` runs. Sampling is "
+              "Gumbel-max and returns the log-probabilities in the same call. The buffer is preallocated and "
+              "there is no `.item()` per step, but small per-step tensors are still allocated by the ops "
+              "themselves; only a captured graph (CUDA graphs) would remove them on a GPU.",
               "", "## How to run", "",
               "```bash",
               "carrystate bench                     # CPU: learner, memory, end to end; rewrites BENCHMARKS.md",
