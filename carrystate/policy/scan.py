@@ -142,7 +142,8 @@ def lstm_step(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Te
     not built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
     one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
     state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or cpu_kernels() is None or torch.is_grad_enabled():
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or not rnn.bias
+            or rnn.proj_size or cpu_kernels() is None):  # the kernel takes nn.LSTM's flat weights with biases
         return None
     y, h, c = _CPU.step(x, state[0], state[1], rnn._flat_weights)
     return y, (h, c)
