@@ -3,9 +3,9 @@ equal settings (envs, rollout length, minibatch, epochs, LSTM width), and agains
 
 The floor is the time training cannot go below with this network on this machine: stepping the envs
 for one rollout, one forward per rollout step (the faster of a fused nn.LSTM call and the policy's own
-step), and a fused forward+backward (ignoring resets) plus an
-optimizer step per minibatch of every epoch. The trainer's time over the floor is its overhead; both are
-timed in alternation, round by round, because this machine's speed drifts by tens of percent over minutes.
+step), and a fused forward+backward (ignoring resets) plus an optimizer step per minibatch of every epoch.
+The trainer's time over the floor is its overhead; both are timed in alternation, round by round, because
+this machine's speed drifts by tens of percent over minutes.
 
     python -m carrystate.bench.end_to_end --json out.json
 """
