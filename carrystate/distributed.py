@@ -287,6 +287,13 @@ def setup(cfg: Config) -> DistContext:
     t = cfg.trainer
     ctx = DistContext(env_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), t.dist_timeout_s)
     if not dist.is_initialized():
+        # torch.distributed.nn binds `group.WORLD` as default arguments when first imported. Imported after
+        # the group exists (torch._dynamo imports it, and building an optimizer imports torch._dynamo), those
+        # defaults keep the group alive past destroy_process_group: gloo's threads then outlive the
+        # interpreter and its exit can abort (SIGABRT after a finished run; 2 of 50 4-rank runs here).
+        # Imported first, they hold None.
+        import torch.distributed.nn  # noqa: F401
+
         cuda = torch.device(t.device).type == "cuda"
         if cuda:
             torch.cuda.set_device(ctx.device(t.device))
