@@ -61,6 +61,11 @@ def cpu_kernels():
     return _CPU or None
 
 
+def _kernels_for(x: Tensor):
+    """The C++ kernels where they apply to `x` (float32 on the CPU, and built), else None."""
+    return cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+
+
 class _LSTMScanCPU(torch.autograd.Function):
     """`_LSTMScan` with both loops in C++: one GEMM and one fused elementwise pass per step."""
 
@@ -142,10 +147,11 @@ def lstm_step(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Te
     not built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
     one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
     state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step)."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or not rnn.bias
-            or rnn.proj_size or cpu_kernels() is None):  # the kernel takes nn.LSTM's flat weights with biases
+    kernels = _kernels_for(x)
+    # the kernel takes the flat weights of a biased nn.LSTM without projections
+    if kernels is None or torch.is_grad_enabled() or not rnn.bias or rnn.proj_size:
         return None
-    y, h, c = _CPU.step(x, state[0], state[1], rnn._flat_weights)
+    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights)
     return y, (h, c)
 
 
@@ -156,8 +162,7 @@ def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Ten
     runs one layer's steps: by default the C++ kernels for float32 on the CPU where they build, the torch
     ops otherwise; `scan_triton.LSTMScanTriton` for the GPU kernels."""
     if recurrence is None:
-        fast = x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernels() is not None
-        recurrence = _LSTMScanCPU if fast else _LSTMScan
+        recurrence = _LSTMScan if _kernels_for(x) is None else _LSTMScanCPU
     keep = (~resets).t().unsqueeze(-1).to(x.dtype)  # [T, B, 1]
     inp = x.transpose(0, 1)  # time-major [T, B, in]
     hs, cs = [], []
