@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from carrystate.policy.core import State
+from carrystate.state import State
 
 
 class SegmentBuffer:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from carrystate.buffer import SegmentBuffer
-from carrystate.policy import Policy, State, mask_state
+from carrystate.policy import Policy
+from carrystate.state import State, mask_state
 
 
 def _replay(policy: Policy, buffer: SegmentBuffer, rows: Tensor, back: int, start: State | None = None) -> State:

@@ -137,7 +137,7 @@ class Rollout:
             buffer.write_start_state(t, state, agents=rows)
         if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
             buffer.write_burn_in_state(t, state, agents=rows)
-        params, value, state = policy.step(obs, state, None)  # the store zeroed it where starts
+        params, value, state = policy.step(obs, state)  # the store zeroed it where starts
         action, logprob = policy.actor.act(params, generator)
         res = self._send(lane, self._env_actions(action))
         lane.pending = (t, obs, starts, valid, action, logprob, value, state, res)
@@ -151,7 +151,7 @@ class Rollout:
             rows = self._tensor(np.flatnonzero(res.truncated))
             final_obs = self._tensor(res.final_obs)[rows]
             rows_state = tuple(s[:, rows] for s in state)
-            _, v_final, _ = policy.step(final_obs, rows_state, torch.zeros_like(rows, dtype=torch.bool))
+            _, v_final, _ = policy.step(final_obs, rows_state)
             final_values = torch.zeros_like(value)
             final_values[rows] = v_final
             buffer.write(t, agents=lane.rows, final_values=final_values)  # elsewhere zero (begin_rollout)
@@ -198,8 +198,7 @@ class Rollout:
         if stats.interrupted:
             return stats
         for lane in self.lanes:
-            _, buffer.last_value[lane.rows], _ = policy.step(
-                self._tensor(self.obs[lane.rows]), self.store.get(lane.key), self._tensor(self.starts[lane.rows]))
+            _, buffer.last_value[lane.rows], _ = policy.step(self._tensor(self.obs[lane.rows]), self.store.get(lane.key))
         return stats
 
 
@@ -226,8 +225,7 @@ def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = F
     for _ in range(max_steps):
         if len(stats.episode_returns) >= episodes:
             break
-        params, _, state = policy.step(torch.as_tensor(obs, device=device), store.get(0),
-                                       torch.as_tensor(starts, device=device))
+        params, _, state = policy.step(torch.as_tensor(obs, device=device), store.get(0))
         action = policy.actor.mode(params) if deterministic else policy.actor.sample(params, generator)
         a = action.cpu().numpy()
         if isinstance(space, gym.spaces.Box):

@@ -1,4 +1,11 @@
-"""`StateStore`: the recurrent state of every agent, carried across steps and rollouts.
+"""Recurrent state: the `State` type, zero states and masking, and the `StateStore` of every agent's state.
+
+A state is a tuple of tensors, each `[num_layers, batch, hidden]` (LSTM: (h, c); GRU: (h,); none: ()).
+The recurrent core never keeps state: callers pass it in and get the new one back.
+
+`StateStore`: the recurrent state of every agent, carried across steps and rollouts, and the single place
+where a carried state is zeroed (an episode ended). Replay applies the same resets inside a segment with
+`mask_state`, at the steps the rollout recorded.
 
 Keyed by the start of the env batch's slice of agents (several batches may alternate, as in
 double-buffered vectorisation); each entry is a tuple of tensors `[num_layers, agents_in_slice, hidden]`.
@@ -12,7 +19,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from carrystate.policy.core import State, mask_state
+State = tuple[Tensor, ...]
+
+
+def zero_state(num_tensors: int, num_layers: int, batch: int, hidden_size: int,
+               device: torch.device | str = "cpu") -> State:
+    """`num_tensors` zero tensors `[num_layers, batch, hidden_size]`: the state of an episode's first step."""
+    return tuple(torch.zeros(num_layers, batch, hidden_size, device=device) for _ in range(num_tensors))
+
+
+def mask_state(state: State, reset: Tensor) -> State:
+    """Zero the rows of every state tensor where `reset` [batch] is true; other rows pass unchanged. A multiply
+    by 0/1, as the unroll kernels reset (a third of masked_fill's time on the rollout's small tensors)."""
+    if not state:
+        return state
+    keep = (~reset).to(state[0].dtype).view(1, -1, 1)
+    return tuple(s * keep for s in state)
 
 
 class StateStore:
@@ -28,8 +50,7 @@ class StateStore:
             if start < other + size and other < start + num_agents and other != start:
                 raise ValueError(f"agent slice [{start}, {start + num_agents}) overlaps [{other}, {other + size})")
         self.sizes[start] = num_agents
-        shape = (self.num_layers, num_agents, self.hidden_size)
-        self.slices[start] = tuple(torch.zeros(shape, device=self.device) for _ in range(self.num_tensors))
+        self.slices[start] = zero_state(self.num_tensors, self.num_layers, num_agents, self.hidden_size, self.device)
 
     def get(self, start: int) -> State:
         return self.slices[start]

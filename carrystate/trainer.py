@@ -24,9 +24,9 @@ from carrystate.config import Config, ConfigError, config_from_dict, dump_config
 from carrystate.envs import make_env
 from carrystate.monitor import Monitor
 from carrystate.optim import make_optimizer, set_lr_fraction
-from carrystate.policy import Policy, State
+from carrystate.policy import Policy
 from carrystate.rollout import Rollout
-from carrystate.state import StateStore
+from carrystate.state import State, StateStore
 
 
 class NumericalError(RuntimeError):

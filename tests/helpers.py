@@ -79,7 +79,7 @@ def manual_states(policy: Policy, obs: np.ndarray, done: np.ndarray):
     with torch.no_grad():
         for t in range(len(obs)):
             before.append(tuple(s.clone() for s in state))
-            _, v, state = policy.step(torch.as_tensor(obs[t : t + 1]), state, torch.zeros(1, dtype=torch.bool))
+            _, v, state = policy.step(torch.as_tensor(obs[t : t + 1]), state)
             values.append(float(v))
             if done[t]:
                 state = tuple(torch.zeros_like(s) for s in state)

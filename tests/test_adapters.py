@@ -122,7 +122,7 @@ def test_dropped_agent_state_is_zeroed_exactly_when_its_next_episode_starts():
             if k % LIFETIMES["c"] == 0:  # the copy's episode (and so this agent's) begins here
                 state = policy.initial_state(1)
             with torch.no_grad():
-                _, v, state = policy.step(obs[row, k : k + 1], state, torch.zeros(1, dtype=torch.bool))
+                _, v, state = policy.step(obs[row, k : k + 1], state)
             assert torch.allclose(values[row, k], v[0], atol=1e-6), f"agent {agent} step {k}"
     # replay from the stored start states reproduces every step, padding included
     with torch.no_grad():
@@ -317,7 +317,7 @@ def test_policy_config_builds_token_encoder():
     cfg = PolicyConfig(encoder="token", token_embed_size=8, encoder_sizes=[16], hidden_size=8)
     policy = Policy(cfg, gym.spaces.Box(0, 255, (10, 3), np.uint8), gym.spaces.Discrete(5))
     obs = torch.randint(0, 256, (4, 10, 3)).float()
-    params, value, _ = policy.step(obs, policy.initial_state(4), torch.ones(4, dtype=torch.bool))
+    params, value, _ = policy.step(obs, policy.initial_state(4))
     assert params.shape == (4, 5) and value.shape == (4,)
 
 

@@ -12,7 +12,7 @@ from carrystate import diagnostics
 from carrystate.bench.memory import peak_mib
 from carrystate.config import ConfigError, load_config
 from carrystate.trainer import Trainer
-from carrystate.policy import mask_state
+from carrystate.state import mask_state
 from tests.helpers import make_policy
 
 SMALL = ["env.num_envs=8", "trainer.batch_size=1024", "trainer.bptt_horizon=16", "trainer.minibatch_size=256",

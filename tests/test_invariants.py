@@ -121,8 +121,8 @@ def test_truncated_step_bootstraps_from_final_observation():
     before, values = manual_states(policy, env.obs_table[:STEPS, agent], done)
     # independent: state after step t (before its reset), applied to the final observation
     with torch.no_grad():
-        _, _, after = policy.step(torch.as_tensor(env.obs_table[t : t + 1, agent]), before[t], torch.zeros(1, dtype=torch.bool))
-        _, v_final, _ = policy.step(torch.as_tensor(env.final_table[t + 1 : t + 2, agent]), after, torch.zeros(1, dtype=torch.bool))
+        _, _, after = policy.step(torch.as_tensor(env.obs_table[t : t + 1, agent]), before[t])
+        _, v_final, _ = policy.step(torch.as_tensor(env.final_table[t + 1 : t + 2, agent]), after)
     tl = buf.timeline
     assert tl(buf.truncated)[agent, t] and not tl(buf.terminated)[agent, t]
     torch.testing.assert_close(tl(buf.final_values)[agent, t], v_final[0], atol=1e-6, rtol=0)

@@ -14,7 +14,7 @@ from carrystate.policy import Policy
 from carrystate.policy.core import RecurrentCore
 from carrystate.policy.heads import make_head
 from carrystate.rollout import Rollout
-from carrystate.state import StateStore
+from carrystate.state import StateStore, mask_state
 from tests.helpers import ScriptedEnv
 
 
@@ -90,7 +90,7 @@ def test_sequence_with_resets_equals_stepping(kind, layers, impl):
         y_seq, end_seq = core.sequence(x, state, resets)
         ys, s = [], state
         for t in range(T):
-            y, s = core.step(x[:, t], s, resets[:, t])
+            y, s = core.step(x[:, t], mask_state(s, resets[:, t]))
             ys.append(y)
     torch.testing.assert_close(y_seq, torch.stack(ys, 1), atol=1e-6, rtol=0)
     for a, b in zip(end_seq, s):

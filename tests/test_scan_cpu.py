@@ -115,8 +115,8 @@ def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeyp
     monkeypatch.setattr(scan, "_CPU", Spy())
     x, state = torch.randn(4, 3), core.initial_state(4)
     with torch.no_grad():
-        y_fast, _ = core.step(x, state, None)
+        y_fast, _ = core.step(x, state)
     assert calls == [1]
-    y_grad, _ = core.step(x, state, None)
+    y_grad, _ = core.step(x, state)
     assert calls == [1] and y_grad.requires_grad
     torch.testing.assert_close(y_fast, y_grad.detach(), atol=1e-6, rtol=1e-6)

@@ -55,8 +55,8 @@ def test_state_zeroed_at_first_step_of_next_episode_without_offset():
         np.testing.assert_allclose(values[agent].numpy(), ref, atol=1e-6)
     # independently: step 6 of agent 1 equals a fresh start on that observation
     with torch.no_grad():
-        _, v0, _ = policy.step(torch.as_tensor(env.obs_table[6:7, 1]), policy.initial_state(1), torch.zeros(1, dtype=torch.bool))
-        _, v_carried, _ = policy.step(torch.as_tensor(env.obs_table[5:6, 1]), policy.initial_state(1), torch.zeros(1, dtype=torch.bool))
+        _, v0, _ = policy.step(torch.as_tensor(env.obs_table[6:7, 1]), policy.initial_state(1))
+        _, v_carried, _ = policy.step(torch.as_tensor(env.obs_table[5:6, 1]), policy.initial_state(1))
     assert float(values[1, 6]) == pytest.approx(float(v0), abs=1e-6)
     assert float(values[1, 5]) != pytest.approx(float(v_carried), abs=1e-4)  # step 5 still used memory
     assert buf.timeline(buf.starts)[1].nonzero().flatten().tolist() == [0, 6]

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from carrystate.config import PolicyConfig
-from carrystate.policy.core import RecurrentCore, State, mask_state
+from carrystate.policy.core import RecurrentCore
+from carrystate.state import State
 from carrystate.policy.heads import make_head
 
 
@@ -101,10 +102,10 @@ class Policy(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return self.core.initial_state(batch, device)
 
-    def step(self, obs: Tensor, state: State, reset: Tensor | None) -> tuple[Tensor, Tensor, State]:
-        """obs [batch, *obs_shape], reset [batch] → action params [batch, P], value [batch], new state
-        (`reset=None`: the state is already zero where an episode starts)."""
-        y, state = self.core.step(self.encoder(obs), state, reset)
+    def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
+        [batch], new state."""
+        y, state = self.core.step(self.encoder(obs), state)
         return self.actor(y), self.critic(y).squeeze(-1), state
 
     def sequence(self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
@@ -133,4 +134,4 @@ class Policy(nn.Module):
         return (p, v, *end)
 
 
-__all__ = ["Policy", "RecurrentCore", "State", "mask_state", "ENCODERS", "MLPEncoder", "TokenEncoder"]
+__all__ = ["Policy", "RecurrentCore", "ENCODERS", "MLPEncoder", "TokenEncoder"]

@@ -1,9 +1,9 @@
 """The recurrent core: `lstm`, `gru`, or `none`, with `step` (T=1, rollout) and `sequence` (T>1, training).
 
-State lifecycle. A state is a tuple of tensors, each `[num_layers, batch, hidden]` (LSTM: (h, c); GRU: (h,);
-none: ()). The core never keeps state itself: callers pass it in and get the new one back. `reset[b]`
-(or `resets[b, t]`) true means row b starts a new episode at that step: its state is replaced by zeros
-*before* the step's input is read, in every layer, and no other row is touched.
+State (`carrystate.state.State`) is passed in and returned, never kept. `step` takes the state as it is:
+the `StateStore` has already zeroed it where an episode starts. In `sequence`, `resets[b, t]` true means
+row b starts a new episode at step t: its state is replaced by zeros *before* the step's input is read, in
+every layer, and no other row is touched.
 
 `sequence` is the one place where training unrolls the core. It applies the in-segment resets exactly by
 cutting the segment at every timestep where some row resets and running the fused `nn.LSTM`/`nn.GRU`
@@ -17,17 +17,7 @@ from torch import Tensor, nn
 
 from carrystate.policy.scan import lstm_scan, lstm_step
 from carrystate.policy import scan_triton
-
-State = tuple[Tensor, ...]
-
-
-def mask_state(state: State, reset: Tensor) -> State:
-    """Zero the rows of every state tensor where `reset` [batch] is true; other rows pass unchanged. A multiply
-    by 0/1, as the unroll kernels reset (a third of masked_fill's time on the rollout's small tensors)."""
-    if not state:
-        return state
-    keep = (~reset).to(state[0].dtype).view(1, -1, 1)
-    return tuple(s * keep for s in state)
+from carrystate.state import State, mask_state, zero_state
 
 
 class RecurrentCore(nn.Module):
@@ -61,8 +51,7 @@ class RecurrentCore(nn.Module):
                 nn.init.orthogonal_(p)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        shape = (self.num_layers, batch, self.hidden_size)
-        return tuple(torch.zeros(shape, device=device) for _ in range(self.num_state_tensors))
+        return zero_state(self.num_state_tensors, self.num_layers, batch, self.hidden_size, device)
 
     def _run(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         if self.kind == "lstm":
@@ -73,11 +62,9 @@ class RecurrentCore(nn.Module):
             return y, (h,)
         return self.rnn(x), ()
 
-    def step(self, x: Tensor, state: State, reset: Tensor | None) -> tuple[Tensor, State]:
-        """One step for every row: x [batch, in], reset [batch] bool → y [batch, hidden], new state.
-        `reset=None`: the caller guarantees the state is already zero where an episode starts."""
-        if reset is not None:
-            state = mask_state(state, reset)
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step for every row: x [batch, in], state (already zero where an episode starts: the
+        `StateStore` reset it) → y [batch, hidden], new state."""
         if self.kind == "lstm" and (out := lstm_step(self.rnn, x, state)) is not None:
             return out
         y, state = self._run(x.unsqueeze(1), state)
