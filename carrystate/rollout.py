@@ -45,13 +45,29 @@ class RolloutStats:
 
 
 @dataclass
+class _Step:
+    """One lane's step between sending its actions and recording what the env answered."""
+
+    t: int
+    obs: torch.Tensor
+    starts: torch.Tensor
+    valid: np.ndarray
+    action: torch.Tensor
+    logprob: torch.Tensor | None
+    value: torch.Tensor
+    state: tuple
+    res: StepResult | None  # the env's answer; None until received from an asynchronous env
+    final_values: torch.Tensor | None = None  # at truncated rows: the value of the final observation
+
+
+@dataclass
 class _Lane:
     """One env batch that the rollout steps: its rows of the whole batch and its `StateStore` key."""
 
     env: VecEnv
     rows: slice  # rows of the whole batch (= agents of the buffer) this batch owns
     key: int  # StateStore slice key
-    pending: tuple | None = None  # the step sent to the env and not yet written to the buffer
+    pending: _Step | None = None  # the step sent to the env and not yet finished
 
 
 class Rollout:
@@ -127,45 +143,54 @@ class Rollout:
         a = action.cpu().numpy()
         return np.clip(a, self._low, self._high) if self._box else a
 
-    def _act(self, lane: _Lane, t: int, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator) -> None:
-        """Step t of one lane up to sending its actions to the env."""
+    def _act(self, lane: _Lane, t: int, policy: Policy, generator: torch.Generator,
+             deterministic: bool = False) -> None:
+        """Step t of one lane up to sending its actions to the env: the one policy step that collection
+        and evaluation share (sampled actions, or the most likely ones when `deterministic`)."""
         rows = lane.rows
         obs, starts = self._tensor(self.obs[rows]), self._tensor(self.starts[rows])
         valid = self.valid[rows].copy()
         state = self.store.get(lane.key)  # already zero where starts: reset happened when the episode ended
-        if t % buffer.horizon == 0:
-            buffer.write_start_state(t, state, agents=rows)
-        if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
-            buffer.write_burn_in_state(t, state, agents=rows)
-        params, value, state = policy.step(obs, state)  # the store zeroed it where starts
-        action, logprob = policy.actor.act(params, generator)
+        params, value, state = policy.step(obs, state)
+        if deterministic:
+            action, logprob = policy.actor.mode(params), None
+        else:
+            action, logprob = policy.actor.act(params, generator)
         res = self._send(lane, self._env_actions(action))
-        lane.pending = (t, obs, starts, valid, action, logprob, value, state, res)
+        lane.pending = _Step(t, obs, starts, valid, action, logprob, value, state, res)
 
-    def _finish(self, lane: _Lane, policy: Policy, buffer: SegmentBuffer, stats: RolloutStats) -> None:
-        """Collect the lane's pending env step; carry its state and write its rows of the buffer."""
-        t, obs, starts, valid, action, logprob, value, state, res = lane.pending
-        lane.pending = None
-        res = self._receive(lane, res)
-        if res.truncated.any():  # bootstrap a time-limit cut from the value of its final observation
+    def _finish(self, lane: _Lane, policy: Policy, stats: RolloutStats, buffer: SegmentBuffer | None = None) -> None:
+        """Collect the lane's pending env step, carry its state (zeroed where an episode ended), write the step
+        into `buffer` (collection; then also the value of the final observation where a time limit cut an
+        episode, which training bootstraps from) and move on to the next observation."""
+        step, lane.pending = lane.pending, None
+        res = step.res = self._receive(lane, step.res)
+        if buffer is not None and res.truncated.any():
             rows = self._tensor(np.flatnonzero(res.truncated))
             final_obs = self._tensor(res.final_obs)[rows]
-            rows_state = tuple(s[:, rows] for s in state)
-            _, v_final, _ = policy.step(final_obs, rows_state)
-            final_values = torch.zeros_like(value)
-            final_values[rows] = v_final
-            buffer.write(t, agents=lane.rows, final_values=final_values)  # elsewhere zero (begin_rollout)
-        starts_next, valid_next = episode_starts(res, valid)
-        self.store.set(lane.key, state)
+            _, v_final, _ = policy.step(final_obs, tuple(s[:, rows] for s in step.state))
+            step.final_values = torch.zeros_like(step.value)
+            step.final_values[rows] = v_final
+        starts_next, valid_next = episode_starts(res, step.valid)
+        self.store.set(lane.key, step.state)
         if starts_next.any():
             self.store.reset(lane.key, self._tensor(starts_next))
-        buffer.write(t, agents=lane.rows, obs=obs, actions=action, logprobs=logprob, values=value, starts=starts,
-                     valid=self._tensor(valid), rewards=self._tensor(res.reward),
-                     terminated=self._tensor(res.terminated), truncated=self._tensor(res.truncated))
+        if buffer is not None:  # before the next observation overwrites the arrays step.obs and step.starts view
+            self._record(lane, step, buffer)
         self.obs[lane.rows], self.starts[lane.rows], self.valid[lane.rows] = res.obs, starts_next, valid_next
         stats.episode_returns += res.episode_returns
         stats.episode_lengths += res.episode_lengths
         stats.success += res.success
+
+    def _record(self, lane: _Lane, step: _Step, buffer: SegmentBuffer) -> None:
+        """Write a finished step into the lane's rows of the buffer."""
+        res = step.res
+        if step.final_values is not None:  # elsewhere zero (begin_rollout)
+            buffer.write(step.t, agents=lane.rows, final_values=step.final_values)
+        buffer.write(step.t, agents=lane.rows, obs=step.obs, actions=step.action, logprobs=step.logprob,
+                     values=step.value, starts=step.starts, valid=self._tensor(step.valid),
+                     rewards=self._tensor(res.reward), terminated=self._tensor(res.terminated),
+                     truncated=self._tensor(res.truncated))
 
     @torch.no_grad()
     def collect(self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator,
@@ -185,11 +210,16 @@ class Rollout:
                     break
                 for lane in self.lanes:
                     if lane.pending is not None:
-                        self._finish(lane, policy, buffer, stats)
-                    self._act(lane, t, policy, buffer, generator)
+                        self._finish(lane, policy, stats, buffer)
+                    state = self.store.get(lane.key)
+                    if t % buffer.horizon == 0:
+                        buffer.write_start_state(t, state, agents=lane.rows)
+                    if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
+                        buffer.write_burn_in_state(t, state, agents=lane.rows)
+                    self._act(lane, t, policy, generator)
             for lane in self.lanes:
                 if lane.pending is not None:
-                    self._finish(lane, policy, buffer, stats)
+                    self._finish(lane, policy, stats, buffer)
         finally:
             for lane in self.lanes:  # after an error the pending step is lost; never finish it twice
                 lane.pending = None
@@ -201,6 +231,25 @@ class Rollout:
             _, buffer.last_value[lane.rows], _ = policy.step(self._tensor(self.obs[lane.rows]), self.store.get(lane.key))
         return stats
 
+    @torch.no_grad()
+    def run_episodes(self, policy: Policy, episodes: int, generator: torch.Generator, deterministic: bool = False,
+                     max_steps: int = 1_000_000) -> RolloutStats:
+        """Step the policy (weights frozen, state carried and reset exactly as in collection, through the same
+        step) until `episodes` episodes have ended or `max_steps` steps have passed; nothing is recorded."""
+        stats = RolloutStats()
+        self._env_seconds, started = 0.0, time.perf_counter()
+        for t in range(max_steps):
+            if len(stats.episode_returns) >= episodes:
+                break
+            for lane in self.lanes:
+                self._act(lane, t, policy, generator, deterministic)
+                self._finish(lane, policy, stats)
+            stats.steps = t + 1
+        stats.env_seconds, stats.seconds = self._env_seconds, time.perf_counter() - started
+        for name in ("episode_returns", "episode_lengths", "success"):
+            setattr(stats, name, getattr(stats, name)[:episodes])
+        return stats
+
 
 def episode_starts(res: StepResult, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of `res.obs` open an episode (their state must be zero before it is read), and which are
@@ -210,35 +259,11 @@ def episode_starts(res: StepResult, valid: np.ndarray) -> tuple[np.ndarray, np.n
     return res.terminated | res.truncated | (valid_next & ~valid), valid_next
 
 
-@torch.no_grad()
 def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = False, seed: int = 0,
              device: torch.device | str = "cpu", max_steps: int = 1_000_000) -> RolloutStats:
-    """Run the policy (weights frozen, state carried and reset exactly as in training) for `episodes`."""
+    """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, device)
-    store.register(0, env.num_agents)
+    rollout = Rollout(env, store, device, seed=seed, double_buffer=False)
     generator = torch.Generator(device).manual_seed(seed)
-    obs, starts = env.reset(seed=seed), np.ones(env.num_agents, dtype=bool)
-    valid = np.ones(env.num_agents, dtype=bool)
-    space = env.single_action_space
-    stats = RolloutStats()
-    for _ in range(max_steps):
-        if len(stats.episode_returns) >= episodes:
-            break
-        params, _, state = policy.step(torch.as_tensor(obs, device=device), store.get(0))
-        action = policy.actor.mode(params) if deterministic else policy.actor.sample(params, generator)
-        a = action.cpu().numpy()
-        if isinstance(space, gym.spaces.Box):
-            a = np.clip(a, space.low, space.high)
-        res = env.step(a)
-        starts, valid = episode_starts(res, valid)
-        store.set(0, state)
-        store.reset(0, torch.as_tensor(starts, device=device))
-        obs = res.obs
-        stats.episode_returns += res.episode_returns
-        stats.episode_lengths += res.episode_lengths
-        stats.success += res.success
-    stats.episode_returns = stats.episode_returns[:episodes]
-    stats.episode_lengths = stats.episode_lengths[:episodes]
-    stats.success = stats.success[:episodes]
-    return stats
+    return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps)
