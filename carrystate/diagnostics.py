@@ -1,5 +1,5 @@
-"""Diagnostics of carried state: how stale stored start states are after an update, start-state refresh,
-and the gradient-reach probe. Measurements here never change training.
+"""Diagnostics of carried state: how stale stored start states are after an update, and the gradient-reach
+probe. Measurements here never change training; they replay segments through `replay`, as training does.
 
 Staleness. After the update, a sample of segments has its start state recomputed by replaying the agent's
 earlier rows of the rollout (all of them, or the last `window` rows) under the new weights and, with the same
@@ -22,34 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from carrystate import replay
 from carrystate.buffer import SegmentBuffer
 from carrystate.policy import Policy
 from carrystate.state import State, mask_state
-
-
-def _replay(policy: Policy, buffer: SegmentBuffer, rows: Tensor, back: int, start: State | None = None) -> State:
-    """State at the start of `rows` after replaying the `back` rows before each (same agent)."""
-    state = tuple(s[:, rows - back] for s in (start or buffer.start_state))
-    for j in range(back):
-        r = rows - back + j
-        _, _, state = policy.sequence(buffer.obs[r], state, buffer.starts[r])
-    return state
-
-
-@torch.no_grad()
-def refresh_start_states(policy: Policy, buffer: SegmentBuffer) -> State:
-    """Every segment's start state recomputed with `policy` by replaying its agent's earlier rows of this
-    rollout in order (the first row of each agent keeps its stored state: its past is in an earlier rollout)."""
-    K, A = buffer.rows_per_agent, buffer.num_agents
-    fresh = tuple(s.clone() for s in buffer.start_state)
-    first = torch.arange(A, device=buffer.obs.device) * K
-    state = tuple(s[:, first] for s in fresh)
-    for k in range(1, K):
-        prev = first + k - 1
-        _, _, state = policy.sequence(buffer.obs[prev], state, buffer.starts[prev])
-        for dst, src in zip(fresh, mask_state(state, buffer.starts[first + k, 0])):
-            dst[:, first + k] = src
-    return fresh
 
 
 def _norm(state: State) -> Tensor:
@@ -74,8 +50,8 @@ def staleness(old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, win
     for b in torch.unique(back).tolist():
         rows = pick[back == b]
         opens = buffer.starts[rows, 0]  # a segment that opens an episode starts from zeros either way
-        s_old = mask_state(_replay(old, buffer, rows, b), opens)
-        s_new = mask_state(_replay(new, buffer, rows, b), opens)
+        s_old = mask_state(replay.state_after_rows(old, buffer, rows, b), opens)
+        s_new = mask_state(replay.state_after_rows(new, buffer, rows, b), opens)
         stored = tuple(s[:, rows] for s in buffer.start_state)
         eps = 1e-12
         scale = torch.maximum(_norm(s_old), _norm(s_new)) + eps
@@ -98,14 +74,8 @@ def gradient_reach(policy: Policy, buffer: SegmentBuffer, chain: int, max_lag: i
     `chain` consecutive segments with gradients across their boundaries. Only agents with no episode start
     inside the lag window count, so a zero is a segment cut, not an episode boundary."""
     obs = buffer.obs.clone().requires_grad_(True)
-    if chain == 1:
-        params, values, _ = policy.sequence(obs, buffer.start_state, buffer.starts)
-    else:
-        n = buffer.segments // chain
-        first = torch.arange(n, device=obs.device) * chain
-        state = tuple(s[:, first] for s in buffer.start_state)
-        params, values = policy.chain(obs.view(n, chain, *obs.shape[1:]), state, buffer.starts.view(n, chain, -1))
-        params, values = params.flatten(0, 1), values.flatten(0, 1)
+    first = torch.arange(0, buffer.segments, chain, device=obs.device)  # every chain's first segment
+    params, values = replay.unroll(policy, obs, buffer.starts, tuple(s[:, first] for s in buffer.start_state), chain)
     logp, _ = policy.actor.log_prob_entropy(params, buffer.actions)
     target = buffer.timeline(values)[:, -1] + buffer.timeline(logp)[:, -1]  # [agents]
     (grad,) = torch.autograd.grad(target.sum(), obs)

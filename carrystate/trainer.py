@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from carrystate import diagnostics, distributed, ppo
+from carrystate import diagnostics, distributed, ppo, replay
 from carrystate.buffer import SegmentBuffer
 from carrystate.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
 from carrystate.config import Config, ConfigError, config_from_dict, dump_config, parse_override
@@ -183,14 +183,14 @@ class Trainer:
         mb_segments = t.minibatch_size // t.bptt_horizon
         totals: dict[str, list[float]] = {}
         for epoch in range(t.update_epochs):
-            start_states = self.training_start_states()
+            start_states = replay.start_states(t.start_state, policy, self.buffer)
             plan = (self.buffer.minibatch_plan(mb_segments, self.shuffle_gen) if self.chain == 1
                     else self.buffer.chain_plan(self.chain, mb_segments, self.shuffle_gen))
             for m, idx in enumerate(plan):
                 if should_stop():
                     break
                 mb = self.buffer.minibatch(idx.flatten())
-                params, values = self.unroll(mb, idx, start_states)
+                params, values = replay.replay(policy, self.buffer, idx, start_states, mb["obs"], mb["starts"])
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
                 parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
                                      mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,
@@ -217,33 +217,6 @@ class Trainer:
         out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
         out["losses/explained_variance"] = ppo.explained_variance(self.buffer.values.flatten(), self.buffer.returns.flatten())
         return out
-
-    def training_start_states(self) -> State:
-        """The state every segment's replay starts from in this epoch (trainer.start_state)."""
-        mode, b = self.cfg.trainer.start_state, self.buffer
-        if mode == "zero":
-            return tuple(torch.zeros_like(s) for s in b.start_state)
-        if mode == "refresh":
-            return diagnostics.refresh_start_states(self.policy, b)
-        return b.start_state
-
-    def unroll(self, mb: dict, idx: torch.Tensor, start_states: State) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replay a minibatch: segments (idx [n]) or chains of consecutive segments (idx [n, chain]) from their
-        start states, warmed up by burn-in first when configured. Returns params and values per step."""
-        first = (idx[:, 0] if idx.dim() == 2 else idx).to(self.device)
-        state = tuple(s[:, first] for s in start_states)
-        if self.cfg.trainer.burn_in:
-            b_obs, b_starts, b_state, has = self.buffer.burn_in_inputs(first)
-            with torch.no_grad():
-                _, _, warmed = self.policy.sequence(b_obs, b_state, b_starts)
-            state = tuple(torch.where(has.view(1, -1, 1), w, s) for w, s in zip(warmed, state))
-        if idx.dim() == 1:
-            params, values, _ = self.policy.sequence(mb["obs"], state, mb["starts"], end_state=False)
-            return params, values
-        n, chain = idx.shape
-        params, values = self.policy.chain(mb["obs"].view(n, chain, *mb["obs"].shape[1:]), state,
-                                           mb["starts"].view(n, chain, -1))
-        return params.flatten(0, 1), values.flatten(0, 1)
 
     def log(self, monitor: Monitor, rollout_stats, losses: dict[str, float], sps: float) -> None:
         self.returns.extend(rollout_stats.episode_returns)

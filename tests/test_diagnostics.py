@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from carrystate import diagnostics
+from carrystate import diagnostics, replay
 from carrystate.bench.memory import peak_mib
 from carrystate.config import ConfigError, load_config
 from carrystate.trainer import Trainer
@@ -60,7 +60,7 @@ def test_staleness_is_logged_every_iteration(tmp_path):
 
 def test_refresh_equals_stored_when_weights_did_not_change():
     tr = _collected(["trainer.start_state=refresh"])
-    fresh = tr.training_start_states()
+    fresh = replay.start_states("refresh", tr.policy, tr.buffer)
     for a, b in zip(fresh, tr.buffer.start_state):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -70,7 +70,7 @@ def test_refresh_recomputes_with_new_weights_and_keeps_first_rows():
     with torch.no_grad():
         for p in tr.policy.core.parameters():
             p.add_(0.1)
-    fresh = tr.training_start_states()
+    fresh = replay.start_states("refresh", tr.policy, tr.buffer)
     K = tr.buffer.rows_per_agent
     first = torch.arange(tr.buffer.num_agents) * K
     assert torch.equal(fresh[0][:, first], tr.buffer.start_state[0][:, first])
@@ -80,7 +80,7 @@ def test_refresh_recomputes_with_new_weights_and_keeps_first_rows():
 
 def test_zero_mode_replays_every_segment_from_zero_state():
     tr = _collected(["trainer.start_state=zero"])
-    assert all(torch.count_nonzero(s) == 0 for s in tr.training_start_states())
+    assert all(torch.count_nonzero(s) == 0 for s in replay.start_states("zero", tr.policy, tr.buffer))
     assert any(torch.count_nonzero(s) > 0 for s in tr.buffer.start_state), "stored states stay untouched"
 
 
@@ -102,7 +102,7 @@ def test_burn_in_steps_contribute_no_loss_and_rebuild_the_start_state():
     b.obs.requires_grad_(True)
     k = 3  # a segment with a predecessor in the same rollout
     mb = b.minibatch(torch.tensor([k]))
-    params, values = tr.unroll(mb, torch.tensor([k]), b.start_state)
+    params, values = replay.replay(tr.policy, b, torch.tensor([k]), b.start_state, mb["obs"], mb["starts"])
     (params.sum() + values.sum()).backward()
     assert torch.count_nonzero(b.obs.grad[k - 1]) == 0
     assert torch.count_nonzero(b.obs.grad[k]) > 0
