@@ -12,7 +12,7 @@ from carrystate.checkpoint import CheckpointError
 from carrystate.config import ConfigError
 from carrystate.distributed import DistributedError, env_rank, env_world_size, exit_now, shutdown
 from carrystate.envs.base import EnvError
-from carrystate.trainer import NumericalError
+from carrystate.learner import NumericalError
 
 TRAIN_EPILOG = """examples:
   carrystate train                                   # built-in T-maze, default settings

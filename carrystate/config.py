@@ -262,6 +262,13 @@ class TrainerConfig(_Section):
     """Under torchrun: seconds a rank waits for the others in any collective (joining, averaging gradients,
     checkpointing) before stopping with an error, so a dead or hung rank never hangs the rest."""
 
+    def chain_length(self, rows_per_agent: int) -> int:
+        """Segments per gradient chain, given the segments each agent fills per rollout: all of them for
+        gradient_horizon=episode, gradient_horizon / bptt_horizon for a number, 1 for None."""
+        if self.gradient_horizon == "episode":
+            return rows_per_agent
+        return (self.gradient_horizon or self.bptt_horizon) // self.bptt_horizon
+
 
 class Config(_Section):
     env: EnvConfig = EnvConfig()
@@ -291,7 +298,7 @@ class Config(_Section):
                 f"nearest valid: {_nearest_multiples(t.batch_size, rollout_unit)}"
             )
         rows_per_agent = t.batch_size // rollout_unit
-        chain = rows_per_agent if t.gradient_horizon == "episode" else (t.gradient_horizon or t.bptt_horizon) // t.bptt_horizon
+        chain = t.chain_length(rows_per_agent)
         if t.gradient_horizon not in (None, "episode") and t.gradient_horizon % t.bptt_horizon:
             raise ValueError(f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
                              f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'")

@@ -23,14 +23,10 @@ from carrystate.checkpoint import CheckpointError, config_differences, load_chec
 from carrystate.config import Config, ConfigError, config_from_dict, dump_config, parse_override
 from carrystate.envs import make_env
 from carrystate.monitor import Monitor
-from carrystate.optim import make_optimizer, set_lr_fraction
+from carrystate.learner import Learner
 from carrystate.policy import Policy
 from carrystate.rollout import Rollout
 from carrystate.state import State, StateStore
-
-
-class NumericalError(RuntimeError):
-    """A non-finite loss or gradient: training stops and the last good checkpoint is left as it is."""
 
 
 @dataclass
@@ -86,7 +82,6 @@ class Trainer:
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = Policy(cfg.policy, obs_space, act_space).to(self.device)
         self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
-        self.optimizer = make_optimizer(self.policy, t)
         core = self.policy.core
         self.store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, self.device)
         self.rollout = Rollout(self.env, self.store, self.device, seed=seed)
@@ -94,11 +89,9 @@ class Trainer:
         self.buffer = SegmentBuffer(self.env.num_agents, t.batch_size, t.bptt_horizon, obs_space.shape,
                                     torch.float32, action_shape, action_dtype,
                                     self.policy.initial_state(1, self.device), self.device, burn_in=t.burn_in)
-        rows = self.buffer.rows_per_agent
-        self.chain = rows if t.gradient_horizon == "episode" else (t.gradient_horizon or t.bptt_horizon) // t.bptt_horizon
+        self.learner = Learner(self.policy, self.buffer, t, self.dist, seed)
         self.diag_gen = torch.Generator().manual_seed(seed + 2)  # staleness samples
         self.sample_gen = torch.Generator(self.device).manual_seed(seed)  # action sampling
-        self.shuffle_gen = torch.Generator().manual_seed(seed + 1)  # minibatch plans
         self.iteration, self.global_step = 0, 0
         self.num_iterations = -(-t.total_timesteps // (t.batch_size * self.dist.world_size))
         self.run_dir = self.dist.broadcast_object(Path(run_dir) if run_dir is not None else None)  # rank 0's
@@ -125,15 +118,15 @@ class Trainer:
             while self.iteration < self.num_iterations and not stop():
                 if stop_after is not None and self.iteration - first_iteration >= stop_after:
                     break
-                self.anneal_learning_rate()
+                self.learner.anneal(self.iteration / self.num_iterations)
                 rollout_stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen,
                                                      self.dist.every(32, stop))  # ranks agree every 32 steps
                 self.dist.share_episodes(rollout_stats)
                 losses, learn_started = {}, time.perf_counter()
                 if not rollout_stats.interrupted:
-                    self.compute_advantages()
+                    self.learner.compute_advantages()
                     rollout_policy = copy.deepcopy(self.policy) if self.cfg.diagnostics.staleness_segments else None
-                    losses = self.learn(stop)
+                    losses = self.learner.learn(self.iteration + 1, stop)
                     losses["perf/learn_seconds"] = time.perf_counter() - learn_started
                     if rollout_policy is not None:
                         d = self.cfg.diagnostics
@@ -165,59 +158,6 @@ class Trainer:
         return summary
 
     # ---- phases ---------------------------------------------------------------------------------
-    def anneal_learning_rate(self) -> None:
-        if self.cfg.trainer.anneal_lr:
-            set_lr_fraction(self.optimizer, 1.0 - self.iteration / self.num_iterations)
-
-    def compute_advantages(self) -> None:
-        b, t = self.buffer, self.cfg.trainer
-        adv, ret = ppo.gae(b.timeline(b.rewards), b.timeline(b.values), b.timeline(b.terminated),
-                           b.timeline(b.truncated), b.timeline(b.final_values), b.last_value, t.gamma, t.gae_lambda)
-        b.timeline(b.advantages)[:] = adv
-        b.timeline(b.returns)[:] = ret
-
-    def learn(self, should_stop=lambda: False) -> dict[str, float]:
-        """`update_epochs` passes; each shuffles all segments into minibatches, one optimizer step each.
-        If `should_stop()` turns true, return after the current optimizer step."""
-        t, policy = self.cfg.trainer, self.policy
-        mb_segments = t.minibatch_size // t.bptt_horizon
-        totals: dict[str, list[float]] = {}
-        for epoch in range(t.update_epochs):
-            start_states = replay.start_states(t.start_state, policy, self.buffer)
-            plan = (self.buffer.minibatch_plan(mb_segments, self.shuffle_gen) if self.chain == 1
-                    else self.buffer.chain_plan(self.chain, mb_segments, self.shuffle_gen))
-            for m, idx in enumerate(plan):
-                if should_stop():
-                    break
-                mb = self.buffer.minibatch(idx.flatten())
-                params, values = replay.replay(policy, self.buffer, idx, start_states, mb["obs"], mb["starts"])
-                logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
-                parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
-                                     mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,
-                                     mask=mb["valid"], adv_stats=self.dist.mean_std if self.dist.enabled else None)
-                where = f"iteration {self.iteration + 1}, epoch {epoch + 1}, minibatch {m + 1}"
-                if not torch.isfinite(parts.loss):
-                    raise NumericalError(f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "
-                                         f"value {float(parts.value_loss)}, entropy {float(parts.entropy)}")
-                self.optimizer.zero_grad()
-                parts.loss.backward()
-                self.dist.average_gradients(policy.parameters())
-                norm = nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm)
-                if not torch.isfinite(norm):
-                    bad = [n for n, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-                    raise NumericalError(f"non-finite gradient at {where} in {', '.join(bad)}")
-                self.optimizer.step()
-                for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
-                    totals.setdefault(name, []).append(float(getattr(parts, name)))
-            kl = lambda: self.dist.mean(np.mean(totals["approx_kl"][-(m + 1):]))  # noqa: E731 - agreed by all ranks
-            if t.target_kl is not None and totals and kl() > t.target_kl:
-                break
-            if should_stop():
-                break
-        out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
-        out["losses/explained_variance"] = ppo.explained_variance(self.buffer.values.flatten(), self.buffer.returns.flatten())
-        return out
-
     def log(self, monitor: Monitor, rollout_stats, losses: dict[str, float], sps: float) -> None:
         self.returns.extend(rollout_stats.episode_returns)
         self.success.extend(rollout_stats.success)
@@ -225,7 +165,7 @@ class Trainer:
         scalars["charts/SPS"] = sps
         scalars["perf/env_seconds"] = rollout_stats.env_seconds
         scalars["perf/policy_seconds"] = rollout_stats.seconds - rollout_stats.env_seconds
-        scalars["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        scalars["charts/learning_rate"] = self.learner.optimizer.param_groups[0]["lr"]
         if not rollout_stats.interrupted:  # mean reward per present agent-step of this rollout
             valid = self.buffer.valid
             scalars["charts/reward_per_agent_step"] = float((self.buffer.rewards * valid).sum() / valid.sum().clamp(min=1))
@@ -275,7 +215,7 @@ class Trainer:
         """Checkpoint everything that the next iteration depends on."""
         tensors = {f"store.{k}": v for k, v in self.store.state_dict().items()}
         tensors["rng.sample"] = self.sample_gen.get_state()
-        tensors["rng.shuffle"] = self.shuffle_gen.get_state()
+        tensors["rng.shuffle"] = self.learner.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rollout.obs"] = torch.from_numpy(np.ascontiguousarray(self.rollout.obs))
         tensors["rollout.starts"] = torch.from_numpy(self.rollout.starts.copy())
@@ -295,7 +235,7 @@ class Trainer:
         if self.dist.is_main:
             self.last_checkpoint = save_checkpoint(
                 self.run_dir, self.iteration, model=self.policy.state_dict(), tensors=tensors,
-                optimizer=self.optimizer.state_dict(), meta=meta, config=self.run_cfg,
+                optimizer=self.learner.optimizer.state_dict(), meta=meta, config=self.run_cfg,
                 keep=self.cfg.trainer.keep_checkpoints)
         self.dist.barrier("writing a checkpoint")  # no rank goes on (or resumes) before it is complete
         return self.last_checkpoint
@@ -308,10 +248,10 @@ class Trainer:
         self.dist.check_agree("the checkpoint to resume from", ckpt["path"].name)
         tensors, meta = distributed.rank_view(ckpt["tensors"], ckpt["meta"], self.dist, ckpt["path"])
         self.policy.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.learner.optimizer.load_state_dict(ckpt["optimizer"])
         self.store.load_state_dict({k[len("store."):]: v for k, v in tensors.items() if k.startswith("store.")})
         self.sample_gen.set_state(tensors["rng.sample"])
-        self.shuffle_gen.set_state(tensors["rng.shuffle"])
+        self.learner.generator.set_state(tensors["rng.shuffle"])
         torch.set_rng_state(tensors["rng.torch"])
         self.iteration, self.global_step = meta["iteration"], meta["global_step"]
         self.returns.extend(meta["recent_returns"])

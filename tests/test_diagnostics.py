@@ -22,7 +22,7 @@ SMALL = ["env.num_envs=8", "trainer.batch_size=1024", "trainer.bptt_horizon=16",
 def _collected(extra=()):
     tr = Trainer(load_config(None, SMALL + list(extra)), quiet=True)
     tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
-    tr.compute_advantages()
+    tr.learner.compute_advantages()
     return tr
 
 
@@ -37,7 +37,7 @@ def test_staleness_of_unchanged_policy_is_exactly_zero():
 def test_staleness_grows_with_the_update():
     tr = _collected(["trainer.learning_rate=0.01", "trainer.update_epochs=8"])
     old = copy.deepcopy(tr.policy)
-    tr.learn()
+    tr.learner.learn(1)
     m = diagnostics.staleness(old, tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0))
     # at a segment's first step the stale state acts in full; by its last step an episode end inside the
     # segment may have cut it (KL then 0 up to rounding), so only the first step is asserted to differ
@@ -87,7 +87,7 @@ def test_zero_mode_replays_every_segment_from_zero_state():
 def test_burn_in_steps_contribute_no_loss_and_rebuild_the_start_state():
     tr = _collected(["trainer.burn_in=6"])
     tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)  # a second rollout: its first rows have a tail
-    tr.compute_advantages()
+    tr.learner.compute_advantages()
     b = tr.buffer
     assert b.tail_ready
     idx = torch.arange(b.segments)

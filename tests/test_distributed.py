@@ -68,12 +68,12 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
     ub = union.buffer
 
     def plan(minibatch_segments: int, _generator) -> list[torch.Tensor]:
-        per_shard = [sh.buffer.minibatch_plan(minibatch_segments // WORLD, sh.shuffle_gen) for sh in shards]
+        per_shard = [sh.buffer.minibatch_plan(minibatch_segments // WORLD, sh.learner.generator) for sh in shards]
         return [torch.cat([idx + r * segments for r, idx in enumerate(parts)]) for parts in zip(*per_shard)]
 
     ub.minibatch_plan = plan
     for _ in range(union.num_iterations):
-        union.anneal_learning_rate()
+        union.learner.anneal(union.iteration / union.num_iterations)
         for sh in shards:
             sh.rollout.collect(union.policy, sh.buffer, sh.sample_gen)
         for name in BUFFER_FIELDS:  # agent a of shard r is agent r * A + a of the union: rows stack
@@ -81,8 +81,8 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
         ub.last_value.copy_(torch.cat([sh.buffer.last_value for sh in shards]))
         for i, dst in enumerate(ub.start_state):
             dst.copy_(torch.cat([sh.buffer.start_state[i] for sh in shards], dim=1))
-        union.compute_advantages()
-        union.learn()
+        union.learner.compute_advantages()
+        union.learner.learn(1)
     return union
 
 

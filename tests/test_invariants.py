@@ -159,7 +159,7 @@ def test_gae_over_segments_equals_gae_over_agent_timeline():
     tr = Trainer(cfg, quiet=True)
     b = tr.buffer
     tr.rollout.collect(tr.policy, b, tr.sample_gen)
-    tr.compute_advantages()
+    tr.learner.compute_advantages()
     # with these sizes every agent has 8 rows of 16 steps and episodes straddle row ends
     assert b.rows_per_agent == 8
     g, lam = cfg.trainer.gamma, cfg.trainer.gae_lambda
@@ -179,10 +179,10 @@ def test_every_segment_trains_update_epochs_times():
                              "trainer.minibatch_size=64", f"trainer.update_epochs={epochs}"])
     tr = Trainer(cfg, quiet=True)
     tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
-    tr.compute_advantages()
+    tr.learner.compute_advantages()
     tr.buffer.obs[:, 0, 0] = torch.arange(tr.buffer.segments, dtype=torch.float32) + 100.0  # tag each row
     seen = []
-    real_sequence, real_step = tr.policy.sequence, tr.optimizer.step
+    real_sequence, real_step = tr.policy.sequence, tr.learner.optimizer.step
     steps = []
 
     def spy_sequence(obs, state, resets, **kw):
@@ -190,8 +190,8 @@ def test_every_segment_trains_update_epochs_times():
         return real_sequence(obs, state, resets, **kw)
 
     tr.policy.sequence = spy_sequence
-    tr.optimizer.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))
-    tr.learn()
+    tr.learner.optimizer.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))
+    tr.learner.learn(1)
     assert sorted(seen) == sorted(list(range(tr.buffer.segments)) * epochs)
     assert len(steps) == epochs * tr.buffer.segments // (64 // 16)
     # each epoch is a full pass: the first `segments` replays cover every segment once

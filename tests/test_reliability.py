@@ -17,7 +17,8 @@ import torch
 from carrystate.checkpoint import CheckpointError, _sha256, checkpoints, load_checkpoint, save_checkpoint
 from carrystate.config import load_config
 from carrystate.envs.base import EnvError
-from carrystate.trainer import NumericalError, Trainer
+from carrystate.learner import NumericalError
+from carrystate.trainer import Trainer
 from tests.helpers import ScriptedEnv, collect, make_policy
 
 SMALL = ["env.num_envs=8", "trainer.batch_size=512", "trainer.bptt_horizon=16", "trainer.minibatch_size=128",

@@ -1,0 +1,91 @@
+"""The learner: advantages over each agent's timeline, then `update_epochs` passes that shuffle the segments
+into minibatches; each minibatch is replayed (`replay`), scored by the PPO loss (`ppo`) and followed by one
+optimizer step. Numerical checks stop a run at the first non-finite loss or gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from carrystate import ppo, replay
+from carrystate.buffer import SegmentBuffer
+from carrystate.config import TrainerConfig
+from carrystate.distributed import DistContext
+from carrystate.optim import make_optimizer, set_lr_fraction
+from carrystate.policy import Policy
+
+
+class NumericalError(RuntimeError):
+    """A non-finite loss or gradient: training stops and the last good checkpoint is left as it is."""
+
+
+class Learner:
+    """Owns the optimizer and the minibatch shuffling; trains `policy` on what `buffer` holds."""
+
+    def __init__(self, policy: Policy, buffer: SegmentBuffer, cfg: TrainerConfig, dist: DistContext, seed: int):
+        self.policy, self.buffer, self.cfg, self.dist = policy, buffer, cfg, dist
+        self.optimizer = make_optimizer(policy, cfg)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # minibatch plans
+        self.chain = cfg.chain_length(buffer.rows_per_agent)  # segments per gradient chain
+
+    def anneal(self, fraction_done: float) -> None:
+        """Set the schedules for this point of the run (trainer.anneal_lr: linear decay to zero)."""
+        if self.cfg.anneal_lr:
+            set_lr_fraction(self.optimizer, 1.0 - fraction_done)
+
+    def compute_advantages(self) -> None:
+        """GAE over each agent's whole timeline of the buffer (continuous across segment ends)."""
+        b, t = self.buffer, self.cfg
+        adv, ret = ppo.gae(b.timeline(b.rewards), b.timeline(b.values), b.timeline(b.terminated),
+                           b.timeline(b.truncated), b.timeline(b.final_values), b.last_value, t.gamma, t.gae_lambda)
+        b.timeline(b.advantages)[:] = adv
+        b.timeline(b.returns)[:] = ret
+
+    def learn(self, iteration: int, should_stop=lambda: False) -> dict[str, float]:
+        """`update_epochs` passes; each shuffles all segments into minibatches, one optimizer step each.
+        If `should_stop()` turns true, return after the current optimizer step. `iteration` names the
+        place in error messages."""
+        t, policy, buffer = self.cfg, self.policy, self.buffer
+        mb_segments = t.minibatch_size // t.bptt_horizon
+        totals: dict[str, list[float]] = {}
+        for epoch in range(t.update_epochs):
+            start_states = replay.start_states(t.start_state, policy, buffer)
+            plan = (buffer.minibatch_plan(mb_segments, self.generator) if self.chain == 1
+                    else buffer.chain_plan(self.chain, mb_segments, self.generator))
+            for m, idx in enumerate(plan):
+                if should_stop():
+                    break
+                mb = buffer.minibatch(idx.flatten())
+                params, values = replay.replay(policy, buffer, idx, start_states, mb["obs"], mb["starts"])
+                logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
+                parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
+                                     mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,
+                                     mask=mb["valid"], adv_stats=self.dist.mean_std if self.dist.enabled else None)
+                self._step(parts, f"iteration {iteration}, epoch {epoch + 1}, minibatch {m + 1}")
+                for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
+                    totals.setdefault(name, []).append(float(getattr(parts, name)))
+            if t.target_kl is not None and totals:  # the epoch's mean KL, agreed by all ranks
+                if self.dist.mean(np.mean(totals["approx_kl"][-(m + 1):])) > t.target_kl:
+                    break
+            if should_stop():
+                break
+        out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
+        out["losses/explained_variance"] = ppo.explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        return out
+
+    def _step(self, parts: ppo.LossParts, where: str) -> None:
+        """One optimizer step on `parts.loss`, gradients averaged over ranks and clipped; a non-finite loss
+        or gradient raises NumericalError naming `where` (and the parameters whose gradient is bad)."""
+        policy = self.policy
+        if not torch.isfinite(parts.loss):
+            raise NumericalError(f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "
+                                 f"value {float(parts.value_loss)}, entropy {float(parts.entropy)}")
+        self.optimizer.zero_grad()
+        parts.loss.backward()
+        self.dist.average_gradients(policy.parameters())
+        norm = nn.utils.clip_grad_norm_(policy.parameters(), self.cfg.max_grad_norm)
+        if not torch.isfinite(norm):
+            bad = [n for n, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise NumericalError(f"non-finite gradient at {where} in {', '.join(bad)}")
+        self.optimizer.step()
