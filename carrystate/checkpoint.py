@@ -132,6 +132,4 @@ def config_differences(saved: Config, current: Config) -> list[str]:
         a, b = getattr(saved.env, key), getattr(current.env, key)
         if a != b:
             diffs.append(f"env.{key}: checkpoint {a!r}, this run {b!r}")
-    if saved.env.num_agents != current.env.num_agents:
-        diffs.append(f"agents: checkpoint {saved.env.num_agents}, this run {current.env.num_agents}")
     return diffs

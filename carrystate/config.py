@@ -1,7 +1,8 @@
 """Every setting of a run: pydantic models, YAML loading, `section.key=value` overrides, validation.
 
 Invalid combinations fail here, before any environment or tensor is made, with a message naming the
-setting at fault and what would be valid.
+setting at fault and what would be valid; the few that depend on the number of agents (`check_layout`) are
+checked as soon as the env is built and has counted them.
 """
 
 from __future__ import annotations
@@ -125,23 +126,6 @@ class EnvConfig(_Section):
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds to wait for a worker's answer before stopping with an error (a dead worker is reported as
     soon as it is seen dead)."""
-
-    @property
-    def agents_per_env(self) -> int:
-        """Agents in one copy of the environment: 1 for the built-in, gymnasium and POPGym envs; the
-        configured agents for MettaGrid; `len(possible_agents)` of one PettingZoo env, built once to count."""
-        if self.name == "mettagrid":
-            return self.mettagrid.agents
-        if self.name == "pettingzoo":
-            from carrystate.envs.pettingzoo_adapter import count_agents  # lazy: builds one env
-
-            return count_agents(self.pettingzoo.env, self.pettingzoo.kwargs)
-        return 1
-
-    @property
-    def num_agents(self) -> int:
-        """Agents in the whole batch: the rows of every per-step tensor."""
-        return self.num_envs * self.agents_per_env
 
     @model_validator(mode="after")
     def _check_batches(self) -> "EnvConfig":
@@ -283,32 +267,15 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_sizes(self) -> "Config":
         t = self.trainer
-        agents = self.env.num_agents
         if t.minibatch_size % t.bptt_horizon:
             raise ValueError(
                 f"trainer.minibatch_size={t.minibatch_size} must be a multiple of "
                 f"trainer.bptt_horizon={t.bptt_horizon} (whole segments per minibatch); "
                 f"nearest valid: {_nearest_multiples(t.minibatch_size, t.bptt_horizon)}"
             )
-        rollout_unit = agents * t.bptt_horizon
-        if t.batch_size % rollout_unit:
-            raise ValueError(
-                f"trainer.batch_size={t.batch_size} must be a multiple of agents × trainer.bptt_horizon = "
-                f"{agents} × {t.bptt_horizon} = {rollout_unit} (every agent fills whole segments); "
-                f"nearest valid: {_nearest_multiples(t.batch_size, rollout_unit)}"
-            )
-        rows_per_agent = t.batch_size // rollout_unit
-        chain = t.chain_length(rows_per_agent)
         if t.gradient_horizon not in (None, "episode") and t.gradient_horizon % t.bptt_horizon:
             raise ValueError(f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
                              f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'")
-        if chain > 1 and rows_per_agent % chain:
-            raise ValueError(f"trainer.gradient_horizon={t.gradient_horizon} spans {chain} segments, which must divide "
-                             f"the {rows_per_agent} segments each agent fills per rollout (batch_size / (agents × "
-                             f"bptt_horizon)); raise trainer.batch_size or lower the gradient horizon")
-        if chain > 1 and (t.minibatch_size // t.bptt_horizon) % chain:
-            raise ValueError(f"trainer.minibatch_size={t.minibatch_size} must hold whole chains of {chain} segments "
-                             f"(trainer.gradient_horizon={t.gradient_horizon}): a multiple of {chain * t.bptt_horizon}")
         if t.burn_in >= t.bptt_horizon:
             raise ValueError(f"trainer.burn_in={t.burn_in} must be below trainer.bptt_horizon={t.bptt_horizon}")
         if t.batch_size % t.minibatch_size:
@@ -326,6 +293,28 @@ class Config(_Section):
                 stacklevel=2,
             )
         return self
+
+
+def check_layout(t: TrainerConfig, num_agents: int) -> None:
+    """The checks that need the number of agents, which is known once the env is built (a PettingZoo or
+    MettaGrid env decides it): every agent fills whole segments, and gradient chains fit them. Raises
+    ConfigError naming the setting and the nearest valid values."""
+    rollout_unit = num_agents * t.bptt_horizon
+    if t.batch_size % rollout_unit:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be a multiple of agents × trainer.bptt_horizon = "
+            f"{num_agents} × {t.bptt_horizon} = {rollout_unit} (every agent fills whole segments); "
+            f"nearest valid: {_nearest_multiples(t.batch_size, rollout_unit)}"
+        )
+    rows_per_agent = t.batch_size // rollout_unit
+    chain = t.chain_length(rows_per_agent)
+    if chain > 1 and rows_per_agent % chain:
+        raise ConfigError(f"trainer.gradient_horizon={t.gradient_horizon} spans {chain} segments, which must divide "
+                          f"the {rows_per_agent} segments each agent fills per rollout (batch_size / (agents × "
+                          f"bptt_horizon)); raise trainer.batch_size or lower the gradient horizon")
+    if chain > 1 and (t.minibatch_size // t.bptt_horizon) % chain:
+        raise ConfigError(f"trainer.minibatch_size={t.minibatch_size} must hold whole chains of {chain} segments "
+                          f"(trainer.gradient_horizon={t.gradient_horizon}): a multiple of {chain * t.bptt_horizon}")
 
 
 def _nearest_multiples(value: int, unit: int) -> str:

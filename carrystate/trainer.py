@@ -20,7 +20,7 @@ from torch import nn
 from carrystate import diagnostics, distributed, ppo, replay
 from carrystate.buffer import SegmentBuffer
 from carrystate.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
-from carrystate.config import Config, ConfigError, config_from_dict, dump_config, parse_override
+from carrystate.config import Config, ConfigError, check_layout, config_from_dict, dump_config, parse_override
 from carrystate.envs import make_env
 from carrystate.monitor import Monitor
 from carrystate.learner import Learner
@@ -77,8 +77,11 @@ class Trainer:
             torch.set_num_threads(t.torch_threads)
         torch.manual_seed(seed)
         self.env = make_env(cfg.env, seed=seed)
-        if self.env.num_agents != cfg.env.num_agents:
-            raise ConfigError(f"env has {self.env.num_agents} agents but the config assumed {cfg.env.num_agents}")
+        try:
+            check_layout(t, self.env.num_agents)
+        except ConfigError:
+            self.env.close()
+            raise
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = Policy(cfg.policy, obs_space, act_space).to(self.device)
         self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights

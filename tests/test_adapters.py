@@ -136,8 +136,8 @@ def test_pettingzoo_knights_archers_zombies_from_config():
 
     cfg = load_config(overrides=["env.name=pettingzoo", "env.num_envs=2", "env.pettingzoo.kwargs={max_cycles: 50}",
                                  "trainer.batch_size=128", "trainer.bptt_horizon=16", "trainer.minibatch_size=64"])
-    assert cfg.env.agents_per_env == 4 and cfg.env.num_agents == 8
     env = make_env(cfg.env, seed=0)
+    assert env.agents_per_env == 4 and env.num_agents == 8  # counted by the env, not by the config
     obs = env.reset()
     assert obs.shape == (8, *env.single_observation_space.shape) and obs.dtype == np.float32
     ended = 0
@@ -149,9 +149,12 @@ def test_pettingzoo_knights_archers_zombies_from_config():
     env.close()
 
 
-def test_pettingzoo_config_errors_name_the_setting():
+def test_pettingzoo_env_that_cannot_be_built_names_the_setting():
+    from carrystate.envs import make_env
+
+    cfg = load_config(overrides=["env.name=pettingzoo", "env.pettingzoo.env=no_such_module"])
     with pytest.raises(ConfigError, match="env.pettingzoo.env='no_such_module'"):
-        load_config(overrides=["env.name=pettingzoo", "env.pettingzoo.env=no_such_module"])
+        make_env(cfg.env, seed=0)
 
 
 # ---- POPGym ------------------------------------------------------------------------------------------------
@@ -297,18 +300,23 @@ def test_mettagrid_short_training_run(tmp_path):
         "env.mettagrid.obs_tokens=64", "trainer.batch_size=256", "trainer.bptt_horizon=16",
         "trainer.minibatch_size=128", "trainer.total_timesteps=512", "trainer.update_epochs=1",
         "policy.hidden_size=16", "policy.token_embed_size=8", "policy.encoder_sizes=[16]"])
-    assert cfg.env.num_agents == 8 and cfg.policy.encoder == "token"
+    assert cfg.policy.encoder == "token"
     summary = Trainer(cfg, run_dir=tmp_path / "run", quiet=True).train()
     assert summary is not None
     assert (tmp_path / "run" / "summary.json").exists() or any((tmp_path / "run").iterdir())
 
 
-def test_mettagrid_config_counts_its_agents():
+def test_mettagrid_env_counts_its_agents_and_the_run_checks_the_batch_against_them():
+    from carrystate.envs import make_env
+    from carrystate.trainer import Trainer
+
     cfg = load_config(overrides=["env.name=mettagrid", "env.num_envs=2", "env.mettagrid.agents=24",
                                  "trainer.batch_size=3072", "trainer.bptt_horizon=64", "trainer.minibatch_size=1024"])
-    assert cfg.env.agents_per_env == 24 and cfg.env.num_agents == 48
+    env = make_env(cfg.env, seed=0)
+    assert env.agents_per_env == 24 and env.num_agents == 48
+    env.close()
     with pytest.raises(ConfigError, match="agents × trainer.bptt_horizon = 48 × 64"):
-        load_config(overrides=["env.name=mettagrid", "env.num_envs=2", "trainer.batch_size=8192"])
+        Trainer(load_config(overrides=["env.name=mettagrid", "env.num_envs=2", "trainer.batch_size=8192"]), quiet=True)
 
 
 def test_policy_config_builds_token_encoder():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from carrystate.config import Config, ConfigError, load_config
+from carrystate.config import Config, ConfigError, check_layout, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -19,7 +19,6 @@ def test_overrides_apply_on_top_of_file(tmp_path):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("trainer.batch_size=1000", "trainer.batch_size=1000 must be a multiple of agents × trainer.bptt_horizon = 64 × 64 = 4096"),
     ("trainer.minibatch_size=100", "trainer.minibatch_size=100 must be a multiple of trainer.bptt_horizon=64"),
     ("trainer.minibatch_size=3072", "trainer.batch_size=8192 must be divisible by trainer.minibatch_size=3072"),
     ("trainer.bogus=1", "unknown setting 'trainer.bogus'"),
@@ -34,9 +33,20 @@ def test_invalid_settings_fail_naming_the_setting(override, fragment):
     assert fragment in str(err.value)
 
 
-def test_batch_error_suggests_valid_values():
+def test_batch_that_agents_cannot_fill_fails_when_the_env_has_counted_them():
+    """The agents are counted by the env (not by config validation): a batch they cannot split into whole
+    segments fails as the run is built, naming the setting, the count and the nearest valid sizes."""
+    from carrystate.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="trainer.batch_size=1024 must be a multiple of agents × "
+                                          "trainer.bptt_horizon = 64 × 64 = 4096"):
+        Trainer(load_config(None, ["trainer.batch_size=1024", "trainer.minibatch_size=64"]), quiet=True)
     with pytest.raises(ConfigError, match="nearest valid: 4096 or 8192"):
-        load_config(None, ["trainer.batch_size=5000"])
+        check_layout(load_config(None, ["trainer.batch_size=5120", "trainer.minibatch_size=1024"]).trainer, 64)
+    check_layout(load_config(None, []).trainer, 64)  # the defaults fit
+
+
+def test_batch_error_suggests_valid_values():
     with pytest.raises(ConfigError, match="2048, 4096, 8192"):
         load_config(None, ["trainer.minibatch_size=3072"])
 

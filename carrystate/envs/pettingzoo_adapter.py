@@ -15,12 +15,12 @@ absent from the start of an episode (not in `agents` after reset) are padding un
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
+from carrystate.config import ConfigError
 from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
 
 
@@ -30,32 +30,13 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"env.pettingzoo.env={spec!r}: cannot import {module_name!r} ({err}); "
+        raise ConfigError(f"env.pettingzoo.env={spec!r}: cannot import {module_name!r} ({err}); "
                          "is the package installed (e.g. pip install 'pettingzoo[butterfly]')?") from err
     factory = getattr(module, attr or "parallel_env", None)
     if not callable(factory):
-        raise ValueError(f"env.pettingzoo.env={spec!r}: {module_name} has no callable "
+        raise ConfigError(f"env.pettingzoo.env={spec!r}: {module_name} has no callable "
                          f"{attr or 'parallel_env'!r}; name one as module:callable")
     return factory
-
-
-@lru_cache(maxsize=16)
-def _count_agents(spec: str, kwargs_items: tuple) -> int:
-    env = resolve_factory(spec)(**dict(kwargs_items))
-    try:
-        return len(env.possible_agents)
-    finally:
-        env.close()
-
-
-def count_agents(spec: str, kwargs: dict) -> int:
-    """len(possible_agents) of one env built from the config (cached: the config asks for it often)."""
-    items = tuple(sorted(kwargs.items()))
-    try:
-        hash(items)
-    except TypeError:  # unhashable values (lists, dicts): count without the cache
-        return _count_agents.__wrapped__(spec, items)
-    return _count_agents(spec, items)
 
 
 def _flat_space(space: gym.Space) -> gym.spaces.Box:
