@@ -6,10 +6,11 @@ The public API, for scripts, experiments and benchmarks:
     trainer = carrystate.train("configs/cartpole_novel.yaml", ["trainer.seed=3"])  # trains, returns the Trainer
     trainer.summary, trainer.history, trainer.policy                             # what the run produced
     policy, cfg = carrystate.load("runs/<run>")                                  # a checkpoint's policy and config
+    stats = carrystate.evaluate(policy, cfg, episodes=200)                       # its returns on fresh episodes
 
 `Trainer(cfg)` builds a run without starting it (`trainer.train()` runs it); its public attributes are
-`cfg`, `env`, `policy`, `buffer` (the `SegmentBuffer` of the last rollout), `history` (every iteration's
-logged scalars), `iteration` and `global_step`.
+`cfg`, `env`, `policy`, `buffer` (the `SegmentBuffer` of the last rollout), `learner` (its `optimizer`),
+`history` (every iteration's logged scalars), `iteration`, `num_iterations` and `global_step`.
 """
 
 from __future__ import annotations
@@ -48,9 +49,24 @@ def train(config: "str | Path | Config | None" = None, overrides: list[str] = ()
 def load(path: str | Path, device: str = "cpu") -> "tuple[Policy, Config]":
     """The policy of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint) and
     the config it was trained with."""
-    from carrystate.trainer import load_policy
+    from carrystate.run_state import load_policy
 
     return load_policy(path, device)
+
+
+def evaluate(policy: "Policy", cfg: "Config", episodes: int = 100, *, seed: int = 12345, deterministic: bool = False,
+             num_envs: int | None = None):
+    """`policy` on `episodes` fresh episodes of `cfg`'s env (built with `seed`, `num_envs` copies or as
+    configured, closed after), its state carried and reset exactly as in training. Returns the episodes'
+    `RolloutStats` (episode_returns, episode_lengths, success)."""
+    from carrystate.envs import make_env
+    from carrystate.rollout import evaluate as run
+
+    env = make_env(cfg.env.model_copy(update={"num_envs": num_envs or cfg.env.num_envs}), seed=seed)
+    try:
+        return run(policy, env, episodes, deterministic=deterministic, seed=seed)
+    finally:
+        env.close()
 
 
 def __getattr__(name: str):
@@ -65,4 +81,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'carrystate' has no attribute {name!r}")
 
 
-__all__ = ["train", "load", "Trainer", "Config", "load_config", "__version__"]
+__all__ = ["train", "load", "evaluate", "Trainer", "Config", "load_config", "__version__"]

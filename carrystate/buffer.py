@@ -13,16 +13,38 @@ with `starts[s]` reproduces the rollout exactly.
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
 from carrystate.state import State
 
 
+def action_layout(space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
+    """How one agent's action of `space` is stored: its shape and dtype."""
+    if isinstance(space, gym.spaces.Discrete):
+        return (), torch.long
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return (int(np.prod(space.shape)),), torch.long
+    return tuple(space.shape), torch.float32
+
+
 class SegmentBuffer:
-    def __init__(self, num_agents: int, batch_size: int, horizon: int, obs_shape: tuple[int, ...],
+    @classmethod
+    def for_spaces(cls, num_agents: int, obs_space: gym.Space, action_space: gym.Space, state_template: State, *,
+                   batch_size: int, horizon: int, burn_in: int = 0,
+                   device: torch.device | str = "cpu") -> "SegmentBuffer":
+        """The buffer for agents with these observation and action spaces (observations stored as float32)."""
+        action_shape, action_dtype = action_layout(action_space)
+        return cls(num_agents, batch_size, horizon, obs_shape=tuple(obs_space.shape), obs_dtype=torch.float32,
+                   action_shape=action_shape, action_dtype=action_dtype, state_template=state_template,
+                   device=device, burn_in=burn_in)
+
+    def __init__(self, num_agents: int, batch_size: int, horizon: int, *, obs_shape: tuple[int, ...],
                  obs_dtype: torch.dtype, action_shape: tuple[int, ...], action_dtype: torch.dtype,
                  state_template: State, device: torch.device | str = "cpu", burn_in: int = 0):
+        """`state_template`: a state of batch 1 whose tensors give the layers and width of the start states."""
         if batch_size % (num_agents * horizon):
             raise ValueError(f"batch_size={batch_size} is not a multiple of agents × bptt_horizon = "
                              f"{num_agents} × {horizon}")

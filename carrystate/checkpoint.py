@@ -120,16 +120,3 @@ def load_checkpoint(path: Path) -> dict:
             continue
         return ckpt
     raise CheckpointError("no usable checkpoint:\n  " + "\n  ".join(problems))
-
-
-def config_differences(saved: Config, current: Config) -> list[str]:
-    """Settings that make a checkpoint's weights or carried state unusable in `current`."""
-    diffs = []
-    for section in ("policy",):
-        a, b = getattr(saved, section).model_dump(), getattr(current, section).model_dump()
-        diffs += [f"{section}.{k}: checkpoint {a[k]!r}, this run {b[k]!r}" for k in a if a[k] != b[k]]
-    for key in ("name", "num_envs"):
-        a, b = getattr(saved.env, key), getattr(current.env, key)
-        if a != b:
-            diffs.append(f"env.{key}: checkpoint {a!r}, this run {b!r}")
-    return diffs

@@ -40,9 +40,8 @@ def _train(args: argparse.Namespace) -> int:
         if trainer.dist.is_main:
             print(f"resuming {args.resume} from {trainer.last_checkpoint} "
                   f"(iteration {trainer.iteration}, {trainer.global_step:,} agent-steps)", flush=True)
-        note = getattr(trainer, "resume_note", None)
-        if note and trainer.dist.is_main:
-            print(f"note: {note}", flush=True)
+        if trainer.resume_note and trainer.dist.is_main:
+            print(f"note: {trainer.resume_note}", flush=True)
     else:
         cfg = load_config(config_path, overrides)
         run_dir = default_run_dir(cfg)  # under torchrun, rank 0's is used by all
@@ -56,15 +55,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from carrystate.envs import make_env
-    from carrystate.rollout import evaluate
-    from carrystate.trainer import load_policy
+    import carrystate
 
-    policy, cfg = load_policy(Path(args.checkpoint))
-    env_cfg = cfg.env.model_copy(update={"num_envs": args.num_envs or cfg.env.num_envs})
-    env = make_env(env_cfg, seed=args.seed)
-    stats = evaluate(policy, env, args.episodes, deterministic=args.deterministic, seed=args.seed)
-    env.close()
+    policy, cfg = carrystate.load(Path(args.checkpoint))
+    stats = carrystate.evaluate(policy, cfg, args.episodes, seed=args.seed, deterministic=args.deterministic,
+                                num_envs=args.num_envs)
     r = np.array(stats.episode_returns)
     print(f"{len(r)} episodes: return {r.mean():.3f} ± {r.std():.3f} (min {r.min():.3f}, max {r.max():.3f})")
     if stats.success:
@@ -100,9 +95,9 @@ def _probe(args: argparse.Namespace) -> int:
 
     horizons = [h if h == "episode" else int(h) for h in args.gradient_horizon] if args.gradient_horizon else None
     if horizons is None:
-        from carrystate.trainer import load_policy
+        import carrystate
 
-        _, cfg = load_policy(Path(args.checkpoint))
+        _, cfg = carrystate.load(Path(args.checkpoint))
         horizons = [cfg.trainer.bptt_horizon, "episode"]
     result = probe(Path(args.checkpoint), horizons, args.max_lag, args.seed, args.out)
     T = result["bptt_horizon"]

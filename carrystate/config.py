@@ -361,10 +361,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (env, policy, trainer)")
         data = loaded or {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply each `section.key=value` to the nested dict `data` (in place; returned for chaining)."""
     for item in overrides:
         key_path, value = parse_override(item)
         _apply(data, key_path, value)
-    return config_from_dict(data)
+    return data
 
 
 def config_from_dict(data: dict) -> Config:

@@ -97,7 +97,7 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     from carrystate.envs import make_env
     from carrystate.rollout import Rollout
     from carrystate.state import StateStore
-    from carrystate.trainer import _action_layout, load_policy
+    from carrystate.run_state import load_policy
 
     policy, cfg = load_policy(checkpoint)
     t = cfg.trainer
@@ -105,9 +105,8 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store, seed=seed)
-    shape, dtype = _action_layout(env.single_action_space)
-    buffer = SegmentBuffer(env.num_agents, t.batch_size, t.bptt_horizon, env.single_observation_space.shape,
-                           torch.float32, shape, dtype, policy.initial_state(1))
+    buffer = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
+                                      policy.initial_state(1), batch_size=t.batch_size, horizon=t.bptt_horizon)
     gen = torch.Generator().manual_seed(seed)
     rollout.collect(policy, buffer, gen)  # warm the carried state up first
     rollout.collect(policy, buffer, gen)
@@ -115,7 +114,7 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     max_lag = max_lag or buffer.steps - 1
     curves = {}
     for gh in gradient_horizons:
-        chain = buffer.rows_per_agent if gh == "episode" else int(gh) // t.bptt_horizon
+        chain = t.model_copy(update={"gradient_horizon": gh}).chain_length(buffer.rows_per_agent)
         if chain < 1 or buffer.rows_per_agent % chain:
             raise ValueError(f"gradient horizon {gh} does not fit {buffer.rows_per_agent} segments of "
                              f"{t.bptt_horizon} steps per agent")

@@ -37,7 +37,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from carrystate.checkpoint import CheckpointError
 from carrystate.config import Config, ConfigError, config_from_dict
 
 
@@ -317,27 +316,3 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def rank_view(tensors: dict[str, Tensor], meta: dict, ctx: DistContext, path) -> tuple[dict[str, Tensor], dict]:
-    """This rank's carried state out of a checkpoint: the whole checkpoint of a single-process run, or the
-    `rank<r>.` tensors and `env_state[r]` of one written by several ranks. Refuses a different rank count."""
-    saved = meta.get("world_size", 1)
-    if saved != ctx.world_size:
-        raise CheckpointError(
-            f"checkpoint {path} holds the carried state of {saved} rank(s) but this run has {ctx.world_size}; "
-            f"resume it with {saved} process(es) in all (e.g. torchrun --standalone --nproc-per-node {saved} "
-            f"-m carrystate.cli train --resume RUN_DIR)")
-    if saved == 1:
-        return tensors, meta
-    prefix = f"rank{ctx.rank}."
-    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    return mine, {**meta, "env_state": meta["env_state"][ctx.rank]}
-
-
-def merge_rank_states(states: list[tuple[dict[str, Tensor], dict]]) -> tuple[dict[str, Tensor], dict]:
-    """One checkpoint's tensors and meta from every rank's (tensors, meta): tensors prefixed `rank<r>.`, the
-    per-rank `env_state` as a list, everything else from rank 0 (the counters are global)."""
-    tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(states) for k, v in t.items()}
-    meta = {**states[0][1], "world_size": len(states), "env_state": [m["env_state"] for _, m in states]}
-    return tensors, meta

@@ -1,31 +1,90 @@
-"""Progress reporting: TensorBoard scalars (CleanRL's metric names), a live console line, a final summary."""
+"""Progress reporting: every iteration's scalars (CleanRL's metric names) to TensorBoard and the run's
+history, a live console line, the recent episodes' results, and the run's final `Summary`."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 
-class Monitor:
-    def __init__(self, log_dir, total_steps: int, quiet: bool = False):
-        from torch.utils.tensorboard import SummaryWriter
+@dataclass
+class Summary:
+    iterations: int
+    global_step: int
+    mean_return: float
+    success_rate: float | None
+    sps: float
+    wall_time: float
+    run_dir: Path | None
+    checkpoint: Path | None
+    interrupted: str | None = None  # the signal's name when a signal stopped the run
 
-        self.writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
+    def text(self) -> str:
+        lines = [f"stopped by {self.interrupted}: checkpoint written, resume with "
+                 f"`carrystate train --resume {self.run_dir}`"] if self.interrupted else []
+        lines += [f"trained {self.global_step:,} agent-steps in {self.iterations} iterations, "
+                  f"{self.wall_time:.0f}s ({self.sps:,.0f} SPS)",
+                  f"final mean episode return (last 200 episodes): {self.mean_return:.3f}"]
+        if self.success_rate is not None:
+            lines.append(f"final success rate (last 200 episodes): {self.success_rate:.1%}")
+        if self.run_dir is not None:
+            lines.append(f"logs: {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
+        if self.checkpoint is not None:
+            lines.append(f"checkpoint: {self.checkpoint}  (carrystate eval {self.checkpoint})")
+        return "\n".join(lines)
+
+
+class Monitor:
+    def __init__(self, total_steps: int, quiet: bool = False):
         self.console = Console(stderr=False, highlight=False)
         self.live = self.console.is_terminal and not quiet
         self.quiet = quiet
         self.total = total_steps
-        self.start = time.perf_counter()
+        self.writer = None
         self.last_print = 0.0
+        self.returns: deque[float] = deque(maxlen=200)  # the last 200 episodes, for progress and summary
+        self.success: deque[float] = deque(maxlen=200)
+        self.history: list[dict[str, float]] = []  # every iteration's logged scalars, for experiments
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
+    def open(self, log_dir: Path | None) -> None:
+        """Start writing TensorBoard events to `log_dir` (None: no events)."""
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+
+    def record(self, step: int, stats, losses: dict[str, float], sps: float, learning_rate: float, buffer=None,
+               write: bool = True) -> None:
+        """One iteration: `stats` of its rollout, the learner's `losses`, and (when the rollout completed) the
+        `buffer` it filled. `write`: also to TensorBoard (not for an iteration a signal cut short)."""
+        self.returns.extend(stats.episode_returns)
+        self.success.extend(stats.success)
+        scalars = dict(losses)
+        scalars["charts/SPS"] = sps
+        scalars["perf/env_seconds"] = stats.env_seconds
+        scalars["perf/policy_seconds"] = stats.seconds - stats.env_seconds
+        scalars["charts/learning_rate"] = learning_rate
+        if buffer is not None:  # mean reward per present agent-step of this rollout
+            valid = buffer.valid
+            scalars["charts/reward_per_agent_step"] = float((buffer.rewards * valid).sum() / valid.sum().clamp(min=1))
+        if stats.episode_returns:
+            scalars["charts/episodic_return"] = float(np.mean(stats.episode_returns))
+            scalars["charts/episodic_length"] = float(np.mean(stats.episode_lengths))
+        if stats.success:
+            scalars["charts/success_rate"] = float(np.mean(stats.success))
+        self.history.append({"step": step, **scalars})
+        if write and self.writer is not None:
+            for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
+        self.progress(step, sps, scalars)
 
-    def progress(self, step: int, sps: float, losses: dict[str, float], returns, success) -> None:
+    def progress(self, step: int, sps: float, values: dict[str, float]) -> None:
         if self.quiet:
             return
         now = time.perf_counter()
@@ -33,12 +92,13 @@ class Monitor:
             return
         self.last_print = now
         left = (self.total - step) / sps if sps > 0 else float("nan")
+        returns, success = self.returns, self.success
         ret = f"{sum(returns) / len(returns):7.3f}" if returns else "    n/a"
         succ = f" success {sum(success) / len(success):5.1%}" if success else ""
         line = (f"step {step:>9,}/{self.total:,}  SPS {sps:7,.0f}  return {ret}{succ}  "
-                f"pg {losses.get('losses/policy_loss', 0):+.3f}  v {losses.get('losses/value_loss', 0):.3f}  "
-                f"ent {losses.get('losses/entropy', 0):.3f}  kl {losses.get('losses/approx_kl', 0):.4f}  "
-                f"{self._split(losses)}left {left:5.0f}s")
+                f"pg {values.get('losses/policy_loss', 0):+.3f}  v {values.get('losses/value_loss', 0):.3f}  "
+                f"ent {values.get('losses/entropy', 0):.3f}  kl {values.get('losses/approx_kl', 0):.4f}  "
+                f"{self._split(values)}left {left:5.0f}s")
         if self.live:
             sys.stdout.write("\r" + line + "\x1b[K")
             sys.stdout.flush()
@@ -60,3 +120,12 @@ class Monitor:
             sys.stdout.write("\n")
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+
+    def summary(self, iterations: int, global_step: int, steps: int, wall: float, run_dir: Path | None,
+                checkpoint: Path | None, interrupted: str | None) -> Summary:
+        """The run's summary: `steps` agent-steps of this call took `wall` seconds."""
+        returns, success = list(self.returns), list(self.success)
+        return Summary(iterations, global_step, float(np.mean(returns)) if returns else float("nan"),
+                       float(np.mean(success)) if success else None, steps / max(wall, 1e-9), wall, run_dir,
+                       checkpoint, interrupted)

@@ -64,8 +64,8 @@ def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 
     gen = torch.Generator().manual_seed(seed)
     buffers = []
     for _ in range(rollouts):
-        buf = SegmentBuffer(env.num_agents, batch_size, horizon, env.single_observation_space.shape, torch.float32,
-                            (), torch.long, policy.initial_state(1))
+        buf = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
+                                       policy.initial_state(1), batch_size=batch_size, horizon=horizon)
         rollout.collect(policy, buf, gen)
         buffers.append(buf)
     return rollout, store, buffers

@@ -104,7 +104,8 @@ def test_dropped_agent_state_is_zeroed_exactly_when_its_next_episode_starts():
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store)
     steps, horizon = 16, 8
-    buf = SegmentBuffer(6, 6 * steps, horizon, (4,), torch.float32, (), torch.long, policy.initial_state(1))
+    buf = SegmentBuffer.for_spaces(6, env.single_observation_space, env.single_action_space, policy.initial_state(1),
+                                   batch_size=6 * steps, horizon=horizon)
     rollout.collect(policy, buf, torch.Generator().manual_seed(0))
     obs, values = buf.timeline(buf.obs), buf.timeline(buf.values)  # [agents, steps, ...]
     for row, agent in enumerate(["a", "b", "c"] * 2):

@@ -46,9 +46,13 @@ def test_tensorboard_uses_standard_metric_names(tmp_path, monkeypatch):
             "losses/explained_variance", "losses/policy_loss", "losses/value_loss", "losses/entropy"} <= tags
 
 
-def test_bad_override_exits_2_with_message(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("override, message", [
+    ("trainer.batch_size=100", "trainer.batch_size=100 must be divisible by trainer.minibatch_size=2048"),
+    ("trainer.batch_size=2048", "trainer.batch_size=2048 must be a multiple of agents × trainer.bptt_horizon"),
+])
+def test_bad_override_exits_2_with_message(tmp_path, monkeypatch, capsys, override, message):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "trainer.batch_size=100"]) == 2
+    assert main(["train", override]) == 2
     err = capsys.readouterr().err
-    assert "trainer.batch_size=100 must be a multiple" in err
+    assert message in err
     assert not (tmp_path / "runs").exists(), "no work before validation"

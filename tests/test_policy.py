@@ -134,7 +134,8 @@ def test_replay_matches_rollout_for_other_action_spaces(space):
     store = StateStore(2, 1, 8)
     rollout = Rollout(env, store)
     shape, dtype = ((2,), torch.long) if isinstance(space, gym.spaces.MultiDiscrete) else ((3,), torch.float32)
-    buf = SegmentBuffer(2, 32, 8, (3,), torch.float32, shape, dtype, policy.initial_state(1))
+    buf = SegmentBuffer(2, 32, 8, obs_shape=(3,), obs_dtype=torch.float32, action_shape=shape, action_dtype=dtype,
+                        state_template=policy.initial_state(1))
     rollout.collect(policy, buf, torch.Generator().manual_seed(0))
     with torch.no_grad():
         params, values, _ = policy.sequence(buf.obs, buf.start_state, buf.starts)

@@ -245,8 +245,8 @@ def test_signal_during_a_checkpoint_write_still_leaves_a_checkpoint_marked_inter
 
     def save_then_signal(self):  # the signal lands after this save took its meta, before the loop checks
         path = save(self)
-        if self.iteration == 2 and self.stop_signal is None:
-            self.stop_signal = "SIGTERM"
+        if self.iteration == 2 and self.stop.signal is None:
+            self.stop.signal = "SIGTERM"
         return path
     monkeypatch.setattr(Trainer, "save", save_then_signal)
     summary = tr.train()

@@ -82,8 +82,8 @@ def _rollout(env, double_buffer: bool, steps=24, horizon=8, seed=0):
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store, seed=5, double_buffer=double_buffer)
-    buf = SegmentBuffer(env.num_agents, env.num_agents * steps, horizon, (4,), torch.float32, (), torch.long,
-                        policy.initial_state(1))
+    buf = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
+                                   policy.initial_state(1), batch_size=env.num_agents * steps, horizon=horizon)
     stats = rollout.collect(policy, buf, torch.Generator().manual_seed(seed))
     return policy, store, buf, stats
 
@@ -145,8 +145,8 @@ def _rollout_env(env, policy):
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store)
-    buf = SegmentBuffer(env.num_agents, env.num_agents * 16, 16, (4,), torch.float32, (), torch.long,
-                        policy.initial_state(1))
+    buf = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
+                                   policy.initial_state(1), batch_size=env.num_agents * 16, horizon=16)
     return rollout, store, buf, rollout.collect(policy, buf, torch.Generator().manual_seed(0))
 
 
