@@ -3,46 +3,34 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import carrystate
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from carrystate.config import load_config  # noqa: E402
-from carrystate.envs import make_env  # noqa: E402
-from carrystate.rollout import evaluate  # noqa: E402
-from carrystate.trainer import Trainer  # noqa: E402
-
 RESULTS = ROOT / "experiments" / "results"
 
 
 def train(config: str | None, overrides: list[str], episodes: int = 300) -> dict:
     """Train, then evaluate the final policy on fresh episodes; returns history, score and timing."""
     torch.set_num_threads(1)
-    cfg = load_config(ROOT / config if config else None, overrides)
-    tr = Trainer(cfg, quiet=True)
     t0 = time.perf_counter()
-    summary = tr.train()
+    tr = carrystate.train(ROOT / config if config else None, overrides)
     wall = time.perf_counter() - t0
-    stats = fresh_episodes(tr.policy, cfg, 10_000 + cfg.trainer.seed, episodes)
-    return {"overrides": overrides, "config": config, "steps": summary.global_step, "wall_s": wall, "sps": summary.sps,
-            "eval_return": float(np.mean(stats.episode_returns)),
+    stats = fresh_episodes(tr.policy, tr.cfg, 10_000 + tr.cfg.trainer.seed, episodes)
+    return {"overrides": overrides, "config": config, "steps": tr.summary.global_step, "wall_s": wall,
+            "sps": tr.summary.sps, "eval_return": float(np.mean(stats.episode_returns)),
             "eval_success": float(np.mean(stats.success)) if stats.success else None,
             "history": tr.history, "trainer": tr}
 
 
 def fresh_episodes(policy, cfg, seed: int, episodes: int):
-    """`policy` run on `episodes` fresh episodes of `cfg`'s env, seeded `seed` (the env is closed after)."""
-    env = make_env(cfg.env, seed=seed)
-    try:
-        return evaluate(policy, env, episodes=episodes, seed=seed)
-    finally:
-        env.close()
+    """`policy` run on `episodes` fresh episodes of `cfg`'s env, seeded `seed`."""
+    return carrystate.evaluate(policy, cfg, episodes, seed=seed)
 
 
 def load(name: str, default=None):

@@ -15,8 +15,7 @@ import torch
 
 from common import ROOT, fresh_episodes, save
 
-from carrystate.config import load_config
-from carrystate.trainer import Trainer
+import carrystate
 
 KEYS = ("charts/reward_per_agent_step", "charts/episodic_return", "charts/SPS", "perf/env_seconds",
         "perf/policy_seconds", "perf/learn_seconds")
@@ -36,9 +35,9 @@ def main():
     torch.set_num_threads(1)
     rows = []
     for seed in a.seeds:
-        cfg = load_config(ROOT / "configs/mettagrid_arena.yaml",
+        cfg = carrystate.load_config(ROOT / "configs/mettagrid_arena.yaml",
                           [f"trainer.seed={seed}", f"trainer.total_timesteps={a.steps}", "diagnostics.staleness_segments=0"])
-        tr = Trainer(cfg, quiet=True)
+        tr = carrystate.Trainer(cfg, quiet=True)
         agents = cfg.env.num_envs * cfg.env.mettagrid.agents
         row = {"seed": seed, "agents": agents, "untrained_return": score(tr.policy, cfg, 10_000 + seed, agents)}
         print(row, flush=True)

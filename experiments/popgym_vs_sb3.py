@@ -18,7 +18,7 @@ import torch
 
 from common import ROOT, load, returns_curve, save, sb3_batch_returns, train
 
-from carrystate.config import load_config
+import carrystate
 
 ENVS = ("RepeatPreviousEasy", "RepeatPreviousMedium", "RepeatFirstMedium", "PositionOnlyCartPoleEasy")
 CONFIG = "configs/popgym.yaml"
@@ -35,7 +35,7 @@ def random_run(env_id: str, steps: int, seed: int) -> dict:
     maximum over hundreds of noisy batch means lies above the random policy's mean return)."""
     from carrystate.envs import make_env
 
-    cfg = load_config(ROOT / CONFIG, [f"env.popgym.id={env_id}"])
+    cfg = carrystate.load_config(ROOT / CONFIG, [f"env.popgym.id={env_id}"])
     env = make_env(cfg.env, seed=seed)
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -58,7 +58,7 @@ def sb3_run(env_id: str, steps: int, seed: int) -> dict:
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    cfg = load_config(ROOT / CONFIG)
+    cfg = carrystate.load_config(ROOT / CONFIG)
     t, n_envs = cfg.trainer, cfg.env.num_envs
     cls = next(c for c in popgym.envs.ALL if c.__name__ == env_id)
     torch.set_num_threads(1)
