@@ -125,6 +125,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_kernels(args: argparse.Namespace) -> int:
+    import os
+
+    from carrystate.policy import kernels
+
+    path = kernels.build("cpu", "lstm")
+    if path is None:
+        print("CPU kernels not built (CARRYSTATE_NO_CPP=1, or the build failed as warned above): the torch-op loop runs")
+        return 0 if os.environ.get("CARRYSTATE_NO_CPP") == "1" else 1
+    print(f"CPU kernels: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carrystate", description="Recurrent PPO with exact, carried LSTM/GRU state.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default="BENCHMARKS.md", help="report to write (default BENCHMARKS.md)")
     p.add_argument("--report-only", action="store_true", help="only render the report from saved results")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("build-kernels", help="compile the CPU kernels now (else the first training run does)",
+                       description="Compile the C++ kernels of the CPU scan unroll and rollout step for this machine "
+                                   "(about 30 s, cached by torch) and print where the library lies.")
+    p.set_defaults(func=_build_kernels)
     p = sub.add_parser("config", help="list every setting with its documentation, or print a resolved config",
                        description="Without options: every setting, its default and documentation.")
     p.add_argument("--show", metavar="CONFIG", help="print the full resolved YAML of CONFIG ('-' for defaults)")

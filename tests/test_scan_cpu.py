@@ -1,14 +1,18 @@
-"""The scan unroll's C++ kernels (scan_cpu.cpp) against its torch-op loop and the step-by-step reference:
-outputs, end state and every gradient, on random reset patterns."""
+"""The C++ kernels (kernels/scan_cpu.cpp) against the scan's torch-op loop and the step-by-step reference:
+outputs, end state and every gradient, on random reset patterns; and their explicit build."""
+
+import os
+import warnings
 
 import pytest
 import torch
 
-from carrystate.policy import scan
+from carrystate.policy import kernels, scan
+from carrystate.policy.kernels import cpu
 from carrystate.policy.core import RecurrentCore
 from tests.helpers import outputs_and_gradients
 
-needs_kernels = pytest.mark.skipif(scan.cpu_kernels() is None, reason="the C++ scan kernel did not build here")
+needs_kernels = pytest.mark.skipif(cpu.build() is None, reason="the C++ scan kernel did not build here")
 
 
 def _run(core, x, state, resets, recurrence):
@@ -31,8 +35,8 @@ def test_cpp_scan_equals_torch_op_scan_and_step_loop(rows, steps, hidden, layers
     resets = torch.rand(rows, steps) < density
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows))
     reference = _run(core, x, state, resets, None)                  # core.impl = loop: nn.LSTM step by step
-    ops = _run(core, x, state, resets, scan._LSTMScan)              # the torch-op loop
-    cpp = _run(core, x, state, resets, scan._LSTMScanCPU)           # the C++ kernels
+    ops = _run(core, x, state, resets, scan.LSTMScan)              # the torch-op loop
+    cpp = _run(core, x, state, resets, cpu.LSTMScanCPU)           # the C++ kernels
     for ref, a, b in zip(reference, ops, cpp):
         torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b, ref, atol=1e-5, rtol=1e-5)
@@ -49,17 +53,17 @@ def test_scan_uses_cpp_kernels_for_float32_on_cpu_and_torch_ops_otherwise(monkey
             used.append(cls.__name__)
             return original(*args)
         monkeypatch.setattr(cls, "apply", apply)
-    spy(scan._LSTMScan)
-    spy(scan._LSTMScanCPU)
+    spy(scan.LSTMScan)
+    spy(cpu.LSTMScanCPU)
     core = RecurrentCore("lstm", 3, 5, 1, "scan")
     x, resets = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
     core.sequence(x, core.initial_state(2), resets)
     core.double()
     core.sequence(x.double(), tuple(s.double() for s in core.initial_state(2)), resets)
-    monkeypatch.setattr(scan, "_CPU", False)  # as when the build failed
+    monkeypatch.setattr(cpu, "_module", False)  # as when the build failed
     core.float()
     core.sequence(x, core.initial_state(2), resets)
-    assert used == ["_LSTMScanCPU", "_LSTMScan", "_LSTMScan"]
+    assert used == ["LSTMScanCPU", "LSTMScan", "LSTMScan"]
 
 
 @needs_kernels
@@ -73,8 +77,8 @@ def test_cpp_scan_stays_finite_and_exact_for_saturating_gates():
     x = torch.randn(6, 5, 4, requires_grad=True)
     resets = torch.rand(6, 5) < 0.3
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(6))
-    ops = _run(core, x, state, resets, scan._LSTMScan)
-    cpp = _run(core, x, state, resets, scan._LSTMScanCPU)
+    ops = _run(core, x, state, resets, scan.LSTMScan)
+    cpp = _run(core, x, state, resets, cpu.LSTMScanCPU)
     for a, b in zip(ops, cpp):
         assert torch.isfinite(b).all()
         # float rounding of pre-activations in the hundreds: 1e-5 of each tensor's scale
@@ -93,7 +97,7 @@ def test_cpp_rollout_step_equals_nn_lstm_one_step(rows, hidden, layers):
     state[1][:, ::3] = 0
     with torch.no_grad():
         y_ref, (h_ref, c_ref) = core.rnn(x.unsqueeze(1), state)
-        y, (h, c) = scan.lstm_step(core.rnn, x, state)
+        y, (h, c) = cpu.lstm_step(core.rnn, x, state)
     for a, ref in ((y, y_ref.squeeze(1)), (h, h_ref), (c, c_ref)):
         torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
 
@@ -103,7 +107,7 @@ def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeyp
     """Under no_grad (the rollout) core.step runs the C++ step; with grad enabled it must keep autograd, so
     it runs nn.LSTM, and the two agree."""
     core = RecurrentCore("lstm", 3, 5, 1, "scan")
-    calls, kernels = [], scan._CPU
+    calls, kernels = [], cpu._module
 
     class Spy:  # the compiled module's attributes are read-only: stand in for the module
         def __getattr__(self, name):
@@ -112,7 +116,7 @@ def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeyp
         def step(self, *args):
             calls.append(1)
             return kernels.step(*args)
-    monkeypatch.setattr(scan, "_CPU", Spy())
+    monkeypatch.setattr(cpu, "_module", Spy())
     x, state = torch.randn(4, 3), core.initial_state(4)
     with torch.no_grad():
         y_fast, _ = core.step(x, state)
@@ -120,3 +124,63 @@ def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeyp
     y_grad, _ = core.step(x, state)
     assert calls == [1] and y_grad.requires_grad
     torch.testing.assert_close(y_fast, y_grad.detach(), atol=1e-6, rtol=1e-6)
+
+
+def _failing_load(*args, **kwargs):
+    raise AssertionError("compiled outside the explicit build")
+
+
+def _no_compiler(*args, **kwargs):
+    raise OSError("no compiler")
+
+
+@needs_kernels
+def test_explicit_build_leaves_nothing_to_compile_for_the_rollout_or_the_learner(monkeypatch):
+    """After `kernels.build` (the trainer calls it while wiring), the rollout step and the scan unroll use the
+    kernels without calling the compiler."""
+    path = kernels.build("cpu", "lstm")
+    assert path is not None and path.exists()
+    monkeypatch.setattr("torch.utils.cpp_extension.load", _failing_load)
+    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    x, resets = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        core.step(x[:, 0], core.initial_state(2))
+    core.sequence(x, core.initial_state(2), resets)
+
+
+@needs_kernels
+def test_kernel_build_leaves_path_as_it_was(monkeypatch):
+    monkeypatch.setattr(cpu, "_module", None)  # as in a fresh process (the library is then loaded from the cache)
+    before = os.environ.get("PATH")
+    assert cpu.build() is not None
+    assert os.environ.get("PATH") == before
+
+
+def test_failed_kernel_build_warns_falls_back_and_leaves_path_as_it_was(monkeypatch):
+    monkeypatch.setattr(cpu, "_module", None)
+    monkeypatch.delenv("CARRYSTATE_NO_CPP", raising=False)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", _no_compiler)
+    before = os.environ.get("PATH")
+    with pytest.warns(UserWarning, match="did not build .*no compiler.*torch-op loop"):
+        assert cpu.build() is None
+    assert os.environ.get("PATH") == before
+    assert cpu.get() is None and kernels.build("cpu", "lstm") is None  # tried once per process
+    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    y, _ = core.sequence(torch.randn(2, 4, 3), core.initial_state(2), torch.zeros(2, 4, dtype=torch.bool))
+    assert torch.isfinite(y).all()
+
+
+def test_no_cpp_setting_skips_the_kernel_build(monkeypatch):
+    monkeypatch.setattr(cpu, "_module", None)
+    monkeypatch.setenv("CARRYSTATE_NO_CPP", "1")
+    monkeypatch.setattr("torch.utils.cpp_extension.load", _failing_load)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu.build() is None
+
+
+def test_kernel_build_is_skipped_where_no_kernel_is_used(monkeypatch):
+    monkeypatch.setattr(cpu, "build", lambda: pytest.fail("built for a core or device that does not use it"))
+    assert kernels.build("cpu", "gru") is None
+    assert kernels.build("cpu", "none") is None
+    assert kernels.build("cuda", "lstm") is None

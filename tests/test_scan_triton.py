@@ -4,12 +4,12 @@ reference: outputs, end state and every gradient, on random reset patterns."""
 import pytest
 import torch
 
-from carrystate.policy import scan_triton
+from carrystate.policy.kernels import triton_scan
 from carrystate.policy.core import RecurrentCore
 from tests.helpers import outputs_and_gradients
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_WHY = scan_triton.why_unavailable(DEVICE, 16)
+_WHY = triton_scan.why_unavailable(DEVICE, 16)
 needs_triton = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 
 
@@ -41,6 +41,6 @@ def test_triton_unroll_refuses_what_it_cannot_run_with_a_clear_error():
         RecurrentCore("gru", 4, 16, 1, "triton")
     core = RecurrentCore("lstm", 4, 6, 1, "triton")
     x, resets = torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool)
-    why = "power of two" if scan_triton.triton is not None and DEVICE.type == "cpu" else ""
+    why = "power of two" if triton_scan.triton is not None and DEVICE.type == "cpu" else ""
     with pytest.raises(ValueError, match=f"sequence_impl=triton cannot run here: .*{why}"):
         core.sequence(x, core.initial_state(2), resets)

@@ -13,7 +13,7 @@ import time
 import torch
 
 from carrystate.config import load_config
-from carrystate.policy import scan_triton
+from carrystate.policy.kernels import triton_scan
 from carrystate.policy.core import RecurrentCore
 from carrystate.trainer import Trainer
 
@@ -69,7 +69,7 @@ def train(impl: str, steps: int = 327680):
 def main() -> int:
     assert torch.cuda.is_available(), "no CUDA device"
     ok = True
-    has_triton = scan_triton.available(torch.device("cuda"), 128)
+    has_triton = triton_scan.available(torch.device("cuda"), 128)
     if has_triton:
         torch.backends.cudnn.allow_tf32 = False  # the reference is fp32
         try:
@@ -80,7 +80,7 @@ def main() -> int:
             ok, has_triton = False, False
         torch.backends.cudnn.allow_tf32 = True
     else:
-        print("triton unroll unavailable:", scan_triton.why_unavailable(torch.device("cuda"), 128), flush=True)
+        print("triton unroll unavailable:", triton_scan.why_unavailable(torch.device("cuda"), 128), flush=True)
     train("bucketed")  # warms up CUDA and cuDNN for the timed pair below
     train("bucketed")
     tr = train("auto" if has_triton else "bucketed")

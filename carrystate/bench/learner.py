@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from carrystate.policy import scan_triton
+from carrystate.policy.kernels import triton_scan
 from carrystate.policy.core import RecurrentCore
 
 
@@ -122,7 +122,7 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
             trl = _torchrl_step(hidden, device) if "torchrl" in impls else None
             row = {"hidden": hidden, "horizon": T, "rows": rows, "resets": int(resets.sum())}
             skip = {"torchrl": trl is None, "loop_graphed": device.type != "cuda",
-                    "triton": not scan_triton.available(device, hidden)}
+                    "triton": not triton_scan.available(device, hidden)}
             for impl in [i for i in impls if not skip.get(i, False)]:
                 try:
                     fn = _graphed_loop(core, x, state, resets) if impl == "loop_graphed" else run(impl)
@@ -138,7 +138,7 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
 def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
     """Time the triton unroll's launch configurations (rows per program, tile widths, warps) for each hidden size
     over `rows_list` with `bench_learner`; keeps, per hidden size, the one with the least summed time relative
-    to each shape's best in `scan_triton.CONFIG`, and returns every measurement."""
+    to each shape's best in `triton_scan.CONFIG`, and returns every measurement."""
     configs = configs or [dict(block_b=b, block_n=n, block_k=n, num_warps=w)
                           for b, n, w in [(16, 64, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (16, 128, 8)]]
     table = []
@@ -147,7 +147,7 @@ def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
         for rows in rows_list:
             times = {}
             for i, cfg in enumerate(configs):
-                scan_triton.CONFIG[hidden] = cfg
+                triton_scan.CONFIG[hidden] = cfg
                 row = bench_learner(device, [hidden], [horizon], rows, repeats, impls=["triton"])[0]
                 if row.get("triton") is not None:
                     times[i] = row["triton"]
@@ -158,11 +158,11 @@ def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
                 table.append({"hidden": hidden, "horizon": horizon, "rows": rows, **configs[i], "ms": ms})
                 print(f"tune h{hidden} T{horizon} B{rows} {configs[i]}: " + (f"{ms:.3f} ms ({ms / best:.2f}x best)" if ms and best else "failed"), flush=True)
         if min(scores.values()) < float("inf"):
-            scan_triton.CONFIG[hidden] = configs[min(scores, key=scores.get)]
+            triton_scan.CONFIG[hidden] = configs[min(scores, key=scores.get)]
         else:
-            scan_triton.CONFIG.pop(hidden, None)
-    print("triton config chosen:", scan_triton.CONFIG, flush=True)
-    return {"configs": table, "chosen": {str(k): v for k, v in scan_triton.CONFIG.items()}}
+            triton_scan.CONFIG.pop(hidden, None)
+    print("triton config chosen:", triton_scan.CONFIG, flush=True)
+    return {"configs": table, "chosen": {str(k): v for k, v in triton_scan.CONFIG.items()}}
 
 
 def activation_bytes(fn) -> int:
@@ -259,7 +259,7 @@ def main():
             "cudnn_tf32": torch.backends.cudnn.allow_tf32}
     print(info, flush=True)
     out = {"info": info, "learner": []}
-    if a.tune_triton and scan_triton.available(device, 128):
+    if a.tune_triton and triton_scan.available(device, 128):
         out["triton_tuning"] = tune_triton(device, a.hidden, a.rows, a.repeats)
         _save(out, a.json)
     if a.memory:  # first: a failed CUDA-graph capture below can leave the device's RNG unusable

@@ -94,7 +94,7 @@ def write(markdown: Path, results: Path) -> None:
     if cpu and cpu.get("rollout_step"):
         lines += ["## Rollout step: one recurrent step for every agent", "",
                   f"{cpu['info']['device']}, no gradient. `RecurrentCore.step` (on the CPU the C++ step of "
-                  "`policy/scan_cpu.cpp`: the input and recurrent GEMMs and one fused elementwise pass, the scan's "
+                  "`policy/kernels/scan_cpu.cpp`: the input and recurrent GEMMs and one fused elementwise pass, the scan's "
                   "math) against `nn.LSTM` called with T=1; time per step, median over repeats of 50 carried steps.", "",
                   "| agents | hidden | nn.LSTM T=1 µs | step µs | step / nn.LSTM |", "|---|---|---|---|---|"]
         lines += [f"| {r['agents']} | {r['hidden']} | {r['nn_lstm_us']:.1f} | {r['step_us']:.1f} | "
@@ -136,7 +136,7 @@ def write(markdown: Path, results: Path) -> None:
     lines += ["", "### What stands in the way", "",
               "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.79–1.16× the leaky fused call over "
               "five bench runs on 2026-11-26): "
-              "its loops are C++ (`policy/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
+              "its loops are C++ (`policy/kernels/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
               "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
               "1.18–1.39× in an earlier bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
               "it is 1.03–1.13× fused in four of five runs of the learner bench (one gave 1.43×) where the op loop was "
@@ -188,7 +188,7 @@ def write(markdown: Path, results: Path) -> None:
               "resets at these small minibatches and ~0.5 ms per minibatch for the PPO loss and the categorical "
               "log-probabilities (about 60 small ops forward and backward; `log_softmax` over 2 actions alone is "
               "0.1 ms). The staleness diagnostic adds ~7 ms per iteration (four replays of 16 segments).",
-              "- Rollout step: on the CPU `RecurrentCore.step` runs the C++ step (`policy/scan_cpu.cpp`: per layer "
+              "- Rollout step: on the CPU `RecurrentCore.step` runs the C++ step (`policy/kernels/scan_cpu.cpp`: per layer "
               "the input GEMM with both biases, the recurrent GEMM in place and one fused elementwise pass, all "
               "layers in one call; the scan's math, so replay reproduces the rollout's state). `nn.LSTM` with T=1 "
               "pays about 60 µs of fixed per-call work (76 µs for 5 agents × hidden 32, where the C++ step takes 12), "

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from carrystate.policy.scan import lstm_scan, lstm_step
-from carrystate.policy import scan_triton
+from carrystate.policy.kernels import cpu, triton_scan
+from carrystate.policy.scan import lstm_scan
 from carrystate.state import State, mask_state, zero_state
 
 
@@ -65,7 +65,7 @@ class RecurrentCore(nn.Module):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One step for every row: x [batch, in], state (already zero where an episode starts: the
         `StateStore` reset it) → y [batch, hidden], new state."""
-        if self.kind == "lstm" and (out := lstm_step(self.rnn, x, state)) is not None:
+        if self.kind == "lstm" and (out := cpu.lstm_step(self.rnn, x, state)) is not None:
             return out
         y, state = self._run(x.unsqueeze(1), state)
         return y.squeeze(1), state
@@ -74,7 +74,7 @@ class RecurrentCore(nn.Module):
         """The unroll `auto` runs on `device`: the fastest exact one measured there (BENCHMARKS.md)."""
         if self.kind == "lstm" and device.type == "cpu":
             return "scan"
-        if self.kind == "lstm" and device.type == "cuda" and scan_triton.available(device, self.hidden_size):
+        if self.kind == "lstm" and device.type == "cuda" and triton_scan.available(device, self.hidden_size):
             return "triton"
         return "bucketed"
 
@@ -96,10 +96,10 @@ class RecurrentCore(nn.Module):
         if impl == "scan":
             return lstm_scan(self.rnn, x, state, resets)
         if impl == "triton":
-            why = scan_triton.why_unavailable(x.device, self.hidden_size)
+            why = triton_scan.why_unavailable(x.device, self.hidden_size)
             if why:
                 raise ValueError(f"policy.sequence_impl=triton cannot run here: {why}")
-            return lstm_scan(self.rnn, x, state, resets, scan_triton.LSTMScanTriton)
+            return lstm_scan(self.rnn, x, state, resets, triton_scan.LSTMScanTriton)
         if impl == "bucketed":
             return self._sequence_bucketed(x, state, resets, end_state)
         if impl == "packed":

@@ -7,10 +7,11 @@ weight's gradient as one GEMM over all steps at the end (autograd through a loop
 per step for it, and record every op). Resets therefore cost one multiply per step and nothing else: no
 fragments, no padding, no gather or scatter.
 
-The loops run in C++ (scan_cpu.cpp: per step an ATen GEMM and one fused, vectorized elementwise pass),
-compiled for this machine on first use; that is what brings the unroll to the fused nn.LSTM's speed on the
-CPU (BENCHMARKS.md). The same loops in torch ops (`_LSTMScan`, about 10 calls per step) serve every other
-dtype and device, and stand in where the C++ cannot be built. `scan_triton` holds the GPU kernels.
+The loops run in C++ (kernels/scan_cpu.cpp: per step an ATen GEMM and one fused, vectorized elementwise
+pass), compiled for this machine by `kernels.build()`; that is what brings the unroll to the fused nn.LSTM's
+speed on the CPU (BENCHMARKS.md). The same loops in torch ops (`LSTMScan`, about 10 calls per step) serve
+every other dtype and device, and stand in where the C++ cannot be built. `kernels.triton_scan` holds the GPU
+kernels.
 
 Gate order and biases follow `nn.LSTM` (i, f, g, o; both biases summed), so the core's `nn.LSTM`
 parameters are used as they are and every other unroll stays interchangeable with this one.
@@ -18,75 +19,16 @@ parameters are used as they are and every other unroll stays interchangeable wit
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-_CPU = None  # the compiled CPU kernels (scan_cpu.cpp), False when they cannot be built here
-_SIMD_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl",
-                                                        "-mavx512bw"]}
+from carrystate.policy.kernels import cpu
 
 
-def cpu_kernels():
-    """scan_cpu.cpp compiled for this machine, or None. The first call builds it (about 30 s; cached under
-    torch's extension directory afterwards); CARRYSTATE_NO_CPP=1 or a failed build selects the torch-op
-    loop below, which computes the same thing with ~10 PyTorch calls per step."""
-    global _CPU
-    if _CPU is None:
-        _CPU = False
-        if os.environ.get("CARRYSTATE_NO_CPP") != "1":
-            try:
-                from torch.utils.cpp_extension import load
-                try:  # the pip package's ninja, also when its environment's bin folder is not on PATH
-                    import ninja
-                    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-                except (ImportError, AttributeError):
-                    pass
-                # vector width from what this CPU can run (torch's own dispatch level), not -march=native: the
-                # build is cached by name, and the cache may be shared with other machines
-                level = torch.backends.cpu.get_cpu_capability()
-                print(f"carrystate: loading the CPU scan kernel ({level}; compiled once per machine, ~30 s)",
-                      file=sys.stderr, flush=True)
-                _CPU = load(f"carrystate_scan_cpu_{level.lower()}", [str(Path(__file__).with_name("scan_cpu.cpp"))],
-                            extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *_SIMD_FLAGS.get(level, [])],
-                            extra_ldflags=["-lmvec"], verbose=False)
-            except Exception as err:  # noqa: BLE001 - no compiler, no ninja, ...: the op loop still works
-                warnings.warn(f"carrystate: the CPU scan kernel did not build ({type(err).__name__}: {err}); "
-                              "using the torch-op loop", stacklevel=2)
-    return _CPU or None
+class LSTMScan(torch.autograd.Function):
+    """The recurrence in torch ops (about 10 calls per step), for every dtype and device."""
 
-
-def _kernels_for(x: Tensor):
-    """The C++ kernels where they apply to `x` (float32 on the CPU, and built), else None."""
-    return cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-
-
-class _LSTMScanCPU(torch.autograd.Function):
-    """`_LSTMScan` with both loops in C++: one GEMM and one fused elementwise pass per step."""
-
-    @staticmethod
-    def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor):
-        T, B, _ = pre_x.shape
-        keep2 = keep.reshape(T, B).contiguous()
-        y, act, h_prev, c_prev, tanh_c, c_T = cpu_kernels().forward(
-            pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous())
-        ctx.save_for_backward(keep2, w_hh, act, h_prev, c_prev, tanh_c)
-        return y, y[T - 1].clone(), c_T
-
-    @staticmethod
-    def backward(ctx, dy: Tensor, dh_T: Tensor, dc_T: Tensor):
-        keep2, w_hh, act, h_prev, c_prev, tanh_c = ctx.saved_tensors
-        d_pre, dh0, dc0, d_w = cpu_kernels().backward(dy.contiguous(), dh_T.contiguous(), dc_T.contiguous(), keep2,
-                                                      w_hh.contiguous(), act, h_prev, c_prev, tanh_c)
-        return d_pre, None, dh0, dc0, d_w
-
-
-class _LSTMScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor):
         """pre_x [T, B, 4H] (x @ W_ih^T + biases), keep [T, B, 1] (0 where the state resets before step t),
@@ -141,28 +83,14 @@ class _LSTMScan(torch.autograd.Function):
         return d_pre, None, dh, dc, d_w
 
 
-def lstm_step(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
-    """One rollout step of `rnn` with the C++ kernel: x [B, in], state ([layers, B, H] × 2, already zero where
-    an episode starts) → y [B, H], new state; None where the kernel does not apply (not float32 on the CPU, or
-    not built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
-    one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
-    state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step)."""
-    kernels = _kernels_for(x)
-    # the kernel takes the flat weights of a biased nn.LSTM without projections
-    if kernels is None or torch.is_grad_enabled() or not rnn.bias or rnn.proj_size:
-        return None
-    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights)
-    return y, (h, c)
-
-
 def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor,
               recurrence: type[torch.autograd.Function] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """`rnn` (batch_first nn.LSTM, any number of layers), x [B, T, in], state ([layers, B, H] × 2), resets
     [B, T] bool (zero the state before step t) → y [B, T, H], (h, c) after the last step. `recurrence`
     runs one layer's steps: by default the C++ kernels for float32 on the CPU where they build, the torch
-    ops otherwise; `scan_triton.LSTMScanTriton` for the GPU kernels."""
+    ops otherwise; `kernels.triton_scan.LSTMScanTriton` for the GPU kernels."""
     if recurrence is None:
-        recurrence = _LSTMScan if _kernels_for(x) is None else _LSTMScanCPU
+        recurrence = LSTMScan if cpu.for_input(x) is None else cpu.LSTMScanCPU
     keep = (~resets).t().unsqueeze(-1).to(x.dtype)  # [T, B, 1]
     inp = x.transpose(0, 1)  # time-major [T, B, in]
     hs, cs = [], []

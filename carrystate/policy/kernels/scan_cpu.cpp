@@ -1,7 +1,7 @@
 // The `scan` recurrence on the CPU: per step one GEMM (ATen) and one fused elementwise pass, forward and
-// backward, instead of ~10 separate PyTorch ops per step. Same contract and math as scan._LSTMScan (gate
-// order i, f, g, o; a reset multiplies the carried h and c by keep = 0 before the step). Compiled on first
-// use by torch.utils.cpp_extension (see scan.py); built with -ffast-math so that expf vectorizes.
+// backward, instead of ~10 separate PyTorch ops per step. Same contract and math as `LSTMScan`, the torch-op
+// recurrence (gate order i, f, g, o; a reset multiplies the carried h and c by keep = 0 before the step).
+// Built by kernels/cpu.py with torch.utils.cpp_extension, with -ffast-math so that expf vectorizes.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
