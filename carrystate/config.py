@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from carrystate.policy import unroll
+
 
 class ConfigError(ValueError):
     """A setting (or combination of settings) that cannot work; the message says which and why."""
@@ -155,13 +157,8 @@ class PolicyConfig(_Section):
     """Width of the recurrent state (and of the feed-forward core when core=none)."""
     num_layers: int = Field(1, ge=1)
     """Stacked recurrent layers."""
-    sequence_impl: Literal["auto", "chunked", "packed", "bucketed", "loop", "scan", "triton"] = "auto"
-    """How training unrolls segments with exact resets: `chunked` (fused calls between reset steps),
-    `packed` (episode fragments as one packed sequence), `bucketed` (fragments grouped by length, one
-    dense fused call per group), `loop` (one step at a time), `scan` (LSTM only: a step loop with a
-    hand-written backward, a reset is one multiply; C++ on the CPU, built on first use), `triton` (LSTM on a CUDA GPU: that loop as one
-    persistent kernel each way; needs triton), `auto` (scan for an LSTM on the CPU, triton for an LSTM on
-    a GPU where triton is installed, bucketed otherwise: the fastest measured, see BENCHMARKS.md)."""
+    # choices and documentation come from the unroll registry (carrystate/policy/unroll/__init__.py)
+    sequence_impl: Literal[("auto", *unroll.names())] = Field("auto", description=unroll.describe())
 
 
 class DiagnosticsConfig(_Section):

@@ -173,3 +173,16 @@ def test_one_entry_multidiscrete_head_matches_categorical():
     torch.testing.assert_close(logp, ref.log_prob(a[:, 0]))
     torch.testing.assert_close(logp_act, logp)
     torch.testing.assert_close(ent, ref.entropy())
+
+
+def test_config_choices_and_docs_of_sequence_impl_come_from_the_unroll_registry():
+    from typing import get_args
+
+    from carrystate.config import PolicyConfig
+    from carrystate.policy import unroll
+
+    field = PolicyConfig.model_fields["sequence_impl"]
+    assert get_args(field.annotation) == ("auto", *unroll.names())
+    assert all(f"`{u.name}` ({u.doc})" in field.description for u in unroll.UNROLLS.values())
+    assert unroll.resolve_auto("lstm", torch.device("cpu"), 64) == "scan"
+    assert unroll.resolve_auto("gru", torch.device("cpu"), 64) == "bucketed"

@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 
-from carrystate.policy import kernels, scan
+from carrystate.policy import kernels
 from carrystate.policy.kernels import cpu
 from carrystate.policy.core import RecurrentCore
+from carrystate.policy.unroll import scan
 from tests.helpers import outputs_and_gradients
 
 needs_kernels = pytest.mark.skipif(cpu.build() is None, reason="the C++ scan kernel did not build here")

@@ -13,6 +13,7 @@ import time
 import torch
 
 from carrystate.config import load_config
+from carrystate.policy import unroll
 from carrystate.policy.kernels import triton_scan
 from carrystate.policy.core import RecurrentCore
 from carrystate.trainer import Trainer
@@ -61,7 +62,7 @@ def train(impl: str, steps: int = 327680):
     t0 = time.perf_counter()
     s = tr.train()
     wall = time.perf_counter() - t0
-    print(f"train on cuda [{impl} -> {tr.policy.core.auto_impl(torch.device('cuda')) if impl == 'auto' else impl}]: "
+    print(f"train on cuda [{impl} -> {unroll.resolve_auto('lstm', torch.device('cuda'), 128) if impl == 'auto' else impl}]: "
           f"{s.global_step} steps in {wall:.1f}s ({s.sps:,.0f} SPS), success {s.success_rate}", flush=True)
     return tr
 

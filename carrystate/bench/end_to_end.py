@@ -87,19 +87,19 @@ def floor_parts(tr: Trainer) -> dict:
     def forward_fused():  # nn.LSTM with T=1
         state = policy.initial_state(n)
         for _ in range(steps):
-            y, state = core._run(policy.encoder(obs).unsqueeze(1), state)
+            y, state = core.fused(policy.encoder(obs).unsqueeze(1), state)
             policy.actor(y), policy.critic(y)
 
     @torch.no_grad()
     def forward_step():  # the rollout's own step where it is faster (the C++ step on the CPU)
         state = policy.initial_state(n)
         for _ in range(steps):
-            _, _, state = policy.step(obs, state, None)
+            _, _, state = policy.step(obs, state)
 
     def learn_part():
         for _ in range(t.update_epochs):
             for idx in b.minibatch_plan(mb, torch.Generator().manual_seed(0)):
-                y, _ = core._run(policy.encoder(b.obs[idx]), tuple(s[:, idx] for s in b.start_state))
+                y, _ = core.fused(policy.encoder(b.obs[idx]), tuple(s[:, idx] for s in b.start_state))
                 loss = policy.actor(y).sum() + policy.critic(y).sum()
                 tr.optimizer.zero_grad()
                 loss.backward()

@@ -1,7 +1,7 @@
 """Learner benchmark: forward+backward of one minibatch of segments with exact in-segment resets.
 
-Compares carrystate's unrolls (`bucketed`, `scan`, `triton`, `chunked`, `packed`, `loop`) with the leaky baseline (one fused nn.LSTM
-call that ignores resets, the speed to match) and, when installed, torchrl's LSTMModule in recurrent mode,
+Compares carrystate's unrolls (every one in `carrystate.policy.unroll`) with the leaky baseline (one fused
+nn.LSTM call that ignores resets, the speed to match) and, when installed, torchrl's LSTMModule in recurrent mode,
 on the same shapes and the same random reset pattern (about one episode end per 50 steps per row).
 Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length, and the
 rollout's one-step call against nn.LSTM with T=1.
@@ -21,6 +21,7 @@ import time
 import torch
 from torch import nn
 
+from carrystate.policy import unroll
 from carrystate.policy.kernels import triton_scan
 from carrystate.policy.core import RecurrentCore
 
@@ -91,7 +92,7 @@ def _graphed_loop(core, x, state, resets):
     return f
 
 
-ALL_IMPLS = ["fused", "chunked", "packed", "bucketed", "scan", "triton", "loop", "torchrl", "loop_graphed"]
+ALL_IMPLS = ["fused", *unroll.names(), "torchrl", "loop_graphed"]
 
 
 def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed=0, impls=ALL_IMPLS):
@@ -222,12 +223,12 @@ def bench_rollout_step(device, shapes=((64, 64), (256, 128), (1024, 128), (256, 
         def fused():
             state = core.initial_state(agents, device)
             for _ in range(steps):
-                _, state = core._run(x.unsqueeze(1), state)
+                _, state = core.fused(x.unsqueeze(1), state)
 
         def step():
             state = core.initial_state(agents, device)
             for _ in range(steps):
-                _, state = core.step(x, state, None)
+                _, state = core.step(x, state)
 
         r = {"agents": agents, "hidden": hidden, "nn_lstm_us": _time(fused, device, repeats, warmup=3) / steps * 1e6,
              "step_us": _time(step, device, repeats, warmup=3) / steps * 1e6}
@@ -263,7 +264,7 @@ def main():
         out["triton_tuning"] = tune_triton(device, a.hidden, a.rows, a.repeats)
         _save(out, a.json)
     if a.memory:  # first: a failed CUDA-graph capture below can leave the device's RNG unusable
-        out["memory_impl"] = impl = a.memory_impl or RecurrentCore("lstm", 8, 128).auto_impl(device)
+        out["memory_impl"] = impl = a.memory_impl or unroll.resolve_auto("lstm", device, 128)
         out["memory"] = bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], impl)
     for rows in a.rows:
         out["learner"] += bench_learner(device, a.hidden, a.horizon, rows, a.repeats, impls=a.impls)

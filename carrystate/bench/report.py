@@ -9,8 +9,10 @@ import json
 import re
 from pathlib import Path
 
+from carrystate.policy import unroll
+
 OWN = ("## Learner", "## Learner memory", "## Rollout step", "## End to end", "## Targets", "## How to run")
-IMPLS = ["triton", "bucketed", "scan", "chunked", "packed", "loop", "loop_graphed", "torchrl"]
+IMPLS = [*unroll.names(), "loop_graphed", "torchrl"]  # the learner table's columns, after `fused`
 
 
 def _fmt(v, spec=".2f"):
@@ -59,13 +61,9 @@ def write(markdown: Path, results: Path) -> None:
              "segment that ignores resets (the leaky fast path); every other column applies the resets exactly.", ""]
     lines += ["## Learner: forward+backward of one minibatch of segments", "",
               "About one episode end per 50 steps per row (`resets` counts them). The default unroll is `scan` for an "
-              "LSTM on the CPU and `triton` for an LSTM on CUDA. `bucketed` (the default for a GRU) splits rows "
-              "into episode fragments and runs them as a few dense fused calls grouped by length; `scan` is a step "
-              "loop with a hand-written backward in which a reset is one multiply of the state (LSTM only); `triton` is "
-              "that loop as one persistent GPU kernel each way (LSTM, CUDA; the default there); `chunked` cuts "
-              "the segment at every step where some row resets; `packed` uses a packed sequence; `loop` steps one "
-              "timestep at a time with masks; `loop_graphed` is that loop captured as CUDA graphs; `torchrl` is "
-              "torchrl's `LSTMModule` in recurrent mode.", ""]
+              "LSTM on the CPU and `triton` for an LSTM on CUDA. `policy.sequence_impl`: " + unroll.describe()
+              + " Beside them, `loop_graphed` is `loop` captured as CUDA graphs and `torchrl` is torchrl's "
+              "`LSTMModule` in recurrent mode.", ""]
     if cpu:
         lines += [f"### CPU: {cpu['info']['device']}, torch {cpu['info']['torch']}, measured {cpu['info'].get('date', '?')}", ""] + _learner_table(cpu["learner"]) + [""]
     for path in cuda:

@@ -5,16 +5,20 @@ It holds weights only; the per-agent recurrent state lives in `StateStore` and i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gymnasium as gym
 from torch.utils.checkpoint import checkpoint
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from carrystate.config import PolicyConfig
 from carrystate.policy.core import RecurrentCore
-from carrystate.state import State
 from carrystate.policy.heads import make_head
+from carrystate.state import State
+
+if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
+    from carrystate.config import PolicyConfig
 
 
 class MLPEncoder(nn.Module):

@@ -4,7 +4,7 @@
 cuDNN's fused call. Here each of forward and backward is ONE persistent kernel that walks every step of a
 block of rows, so a segment costs two launches whatever its length, and a reset is still one multiply of
 the carried (h, c) by 0/1 before the step. What stays outside the kernels is what is already one large
-GEMM: the input projection (done by `lstm_scan` in policy/scan.py), and in the backward the recurrent weight's gradient
+GEMM: the input projection (done by `lstm_scan` in policy/unroll/scan.py), and in the backward the recurrent weight's gradient
 over all steps and the gradient into the start state.
 
 Each program owns BLOCK_B rows for the whole segment. Per step it forms the four gate pre-activations tile
@@ -163,7 +163,7 @@ def _launch_config(B: int, H: int):
 
 
 class LSTMScanTriton(torch.autograd.Function):
-    """Same contract as `scan.LSTMScan`: pre_x [T, B, 4H], keep [T, B, 1], h0, c0 [B, H], w_hh [4H, H]
+    """Same contract as `unroll.scan.LSTMScan`: pre_x [T, B, 4H], keep [T, B, 1], h0, c0 [B, H], w_hh [4H, H]
     → y [T, B, H], h_T, c_T."""
 
     @staticmethod

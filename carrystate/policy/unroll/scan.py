@@ -1,4 +1,5 @@
-"""`scan`: an LSTM unroll with exact per-step resets and a hand-written backward, for the CPU.
+"""The `scan` and `triton` unrolls: an LSTM step loop with exact per-step resets and a hand-written backward
+(torch ops, C++ on the CPU, triton kernels on a GPU).
 
 One layer, time-major. The input projection of every step is one large GEMM done by autograd outside; the
 recurrence walks the steps with one GEMM per step, where a reset is one multiply of the carried (h, c) by
@@ -19,11 +20,16 @@ parameters are used as they are and every other unroll stays interchangeable wit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from carrystate.policy.kernels import cpu
+from carrystate.policy.kernels import cpu, triton_scan
+
+if TYPE_CHECKING:
+    from carrystate.policy.core import RecurrentCore
 
 
 class LSTMScan(torch.autograd.Function):
@@ -102,3 +108,18 @@ def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Ten
         hs.append(h)
         cs.append(c)
     return inp.transpose(0, 1), (torch.stack(hs), torch.stack(cs))
+
+
+def scan(core: RecurrentCore, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor, end_state: bool = True
+         ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """`lstm_scan` over the core's nn.LSTM: C++ for float32 on the CPU where built, torch ops otherwise."""
+    return lstm_scan(core.rnn, x, state, resets)
+
+
+def triton(core: RecurrentCore, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor, end_state: bool = True
+           ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """`lstm_scan` with the GPU kernels; a ValueError saying what is missing where they cannot run."""
+    why = triton_scan.why_unavailable(x.device, core.hidden_size)
+    if why:
+        raise ValueError(f"policy.sequence_impl=triton cannot run here: {why}")
+    return lstm_scan(core.rnn, x, state, resets, triton_scan.LSTMScanTriton)
