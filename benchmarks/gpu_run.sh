@@ -9,7 +9,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
 # the triton unroll against the step loop, compiled for this GPU (the same test runs interpreted on a CPU)
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_scan_triton.py 2>&1 | tail -15 | tee "$OUT/test_scan_triton.txt"
-timeout 300 python3 -m carrystate.bench.learner --device cuda --rows 256 1024 --repeats 7 --tune-triton --memory \
+timeout 300 python3 -m benchmarks.learner --device cuda --rows 256 1024 --repeats 7 --tune-triton --memory \
   --impls fused bucketed packed scan triton loop_graphed --fp32-too \
   --json "$OUT/gpu_learner.json" 2>&1 | tee "$OUT/gpu_learner.txt"
 timeout 150 python3 -m carrystate.bench.cuda_check 2>&1 | tee "$OUT/cuda_check.txt"

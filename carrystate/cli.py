@@ -113,14 +113,28 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from carrystate import bench
-    from carrystate.bench import report
+    import importlib
+    import importlib.util
 
+    import carrystate
+
+    # the benchmarks live beside the package in a checkout (`pip install -e .`), not inside it
+    folder = Path(carrystate.__file__).resolve().parent.parent / "benchmarks"
+    if not (folder / "__init__.py").is_file():
+        print(f"carrystate bench: no benchmarks at {folder}; they come with a source checkout, not with the "
+              "installed package (git clone, then pip install -e .)", file=sys.stderr)
+        return 2
+    if "benchmarks" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("benchmarks", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        sys.modules["benchmarks"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    benchmarks, report = sys.modules["benchmarks"], importlib.import_module("benchmarks.report")
     out, md = Path(args.results), Path(args.markdown)
     if args.report_only:
         report.write(md, out)
     else:
-        bench.run(out, quick=args.quick, markdown=md)
+        benchmarks.run(out, quick=args.quick, markdown=md)
     print(f"wrote {md} (results in {out})")
     return 0
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.memory import peak_mib
 from carrystate import diagnostics, replay
-from carrystate.bench.memory import peak_mib
 from carrystate.config import ConfigError, load_config
 from carrystate.trainer import Trainer
 from carrystate.state import mask_state

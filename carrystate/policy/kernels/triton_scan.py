@@ -149,7 +149,7 @@ if triton is not None:
 
 
 # Rows per program, tile widths and warps, by hidden size: the fastest measured on an H200 (BENCHMARKS.md;
-# `carrystate.bench.learner --tune-triton` measures the alternatives on another GPU).
+# `python -m benchmarks.learner --tune-triton` measures the alternatives on another GPU).
 CONFIG = {"default": {"block_b": 16, "block_n": 64, "block_k": 64, "num_warps": 4},
           128: {"block_b": 16, "block_n": 128, "block_k": 128, "num_warps": 8}}
 

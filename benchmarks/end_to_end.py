@@ -7,7 +7,7 @@ step), and a fused forward+backward (ignoring resets) plus an optimizer step per
 The trainer's time over the floor is its overhead; both are timed in alternation, round by round, because
 this machine's speed drifts by tens of percent over minutes.
 
-    python -m carrystate.bench.end_to_end --json out.json
+    python -m benchmarks.end_to_end --json out.json      # from the checkout root
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from carrystate.config import load_config
+import carrystate
 from carrystate.envs import make_env
 from carrystate.envs.memory import TMaze
-from carrystate.trainer import Trainer
+from carrystate.optim import make_optimizer
 
 TASKS = {
     "tmaze": ["env.name=tmaze"],
@@ -50,12 +50,12 @@ class TMazeGym(gym.Env):
         return r.final_obs[0] if r.terminated[0] else r.obs[0], float(r.reward[0]), bool(r.terminated[0]), False, {}
 
 
-def make_trainer(task: str, extra: list[str] = ()) -> Trainer:
-    return Trainer(load_config(None, COMMON + TASKS[task] + list(extra) + ["trainer.total_timesteps=1000000000"]),
-                   quiet=True)
+def make_trainer(task: str, extra: list[str] = ()) -> carrystate.Trainer:
+    cfg = carrystate.load_config(None, COMMON + TASKS[task] + list(extra) + ["trainer.total_timesteps=1000000000"])
+    return carrystate.Trainer(cfg, quiet=True)
 
 
-def carrystate_sps(tr: Trainer, iterations: int) -> dict:
+def carrystate_sps(tr: carrystate.Trainer, iterations: int) -> dict:
     """Agent-steps per second over `iterations` whole iterations, after one warm-up iteration."""
     tr.train(stop_after=1)
     t0, steps = time.perf_counter(), tr.global_step
@@ -64,17 +64,19 @@ def carrystate_sps(tr: Trainer, iterations: int) -> dict:
     return {"sps": (tr.global_step - steps) / wall, "seconds_per_iteration": wall / iterations}
 
 
-def floor_parts(tr: Trainer) -> dict:
+def floor_parts(tr: carrystate.Trainer) -> dict:
     """The floor's parts as functions: env stepping for one rollout, one forward per rollout step, and a fused
     forward+backward (ignoring resets) plus an optimizer step per minibatch of every epoch. The forward is the
-    faster of nn.LSTM with T=1 (one fused call) and the policy's own step, which the rollout uses."""
+    faster of nn.LSTM with T=1 (one fused call) and the policy's own step, which the rollout uses. The parts
+    run a copy of the trainer's policy with an optimizer of its own, so their steps are not training."""
     cfg = tr.cfg
     env = make_env(cfg.env, seed=5)
     env.reset()
     n, steps = env.num_agents, tr.buffer.steps
     space = env.single_action_space
     acts = [np.random.default_rng(0).integers(0, space.n, size=n) for _ in range(steps)]
-    policy, core = tr.policy, tr.policy.core
+    policy = copy.deepcopy(tr.policy)
+    core, optimizer = policy.core, make_optimizer(policy, cfg.trainer)
     obs = torch.zeros(n, *env.single_observation_space.shape)
     b, t = tr.buffer, cfg.trainer
     mb = t.minibatch_size // t.bptt_horizon
@@ -101,20 +103,18 @@ def floor_parts(tr: Trainer) -> dict:
             for idx in b.minibatch_plan(mb, torch.Generator().manual_seed(0)):
                 y, _ = core.fused(policy.encoder(b.obs[idx]), tuple(s[:, idx] for s in b.start_state))
                 loss = policy.actor(y).sum() + policy.critic(y).sum()
-                tr.optimizer.zero_grad()
+                optimizer.zero_grad()
                 loss.backward()
-                tr.optimizer.step()
+                optimizer.step()
 
     return {"env": env_part, "forward_fused": forward_fused, "forward_step": forward_step, "learn": learn_part}
 
 
-def over_floor(trainers: dict[str, Trainer], rounds: int = 10) -> dict:
+def over_floor(trainers: dict[str, carrystate.Trainer], rounds: int = 10) -> dict:
     """Each trainer's seconds per iteration against the floor, measured in alternation: every round runs one
     iteration of each trainer, then each floor part once, so that both sides see the same machine (its
     speed drifts by 10-30% over minutes here). Returns the medians over rounds, and each ratio of medians."""
-    first = next(iter(trainers.values()))
-    state = copy.deepcopy((first.policy.state_dict(), first.optimizer.state_dict()))
-    parts = floor_parts(first)
+    parts = floor_parts(next(iter(trainers.values())))
     times: dict[str, list[float]] = {k: [] for k in [*trainers, *parts]}
     for _ in range(rounds):
         for name, tr in trainers.items():
@@ -125,8 +125,6 @@ def over_floor(trainers: dict[str, Trainer], rounds: int = 10) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    first.policy.load_state_dict(state[0])  # the floor's optimizer steps are not training
-    first.optimizer.load_state_dict(state[1])
     med = {k: float(np.median(v)) for k, v in times.items()}
     floor = {"env": med["env"], "forward": min(med["forward_fused"], med["forward_step"]), "learn": med["learn"]}
     floor["total"] = sum(floor.values())

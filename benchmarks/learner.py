@@ -6,7 +6,7 @@ on the same shapes and the same random reset pattern (about one episode end per 
 Also measures activation memory (bytes saved for backward) against bptt_horizon and episode length, and the
 rollout's one-step call against nn.LSTM with T=1.
 
-    python -m carrystate.bench.learner --device cpu --json out.json      # medians over repeats
+    python -m benchmarks.learner --device cpu --json out.json      # from the checkout root; medians over repeats
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import time
 import torch
 from torch import nn
 
-from carrystate.policy import unroll
+from carrystate.policy import RecurrentCore, unroll
 from carrystate.policy.kernels import triton_scan
-from carrystate.policy.core import RecurrentCore
 
 
 def _sync(device):

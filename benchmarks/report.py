@@ -200,7 +200,7 @@ def write(markdown: Path, results: Path) -> None:
               "```bash",
               "carrystate bench                     # CPU: learner, memory, end to end; rewrites BENCHMARKS.md",
               "carrystate bench --quick             # a smaller grid (about 2 minutes)",
-              "python -m carrystate.bench.learner --help",
+              "python -m benchmarks.learner --help        # from the checkout root",
               "bash benchmarks/gpu_run.sh           # on a CUDA machine: triton tests, tile tuning, learner, checks; save gpu_learner.json as",
               "                                     # benchmarks/results/learner_cuda_<gpu>.json, then carrystate bench --report-only",
               "```", ""]

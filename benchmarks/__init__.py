@@ -1,7 +1,9 @@
 """Benchmarks: the learner's unrolls against the fused call and torchrl, whole training against sb3-contrib
 and against the floor, learner memory against the horizon; `run` writes BENCHMARKS.md from the results.
 
-Each part is also a module with its own command line (`python -m carrystate.bench.learner --help`).
+They live outside the package, at the top of a checkout, and use carrystate's public API; `carrystate bench`
+runs them. Each part also has its own command line, run from the checkout root
+(`python -m benchmarks.learner --help`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 def run(out_dir: Path, quick: bool = False, markdown: Path | None = None) -> dict:
     """Run the CPU benchmarks, save their JSON under `out_dir`, and write `markdown` (BENCHMARKS.md)."""
-    from carrystate.bench import end_to_end, learner, report
+    from . import end_to_end, learner, report
 
     torch.set_num_threads(1)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 of a fresh process (so nothing allocated before can hide it). Works for every unroll, including activation
 checkpointing, whose saved tensors autograd hooks cannot see.
 
-    python -m carrystate.bench.memory '{"mode": "chain", "rows": 64, "segments": 8, "horizon": 64, "hidden": 256}'
+    python benchmarks/memory.py '{"mode": "chain", "rows": 64, "segments": 8, "horizon": 64, "hidden": 256}'
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _measure(spec: dict) -> float:
@@ -44,7 +45,7 @@ def _measure(spec: dict) -> float:
 
 def peak_mib(spec: dict) -> float:
     """Run `_measure(spec)` in a fresh interpreter and return the peak growth in MiB."""
-    out = subprocess.run([sys.executable, "-m", "carrystate.bench.memory", json.dumps(spec)],
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
