@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: CUDA correctness checks, then the learner benchmark on the GPU (results under $OUT).
+# One device call: CUDA correctness checks, the learner benchmark on the GPU, then tests/test_cuda.py (results under $OUT).
 # Needs the wheels in .whl/ (pydantic, gymnasium; see BENCHMARKS.md) carried along.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -12,4 +12,5 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_scan_triton.py 2>
 timeout 300 python3 -m benchmarks.learner --device cuda --rows 256 1024 --repeats 7 --tune-triton --memory \
   --impls fused bucketed packed scan triton loop_graphed --fp32-too \
   --json "$OUT/gpu_learner.json" 2>&1 | tee "$OUT/gpu_learner.txt"
-timeout 150 python3 -m carrystate.bench.cuda_check 2>&1 | tee "$OUT/cuda_check.txt"
+# every unroll against the step loop, training, replay == rollout, on the GPU (-s keeps the printed figures)
+timeout 240 python3 -m pytest -q -s -p no:cacheprovider -m cuda tests/test_cuda.py 2>&1 | tee "$OUT/cuda_check.txt"
