@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call: CUDA correctness checks, the learner benchmark on the GPU, then tests/test_cuda.py (results under $OUT).
+# One device call: CUDA correctness checks, the learner benchmark on the GPU, then tests/test_cuda.py
+# (results under $OUT).
 # Needs the wheels in .whl/ (pydantic, gymnasium; see BENCHMARKS.md) carried along.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

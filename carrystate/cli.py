@@ -146,7 +146,8 @@ def _build_kernels(args: argparse.Namespace) -> int:
 
     path = kernels.build("cpu", "lstm")
     if path is None:
-        print("CPU kernels not built (CARRYSTATE_NO_CPP=1, or the build failed as warned above): the torch-op loop runs")
+        print("CPU kernels not built (CARRYSTATE_NO_CPP=1, or the build failed as warned above): "
+              "the torch-op loop runs")
         return 0 if os.environ.get("CARRYSTATE_NO_CPP") == "1" else 1
     print(f"CPU kernels: {path}")
     return 0

@@ -5,8 +5,8 @@ and the rollout's LSTM step).
 directory, `TORCH_EXTENSIONS_DIR`, so a later process only loads it). It is an explicit step: the trainer
 calls it while wiring, before anything is timed, and `carrystate build-kernels` calls it from the shell;
 `get()` builds on first use only where nobody did. `CARRYSTATE_NO_CPP=1` or a failed build (warned) leaves
-the kernels out, and the scan runs its torch-op loop (policy/unroll/scan.py), which computes the same thing with ~10 PyTorch calls
-per step.
+the kernels out, and the scan runs its torch-op loop (policy/unroll/scan.py), which computes the same thing
+with ~10 PyTorch calls per step.
 """
 
 from __future__ import annotations

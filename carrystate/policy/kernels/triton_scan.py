@@ -4,8 +4,8 @@
 cuDNN's fused call. Here each of forward and backward is ONE persistent kernel that walks every step of a
 block of rows, so a segment costs two launches whatever its length, and a reset is still one multiply of
 the carried (h, c) by 0/1 before the step. What stays outside the kernels is what is already one large
-GEMM: the input projection (done by `lstm_scan` in policy/unroll/scan.py), and in the backward the recurrent weight's gradient
-over all steps and the gradient into the start state.
+GEMM: the input projection (done by `lstm_scan` in policy/unroll/scan.py), and in the backward the
+recurrent weight's gradient over all steps and the gradient into the start state.
 
 Each program owns BLOCK_B rows for the whole segment. Per step it forms the four gate pre-activations tile
 by tile (`tl.dot` of the masked h_{t-1} against W_hh), applies the gates, and writes h_t, c_t and the
