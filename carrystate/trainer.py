@@ -18,7 +18,7 @@ from carrystate.config import Config, ConfigError, apply_overrides, check_layout
 from carrystate.envs import make_env
 from carrystate.learner import Learner
 from carrystate.monitor import Monitor, Summary
-from carrystate.policy import Policy
+from carrystate.policy import Policy, kernels
 from carrystate.rollout import Rollout
 from carrystate.signals import GracefulStop
 from carrystate.state import StateStore
@@ -33,6 +33,7 @@ class Trainer:
         self.cfg, self.device = cfg, self.dist.device(t.device)
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
+        kernels.build(self.device, cfg.policy.core)  # compiled now (once per machine), not inside a timed phase
         torch.manual_seed(seed)
         self.env = make_env(cfg.env, seed=seed)
         try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from common import load, save, train
+import runpy
 
-from carrystate.bench.memory import peak_mib
+from common import ROOT, load, save, train
+
+peak_mib = runpy.run_path(str(ROOT / "benchmarks" / "memory.py"))["peak_mib"]  # learner memory, fresh process
 
 BASE = ["env.tmaze.length_min=256", "env.tmaze.length_max=256", "env.num_envs=32", "trainer.batch_size=32768",
         "trainer.bptt_horizon=64", "trainer.minibatch_size=8192", "trainer.update_epochs=4",

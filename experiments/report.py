@@ -66,7 +66,7 @@ def long_reach_section(rows) -> list[str]:
              "`episode`, gradients run through all 16 segments of an agent's rollout (activation checkpointing "
              "per segment). `learner MiB` is the peak memory growth of one minibatch's forward+backward (8,192 steps, "
              "LSTM 64, no resets), measured as peak resident-set growth in a fresh process "
-             "(`carrystate/bench/memory.py`); `full backprop MiB` is the same chains without checkpointing.", "",
+             "(`benchmarks/memory.py`); `full backprop MiB` is the same chains without checkpointing.", "",
              "| gradient_horizon | seed | success (200 fresh episodes) | steps | wall s | SPS | learner MiB | full backprop MiB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
