@@ -23,13 +23,18 @@ def run(out_dir: Path, quick: bool = False, markdown: Path | None = None) -> dic
     torch.set_num_threads(1)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
-    info = {"device": f"CPU {platform.machine()} ({_cpu_name()}), {torch.get_num_threads()} torch thread",
-            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+    info = {
+        "device": f"CPU {platform.machine()} ({_cpu_name()}), {torch.get_num_threads()} torch thread",
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
     hiddens, horizons = ([128], [16, 64]) if quick else ([128, 256], [16, 64, 256])
-    cpu = {"info": info,
-           "rollout_step": learner.bench_rollout_step(device, repeats=3 if quick else 7),
-           "memory": learner.bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], "auto"),
-           "learner": learner.bench_learner(device, hiddens, horizons, 256, 3 if quick else 7)}
+    cpu = {
+        "info": info,
+        "rollout_step": learner.bench_rollout_step(device, repeats=3 if quick else 7),
+        "memory": learner.bench_memory(device, 128, [16, 64, 256, 1024], 16384, [20, 200, 0], "auto"),
+        "learner": learner.bench_learner(device, hiddens, horizons, 256, 3 if quick else 7),
+    }
     (out_dir / "learner_cpu.json").write_text(json.dumps(cpu, indent=1))
     e2e = end_to_end.run_all(iterations=2 if quick else 5, sb3_iterations=1 if quick else 2, rounds=4 if quick else 10)
     (out_dir / "end_to_end_cpu.json").write_text(json.dumps(e2e, indent=1))

@@ -30,8 +30,16 @@ TASKS = {
     "tmaze": ["env.name=tmaze"],
     "cartpole_novel": ["env.name=gymnasium", "env.gymnasium.id=CartPole-v1", "env.gymnasium.hide_velocity=true"],
 }
-COMMON = ["env.num_envs=64", "trainer.batch_size=8192", "trainer.bptt_horizon=64", "trainer.minibatch_size=2048",
-          "trainer.update_epochs=4", "policy.hidden_size=64", "policy.encoder_sizes=[64]", "trainer.learning_rate=0.001"]
+COMMON = [
+    "env.num_envs=64",
+    "trainer.batch_size=8192",
+    "trainer.bptt_horizon=64",
+    "trainer.minibatch_size=2048",
+    "trainer.update_epochs=4",
+    "policy.hidden_size=64",
+    "policy.encoder_sizes=[64]",
+    "trainer.learning_rate=0.001",
+]
 
 
 class TMazeGym(gym.Env):
@@ -128,8 +136,12 @@ def over_floor(trainers: dict[str, carrystate.Trainer], rounds: int = 10) -> dic
     med = {k: float(np.median(v)) for k, v in times.items()}
     floor = {"env": med["env"], "forward": min(med["forward_fused"], med["forward_step"]), "learn": med["learn"]}
     floor["total"] = sum(floor.values())
-    return {"floor": floor, "seconds_per_iteration": {k: med[k] for k in trainers},
-            "over_floor": {k: med[k] / floor["total"] for k in trainers}, "rounds": rounds}
+    return {
+        "floor": floor,
+        "seconds_per_iteration": {k: med[k] for k in trainers},
+        "over_floor": {k: med[k] / floor["total"] for k in trainers},
+        "rounds": rounds,
+    }
 
 
 def sb3_sps(task: str, iterations: int) -> dict | None:
@@ -144,9 +156,17 @@ def sb3_sps(task: str, iterations: int) -> dict | None:
         venv = make_vec_env(TMazeGym, n_envs=64)
     else:
         venv = make_vec_env(lambda: HideVelocity(gym.make("CartPole-v1"), "CartPole-v1"), n_envs=64)
-    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=128, batch_size=2048, n_epochs=4, learning_rate=1e-3,
-                         policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], shared_lstm=True,
-                                            enable_critic_lstm=False), device="cpu", seed=1)
+    model = RecurrentPPO(
+        "MlpLstmPolicy",
+        venv,
+        n_steps=128,
+        batch_size=2048,
+        n_epochs=4,
+        learning_rate=1e-3,
+        policy_kwargs=dict(lstm_hidden_size=64, net_arch=[64], shared_lstm=True, enable_critic_lstm=False),
+        device="cpu",
+        seed=1,
+    )
     model.learn(8192)  # warm-up iteration
     t0 = time.perf_counter()
     model.learn(8192 * iterations, reset_num_timesteps=False)
@@ -172,8 +192,11 @@ def run_all(iterations: int = 5, sb3_iterations: int = 2, rounds: int = 10) -> d
         ours["over_floor_without_diagnostics"] = fl["over_floor"]["without_diagnostics"]
         torch.set_num_threads(1)
         theirs = sb3_sps(task, sb3_iterations)
-        results[task] = {"carrystate": ours, "sb3_recurrent_ppo": theirs,
-                         "speedup": ours["sps"] / theirs["sps"] if theirs else None}
+        results[task] = {
+            "carrystate": ours,
+            "sb3_recurrent_ppo": theirs,
+            "speedup": ours["sps"] / theirs["sps"] if theirs else None,
+        }
         print(task, json.dumps(results[task]), flush=True)
     return results
 

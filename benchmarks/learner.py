@@ -19,7 +19,6 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from carrystate.policy import RecurrentCore, unroll
 from carrystate.policy.kernels import triton_scan
@@ -55,16 +54,25 @@ def _torchrl_step(hidden, device, backend="pad"):
         from torchrl.modules import LSTMModule
     except Exception:  # noqa: BLE001 - optional comparison
         return None
-    module = LSTMModule(input_size=hidden, hidden_size=hidden, in_keys=["x", "rs_h", "rs_c"],
-                        out_keys=["y", ("next", "rs_h"), ("next", "rs_c")], device=device,
-                        recurrent_backend=backend, default_recurrent_mode=True)
+    module = LSTMModule(
+        input_size=hidden,
+        hidden_size=hidden,
+        in_keys=["x", "rs_h", "rs_c"],
+        out_keys=["y", ("next", "rs_h"), ("next", "rs_c")],
+        device=device,
+        recurrent_backend=backend,
+        default_recurrent_mode=True,
+    )
 
     def run(x, state, resets):
         B, T, _ = x.shape
         h = state[0].transpose(0, 1).unsqueeze(1).expand(B, T, 1, hidden)
         c = state[1].transpose(0, 1).unsqueeze(1).expand(B, T, 1, hidden)
-        td = TensorDict({"x": x, "is_init": resets.unsqueeze(-1), "rs_h": h, "rs_c": c}, batch_size=[B, T], device=device)
+        td = TensorDict(
+            {"x": x, "is_init": resets.unsqueeze(-1), "rs_h": h, "rs_c": c}, batch_size=[B, T], device=device
+        )
         return module(td)["y"]
+
     return run
 
 
@@ -88,6 +96,7 @@ def _graphed_loop(core, x, state, resets):
         y.sum().backward()
         core.zero_grad(set_to_none=False)
         x.grad = None
+
     return f
 
 
@@ -117,12 +126,16 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
                     y.sum().backward()
                     core.zero_grad(set_to_none=True)
                     x.grad = None
+
                 return f
 
             trl = _torchrl_step(hidden, device) if "torchrl" in impls else None
             row = {"hidden": hidden, "horizon": T, "rows": rows, "resets": int(resets.sum())}
-            skip = {"torchrl": trl is None, "loop_graphed": device.type != "cuda",
-                    "triton": not triton_scan.available(device, hidden)}
+            skip = {
+                "torchrl": trl is None,
+                "loop_graphed": device.type != "cuda",
+                "triton": not triton_scan.available(device, hidden),
+            }
             for impl in [i for i in impls if not skip.get(i, False)]:
                 try:
                     fn = _graphed_loop(core, x, state, resets) if impl == "loop_graphed" else run(impl)
@@ -139,8 +152,10 @@ def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
     """Time the triton unroll's launch configurations (rows per program, tile widths, warps) for each hidden size
     over `rows_list` with `bench_learner`; keeps, per hidden size, the one with the least summed time relative
     to each shape's best in `triton_scan.CONFIG`, and returns every measurement."""
-    configs = configs or [dict(block_b=b, block_n=n, block_k=n, num_warps=w)
-                          for b, n, w in [(16, 64, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (16, 128, 8)]]
+    configs = configs or [
+        dict(block_b=b, block_n=n, block_k=n, num_warps=w)
+        for b, n, w in [(16, 64, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (16, 128, 8)]
+    ]
     table = []
     for hidden in hiddens:
         scores = {}
@@ -156,7 +171,11 @@ def tune_triton(device, hiddens, rows_list, repeats, horizon=64, configs=None):
                 ms = times.get(i)
                 scores[i] = scores.get(i, 0.0) + (ms / best if ms and best else float("inf"))
                 table.append({"hidden": hidden, "horizon": horizon, "rows": rows, **configs[i], "ms": ms})
-                print(f"tune h{hidden} T{horizon} B{rows} {configs[i]}: " + (f"{ms:.3f} ms ({ms / best:.2f}x best)" if ms and best else "failed"), flush=True)
+                print(
+                    f"tune h{hidden} T{horizon} B{rows} {configs[i]}: "
+                    + (f"{ms:.3f} ms ({ms / best:.2f}x best)" if ms and best else "failed"),
+                    flush=True,
+                )
         if min(scores.values()) < float("inf"):
             triton_scan.CONFIG[hidden] = configs[min(scores, key=scores.get)]
         else:
@@ -203,7 +222,13 @@ def bench_memory(device, hidden, horizons, steps, reset_everys, impl):
                 y, _ = core.sequence(x, state, resets)
                 y.sum().backward()
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-            r = {"horizon": T, "rows": rows, "episode_len": every or "none", "saved_MiB": nbytes / 2**20, "peak_MiB": peak}
+            r = {
+                "horizon": T,
+                "rows": rows,
+                "episode_len": every or "none",
+                "saved_MiB": nbytes / 2**20,
+                "peak_MiB": peak,
+            }
             rows_out.append(r)
             print(r, flush=True)
     return rows_out
@@ -229,8 +254,12 @@ def bench_rollout_step(device, shapes=((64, 64), (256, 128), (1024, 128), (256, 
             for _ in range(steps):
                 _, state = core.step(x, state)
 
-        r = {"agents": agents, "hidden": hidden, "nn_lstm_us": _time(fused, device, repeats, warmup=3) / steps * 1e6,
-             "step_us": _time(step, device, repeats, warmup=3) / steps * 1e6}
+        r = {
+            "agents": agents,
+            "hidden": hidden,
+            "nn_lstm_us": _time(fused, device, repeats, warmup=3) / steps * 1e6,
+            "step_us": _time(step, device, repeats, warmup=3) / steps * 1e6,
+        }
         rows.append(r)
         print(r, flush=True)
     return rows
@@ -247,16 +276,25 @@ def main():
     p.add_argument("--memory", action="store_true", help="also measure activation memory against horizon")
     p.add_argument("--memory-impl", default=None, help="unroll for the memory table (default: the device's auto)")
     p.add_argument("--impls", nargs="+", default=ALL_IMPLS, choices=ALL_IMPLS)
-    p.add_argument("--fp32-too", action="store_true",
-                   help="then repeat fused and triton with TF32 off everywhere (torch's default lets cuDNN use TF32)")
+    p.add_argument(
+        "--fp32-too",
+        action="store_true",
+        help="then repeat fused and triton with TF32 off everywhere (torch's default lets cuDNN use TF32)",
+    )
     p.add_argument("--tune-triton", action="store_true", help="first pick the triton unroll's tiles by measurement")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    info = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": a.threads, "date": datetime.date.today().isoformat(),
-            "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+    info = {
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "date": datetime.date.today().isoformat(),
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+    }
     print(info, flush=True)
     out = {"info": info, "learner": []}
     if a.tune_triton and triton_scan.available(device, 128):
@@ -273,7 +311,9 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = False
         out["learner_fp32"] = []
         for rows in a.rows:
-            out["learner_fp32"] += bench_learner(device, a.hidden, a.horizon, rows, a.repeats, impls=["fused", "triton"])
+            out["learner_fp32"] += bench_learner(
+                device, a.hidden, a.horizon, rows, a.repeats, impls=["fused", "triton"]
+            )
             _save(out, a.json)
 
 

@@ -25,8 +25,11 @@ def _measure(spec: dict) -> float:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     n, C, H, hid = spec["rows"], spec["segments"], spec["horizon"], spec["hidden"]
-    policy = Policy(PolicyConfig(hidden_size=hid, encoder_sizes=[hid]), gym.spaces.Box(-1, 1, (8,), np.float32),
-                    gym.spaces.Discrete(4))
+    policy = Policy(
+        PolicyConfig(hidden_size=hid, encoder_sizes=[hid]),
+        gym.spaces.Box(-1, 1, (8,), np.float32),
+        gym.spaces.Discrete(4),
+    )
     obs = torch.randn(n, C, H, 8)
     resets = torch.rand(n, C, H) < spec.get("reset_rate", 0.0)
     state = policy.initial_state(n)
@@ -45,8 +48,9 @@ def _measure(spec: dict) -> float:
 
 def peak_mib(spec: dict) -> float:
     """Run `_measure(spec)` in a fresh interpreter and return the peak growth in MiB."""
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)], capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -26,14 +26,24 @@ def _learner_table(rows: list[dict]) -> list[str]:
     for r in rows:
         f = r.get("fused")
         cells = [_fmt(r[i] / f if r.get(i) and f else None) for i in present]
-        out.append(f"| {r['hidden']} | {r['horizon']} | {r['rows']} | {_fmt(r['resets'], 'd')} | {_fmt(f)} | " + " | ".join(cells) + " |")
+        out.append(
+            f"| {r['hidden']} | {r['horizon']} | {r['rows']} | {_fmt(r['resets'], 'd')} | {_fmt(f)} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return out
 
 
 def _memory_table(rows: list[dict]) -> list[str]:
-    out = ["| horizon | rows (16,384 steps) | episode length | saved for backward MiB | CUDA peak MiB |", "|---|---|---|---|---|"]
+    out = [
+        "| horizon | rows (16,384 steps) | episode length | saved for backward MiB | CUDA peak MiB |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['horizon']} | {r['rows']} | {r['episode_len']} | {r['saved_MiB']:.1f} | {_fmt(r.get('peak_MiB'), '.1f')} |")
+        out.append(
+            f"| {r['horizon']} | {r['rows']} | {r['episode_len']} | {r['saved_MiB']:.1f} | "
+            f"{_fmt(r.get('peak_MiB'), '.1f')} |"
+        )
     return out
 
 
@@ -53,157 +63,230 @@ def _best_exact(rows: list[dict]) -> list[tuple[dict, str, float]]:
 def write(markdown: Path, results: Path) -> None:
     cpu = json.loads((results / "learner_cpu.json").read_text()) if (results / "learner_cpu.json").exists() else None
     cuda = sorted(results.glob("learner_cuda_*.json"))
-    e2e = json.loads((results / "end_to_end_cpu.json").read_text()) if (results / "end_to_end_cpu.json").exists() else None
-    lines = ["# Benchmarks", "",
-             "Written by `carrystate bench` (CPU) from `benchmarks/results/*.json`; the CUDA rows come from "
-             "`benchmarks/gpu_run.sh` on a lent GPU machine. Times are medians over repeats; every ratio compares "
-             "numbers measured side by side in the same run. `fused` is one `nn.LSTM` call over the whole "
-             "segment that ignores resets (the leaky fast path); every other column applies the resets exactly.", ""]
-    lines += ["## Learner: forward+backward of one minibatch of segments", "",
-              "About one episode end per 50 steps per row (`resets` counts them). The default unroll is `scan` for an "
-              "LSTM on the CPU and `triton` for an LSTM on CUDA. `policy.sequence_impl`: " + unroll.describe()
-              + " Beside them, `loop_graphed` is `loop` captured as CUDA graphs and `torchrl` is torchrl's "
-              "`LSTMModule` in recurrent mode.", ""]
+    e2e = (
+        json.loads((results / "end_to_end_cpu.json").read_text())
+        if (results / "end_to_end_cpu.json").exists()
+        else None
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `carrystate bench` (CPU) from `benchmarks/results/*.json`; the CUDA rows come from "
+        "`benchmarks/gpu_run.sh` on a lent GPU machine. Times are medians over repeats; every ratio compares "
+        "numbers measured side by side in the same run. `fused` is one `nn.LSTM` call over the whole "
+        "segment that ignores resets (the leaky fast path); every other column applies the resets exactly.",
+        "",
+    ]
+    lines += [
+        "## Learner: forward+backward of one minibatch of segments",
+        "",
+        "About one episode end per 50 steps per row (`resets` counts them). The default unroll is `scan` for an "
+        "LSTM on the CPU and `triton` for an LSTM on CUDA. `policy.sequence_impl`: "
+        + unroll.describe()
+        + " Beside them, `loop_graphed` is `loop` captured as CUDA graphs and `torchrl` is torchrl's "
+        "`LSTMModule` in recurrent mode.",
+        "",
+    ]
     if cpu:
-        lines += [f"### CPU: {cpu['info']['device']}, torch {cpu['info']['torch']}, measured {cpu['info'].get('date', '?')}", ""] + _learner_table(cpu["learner"]) + [""]
+        lines += (
+            [
+                f"### CPU: {cpu['info']['device']}, torch {cpu['info']['torch']}, measured "
+                f"{cpu['info'].get('date', '?')}",
+                "",
+            ]
+            + _learner_table(cpu["learner"])
+            + [""]
+        )
     for path in cuda:
         data = json.loads(path.read_text())
-        lines += [f"### CUDA: {_label(data)}; torch {data['info']['torch']}, measured {data['info'].get('date', '?')}", ""]
+        lines += [
+            f"### CUDA: {_label(data)}; torch {data['info']['torch']}, measured {data['info'].get('date', '?')}",
+            "",
+        ]
         if data["info"].get("how"):
             lines += [f"How: {data['info']['how']}.", ""]
         lines += _learner_table(data["learner"]) + [""]
         if data.get("learner_fp32"):
-            lines += ["The same with TF32 off everywhere (`torch.backends.cudnn.allow_tf32 = False`): both calls in IEEE "
-                      "fp32, the setting in which the triton unroll matches the step loop to fp32 rounding:", ""]
+            lines += [
+                "The same with TF32 off everywhere (`torch.backends.cudnn.allow_tf32 = False`): both calls in IEEE "
+                "fp32, the setting in which the triton unroll matches the step loop to fp32 rounding:",
+                "",
+            ]
             lines += _learner_table(data["learner_fp32"]) + [""]
-    lines += ["## Learner memory against bptt_horizon", "",
-              "Fixed minibatch of 16,384 agent-steps (rows = 16,384 / horizon), hidden 128. Bytes autograd saves for "
-              "backward, and on CUDA the peak allocation of forward+backward. Memory stays flat as the horizon "
-              "grows from 16 to 1024 and does not grow with episode length. Both tables use the device's default "
-              "unroll (`scan` on the CPU, `triton` on CUDA), whose saved tensors do not depend on where episodes end "
-              "at all. The CUDA peak of the first row measured is 25 MiB above the same shape with other episode "
-              "lengths, which looks like a one-time allocation (cuBLAS workspace) on the first call.", ""]
+    lines += [
+        "## Learner memory against bptt_horizon",
+        "",
+        "Fixed minibatch of 16,384 agent-steps (rows = 16,384 / horizon), hidden 128. Bytes autograd saves for "
+        "backward, and on CUDA the peak allocation of forward+backward. Memory stays flat as the horizon "
+        "grows from 16 to 1024 and does not grow with episode length. Both tables use the device's default "
+        "unroll (`scan` on the CPU, `triton` on CUDA), whose saved tensors do not depend on where episodes end "
+        "at all. The CUDA peak of the first row measured is 25 MiB above the same shape with other episode "
+        "lengths, which looks like a one-time allocation (cuBLAS workspace) on the first call.",
+        "",
+    ]
     if cpu and cpu.get("memory"):
         lines += ["CPU:", ""] + _memory_table(cpu["memory"]) + [""]
     for path in cuda:
         data = json.loads(path.read_text())
         if data.get("memory"):
-            lines += [f"{data['info']['device']} (`{data.get('memory_impl', 'bucketed')}`):", ""] + _memory_table(data["memory"]) + [""]
+            lines += (
+                [f"{data['info']['device']} (`{data.get('memory_impl', 'bucketed')}`):", ""]
+                + _memory_table(data["memory"])
+                + [""]
+            )
     if cpu and cpu.get("rollout_step"):
-        lines += ["## Rollout step: one recurrent step for every agent", "",
-                  f"{cpu['info']['device']}, no gradient. `RecurrentCore.step` (on the CPU the C++ step of "
-                  "`policy/kernels/scan_cpu.cpp`: the input and recurrent GEMMs and one fused elementwise pass, the scan's "
-                  "math) against `nn.LSTM` called with T=1; time per step, median over repeats of 50 carried steps.", "",
-                  "| agents | hidden | nn.LSTM T=1 µs | step µs | step / nn.LSTM |", "|---|---|---|---|---|"]
-        lines += [f"| {r['agents']} | {r['hidden']} | {r['nn_lstm_us']:.1f} | {r['step_us']:.1f} | "
-                  f"{r['step_us'] / r['nn_lstm_us']:.2f} |" for r in cpu["rollout_step"]] + [""]
+        lines += [
+            "## Rollout step: one recurrent step for every agent",
+            "",
+            f"{cpu['info']['device']}, no gradient. `RecurrentCore.step` (on the CPU the C++ step of "
+            "`policy/kernels/scan_cpu.cpp`: the input and recurrent GEMMs and one fused elementwise pass, the scan's "
+            "math) against `nn.LSTM` called with T=1; time per step, median over repeats of 50 carried steps.",
+            "",
+            "| agents | hidden | nn.LSTM T=1 µs | step µs | step / nn.LSTM |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['agents']} | {r['hidden']} | {r['nn_lstm_us']:.1f} | {r['step_us']:.1f} | "
+            f"{r['step_us'] / r['nn_lstm_us']:.2f} |"
+            for r in cpu["rollout_step"]
+        ] + [""]
     if e2e:
-        lines += ["## End to end: agent-steps per second of whole training", "",
-                  "64 envs, 8,192-step rollouts, 64-step segments, 2,048-step minibatches, 4 epochs, LSTM 64 after a "
-                  "64-unit encoder; sb3-contrib `RecurrentPPO` with `n_envs=64, n_steps=128, batch_size=2048, "
-                  "n_epochs=4, lstm_hidden_size=64, net_arch=[64], shared_lstm=True, enable_critic_lstm=False`. "
-                  "One torch thread each. The floor is env stepping + one forward per rollout step (the faster of a "
-                  "fused nn.LSTM call with T=1 and the policy's own step) + a fused forward+backward and optimizer "
-                  "step per minibatch of every epoch. SPS is over whole iterations after a warm-up; the trainer's "
-                  "s/iteration and the floor are medians over rounds that alternate one iteration of the trainer "
-                  "(with and without the staleness diagnostic) with each floor part"
-                  f" ({next(iter(e2e.values()))['carrystate'].get('floor_rounds', 'several')} rounds), and 'over "
-                  "floor' is their ratio.", "",
-                  "| task | carrystate SPS | sb3-contrib SPS | speedup | s/iteration | floor s/iteration (env / forward / learn) | over floor | over floor, staleness diagnostic off |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## End to end: agent-steps per second of whole training",
+            "",
+            "64 envs, 8,192-step rollouts, 64-step segments, 2,048-step minibatches, 4 epochs, LSTM 64 after a "
+            "64-unit encoder; sb3-contrib `RecurrentPPO` with `n_envs=64, n_steps=128, batch_size=2048, "
+            "n_epochs=4, lstm_hidden_size=64, net_arch=[64], shared_lstm=True, enable_critic_lstm=False`. "
+            "One torch thread each. The floor is env stepping + one forward per rollout step (the faster of a "
+            "fused nn.LSTM call with T=1 and the policy's own step) + a fused forward+backward and optimizer "
+            "step per minibatch of every epoch. SPS is over whole iterations after a warm-up; the trainer's "
+            "s/iteration and the floor are medians over rounds that alternate one iteration of the trainer "
+            "(with and without the staleness diagnostic) with each floor part"
+            f" ({next(iter(e2e.values()))['carrystate'].get('floor_rounds', 'several')} rounds), and 'over "
+            "floor' is their ratio.",
+            "",
+            "| task | carrystate SPS | sb3-contrib SPS | speedup | s/iteration | floor s/iteration (env / forward / "
+            "learn) | over floor | over floor, staleness diagnostic off |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for task, r in e2e.items():
             c, s, fl = r["carrystate"], r["sb3_recurrent_ppo"], r["carrystate"]["floor_seconds_per_iteration"]
-            lines.append(f"| {task} | {c['sps']:,.0f} | {_fmt(s and s['sps'], ',.0f')} | {_fmt(r['speedup'])}× | "
-                         f"{c.get('seconds_per_iteration_beside_floor', c['seconds_per_iteration']):.3f} | {fl['total']:.3f} ({fl['env']:.3f} / {fl['forward']:.3f} / "
-                         f"{fl['learn']:.3f}) | {c['over_floor']:.2f}× | {_fmt(c.get('over_floor_without_diagnostics'))}× |")
+            lines.append(
+                f"| {task} | {c['sps']:,.0f} | {_fmt(s and s['sps'], ',.0f')} | {_fmt(r['speedup'])}× | "
+                f"{c.get('seconds_per_iteration_beside_floor', c['seconds_per_iteration']):.3f} | {fl['total']:.3f} "
+                f"({fl['env']:.3f} / {fl['forward']:.3f} / "
+                f"{fl['learn']:.3f}) | {c['over_floor']:.2f}× | {_fmt(c.get('over_floor_without_diagnostics'))}× |"
+            )
         lines.append("")
     lines += ["## Targets", ""]
-    for label, data in ([("CPU", cpu)] if cpu else []) + [(_label(json.loads(p.read_text())), json.loads(p.read_text())) for p in cuda]:
+    for label, data in ([("CPU", cpu)] if cpu else []) + [
+        (_label(json.loads(p.read_text())), json.loads(p.read_text())) for p in cuda
+    ]:
         best = _best_exact(data["learner"])
         worst = max(b[2] for b in best)
-        lines.append(f"- Learner with exact resets ≤ 1.2× fused, {label}: best exact unroll per shape ranges "
-                     f"{min(b[2] for b in best):.2f}–{worst:.2f}× ({'met' if worst <= 1.2 else 'missed'}); "
-                     + ", ".join(f"h{r['hidden']}/T{r['horizon']}/B{r['rows']}: {n} {x:.2f}×" for r, n, x in best) + ".")
+        lines.append(
+            f"- Learner with exact resets ≤ 1.2× fused, {label}: best exact unroll per shape ranges "
+            f"{min(b[2] for b in best):.2f}–{worst:.2f}× ({'met' if worst <= 1.2 else 'missed'}); "
+            + ", ".join(f"h{r['hidden']}/T{r['horizon']}/B{r['rows']}: {n} {x:.2f}×" for r, n, x in best)
+            + "."
+        )
     if e2e:
         sp = [r["speedup"] for r in e2e.values() if r["speedup"]]
         of = [r["carrystate"]["over_floor"] for r in e2e.values()]
-        lines.append(f"- End to end ≥ 20× sb3-contrib: measured {', '.join(f'{x:.1f}×' for x in sp)} "
-                     f"({'met' if sp and min(sp) >= 20 else 'missed'}).")
-        lines.append(f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.3f}×' for x in of)} "
-                     f"({'met' if max(of) <= 1.5 else 'missed'}).")
-    lines += ["", "### What stands in the way", "",
-              "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.79–1.16× the leaky fused call over "
-              "five bench runs on 2026-11-26): "
-              "its loops are C++ (`policy/kernels/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
-              "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
-              "1.18–1.39× in an earlier bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
-              "it is 1.03–1.13× fused in four of five runs of the learner bench (one gave 1.43×) where the op loop was "
-              "1.9–2.0×. Without "
-              "a compiler the op loop runs instead. Copying the input projection into the gate buffer once instead "
-              "of inside each step's GEMM call was tried and measured the same (0.99–1.01×, both kernels loaded in "
-              "one process), so it was not kept.",
-              "- GPU learner (triton, the CUDA default: 0.77–2.34× fused on an H200 with its committed tiles; met at "
-              "5 of 12 shapes, all with 1024 rows or 16 steps; before it the best exact unroll on a GPU was `bucketed`, "
-              "`packed` or the graphed loop at 2.3–9.7× for 64–256 steps on the H100): each program owns 16 rows and walks every step in "
-              "order, so 256 rows keep only 16 of the H200's 132 SMs busy. Per step a program re-reads W_hh "
-              "(256 KB at hidden 128, 1 MB at 256) from L2 and passes h through memory behind a block barrier, "
-              "about 24 µs per step forward and backward together at hidden 128 and 83 µs at 256 (256 rows, 256 steps), where cuDNN spreads each step's matmul over "
-              "many SMs. At 1024 rows (64 programs) and hidden 128 it is faster than cuDNN (0.77–0.80×). What would "
-              "close the rest is splitting a row block's gate columns over several SMs with a grid-wide barrier per "
-              "step (a cooperative persistent kernel, as cuDNN does); it is not built. W_hh does not fit in shared "
-              "memory (256 KB at hidden 128), and keeping h and c in registers across steps was built and measured: "
-              "no faster with TF32, 5–15× slower in IEEE fp32 (`results/variant_register_triton_cuda_h200.json`). "
-              "At 16 steps both calls pay a fixed ~1.2 ms of host-side launch and autograd work on that machine, "
-              "so those ratios are noisy (1.17–1.63× at hidden 128 across two runs). With TF32 off the kernel's "
-              "matmuls run on FMA units instead of tensor cores: 1.2–4.6× the fused call, which itself barely slows.",
-              "- GPU whole training: the T-maze with hidden 128, 256 envs and 65,536-step batches trained at 78.0k "
-              "agent-steps/s with `triton` against 47.1k and 50.0k with `bucketed` in the same run on the H200 "
-              "(1.6×; `results/cuda_check_h200.txt`). With cuDNN's default TF32 the replay matches the rollout "
-              "to 5e-5 instead of 4e-7 (TF32 rounding in both, in different orders); `torch.backends.cudnn."
-              "allow_tf32 = False` restores the exact match.",
-              "- End to end against sb3-contrib (3.9–4.3× on the T-maze and 3.9–4.7× on CartPole over four bench runs "
-              "on 2026-11-26; 2.6–3.0× before the C++ scan): the floor alone allows 53–59k agent-steps/s on the "
-              "T-maze here (8,192 steps in 0.140–0.156 s) and 35–40k on CartPole, which is 6.0–6.6× and 5.2–6.2× "
-              "sb3-contrib's 8.6–9.1k and 6.4–7.1k in the same runs. So 20× is out of reach at these settings on this CPU, whatever the "
-              "trainer does: the floor's learn part alone (0.12–0.14 s per iteration, the same fused LSTM "
-              "forward+backward sb3-contrib runs) is about 1/7 of sb3-contrib's whole iteration (0.90–0.95 s), and "
-              "20× would need the whole iteration in 0.045 s. sb3-contrib with a shared LSTM and 64 envs is faster "
-              "than the target assumed.",
-              "- Trainer against the floor (met in three of four bench runs on 2026-11-26, T-maze 1.501×, 1.443×, "
-              "1.442×, 1.483× and CartPole 1.391×, 1.361×, 1.354×, 1.312×; with the staleness diagnostic off "
-              "1.28–1.45×; so on the T-maze the margin is within the runs' spread). The "
-              "trainer and the floor are now timed in alternating rounds; before, the floor was taken minutes "
-              "after the trainer on a machine whose speed drifts by 10–30%, which is how the earlier session's "
-              "1.56–1.62× were measured (with the rollout then at 70–74 ms). Per 8,192 T-maze steps the rollout takes about 50 ms (was 70–74) where env stepping plus one "
-              "forward per step take about 20, and the learner about 150–170 ms where the fused forward+backward and "
-              "optimizer steps take 120–135. What moved the rollout: the C++ LSTM step (below; 75 → 58 ms), "
-              "single-choice sampling and scoring without the split/cat loop, buffer field views made once, "
-              "final values written only at truncated steps (zeroed per rollout), the state store reset only when "
-              "some episode starts and by a 0/1 multiply instead of `masked_fill`, and one `isfinite` pass per env "
-              "output field (58 → 50 ms). What is left: the policy step runs about 30% slower inside the rollout "
-              "than alone (probably the env's work between steps evicting its weights and activations from cache), sampling "
-              "~40 µs per step, buffer writes ~30 µs and the store ~30 µs. The learner pays ~1.05–1.1× for exact "
-              "resets at these small minibatches and ~0.5 ms per minibatch for the PPO loss and the categorical "
-              "log-probabilities (about 60 small ops forward and backward; `log_softmax` over 2 actions alone is "
-              "0.1 ms). The staleness diagnostic adds ~7 ms per iteration (four replays of 16 segments).",
-              "- Rollout step: on the CPU `RecurrentCore.step` runs the C++ step (`policy/kernels/scan_cpu.cpp`: per layer "
-              "the input GEMM with both biases, the recurrent GEMM in place and one fused elementwise pass, all "
-              "layers in one call; the scan's math, so replay reproduces the rollout's state). `nn.LSTM` with T=1 "
-              "pays about 60 µs of fixed per-call work (76 µs for 5 agents × hidden 32, where the C++ step takes 12), "
-              "so at the end-to-end shape (64 agents, hidden 64) the step takes half the time; at 256–1024 agents "
-              "both are the same GEMMs and measure within noise of each other (0.89–1.11× over three runs). The step is used "
-              "only without autograd (the rollout, evaluation); with gradients `nn.LSTM` runs. Sampling is "
-              "Gumbel-max and returns the log-probabilities in the same call. The buffer is preallocated and "
-              "there is no `.item()` per step, but small per-step tensors are still allocated by the ops "
-              "themselves; only a captured graph (CUDA graphs) would remove them on a GPU.",
-              "", "## How to run", "",
-              "```bash",
-              "carrystate bench                     # CPU: learner, memory, end to end; rewrites BENCHMARKS.md",
-              "carrystate bench --quick             # a smaller grid (about 2 minutes)",
-              "python -m benchmarks.learner --help        # from the checkout root",
-              "bash benchmarks/gpu_run.sh           # on a CUDA machine: triton tests, tile tuning, learner, checks; save gpu_learner.json as",
-              "                                     # benchmarks/results/learner_cuda_<gpu>.json, then carrystate bench --report-only",
-              "```", ""]
+        lines.append(
+            f"- End to end ≥ 20× sb3-contrib: measured {', '.join(f'{x:.1f}×' for x in sp)} "
+            f"({'met' if sp and min(sp) >= 20 else 'missed'})."
+        )
+        lines.append(
+            f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.3f}×' for x in of)} "
+            f"({'met' if max(of) <= 1.5 else 'missed'})."
+        )
+    lines += [
+        "",
+        "### What stands in the way",
+        "",
+        "- CPU learner (met: `scan`, the CPU default for an LSTM, runs at 0.79–1.16× the leaky fused call over "
+        "five bench runs on 2026-11-26): "
+        "its loops are C++ (`policy/kernels/scan_cpu.cpp`), one ATen GEMM and one fused, vectorized elementwise pass "
+        "per step each way, where the torch-op version ran about 10 PyTorch calls per step and measured "
+        "1.18–1.39× in an earlier bench run. At the end-to-end shape (32 segments of 64 steps, hidden 64) "
+        "it is 1.03–1.13× fused in four of five runs of the learner bench (one gave 1.43×) where the op loop was "
+        "1.9–2.0×. Without "
+        "a compiler the op loop runs instead. Copying the input projection into the gate buffer once instead "
+        "of inside each step's GEMM call was tried and measured the same (0.99–1.01×, both kernels loaded in "
+        "one process), so it was not kept.",
+        "- GPU learner (triton, the CUDA default: 0.77–2.34× fused on an H200 with its committed tiles; met at "
+        "5 of 12 shapes, all with 1024 rows or 16 steps; before it the best exact unroll on a GPU was `bucketed`, "
+        "`packed` or the graphed loop at 2.3–9.7× for 64–256 steps on the H100): each program owns 16 rows and walks "
+        "every step in "
+        "order, so 256 rows keep only 16 of the H200's 132 SMs busy. Per step a program re-reads W_hh "
+        "(256 KB at hidden 128, 1 MB at 256) from L2 and passes h through memory behind a block barrier, "
+        "about 24 µs per step forward and backward together at hidden 128 and 83 µs at 256 (256 rows, 256 steps), "
+        "where cuDNN spreads each step's matmul over "
+        "many SMs. At 1024 rows (64 programs) and hidden 128 it is faster than cuDNN (0.77–0.80×). What would "
+        "close the rest is splitting a row block's gate columns over several SMs with a grid-wide barrier per "
+        "step (a cooperative persistent kernel, as cuDNN does); it is not built. W_hh does not fit in shared "
+        "memory (256 KB at hidden 128), and keeping h and c in registers across steps was built and measured: "
+        "no faster with TF32, 5–15× slower in IEEE fp32 (`results/variant_register_triton_cuda_h200.json`). "
+        "At 16 steps both calls pay a fixed ~1.2 ms of host-side launch and autograd work on that machine, "
+        "so those ratios are noisy (1.17–1.63× at hidden 128 across two runs). With TF32 off the kernel's "
+        "matmuls run on FMA units instead of tensor cores: 1.2–4.6× the fused call, which itself barely slows.",
+        "- GPU whole training: the T-maze with hidden 128, 256 envs and 65,536-step batches trained at 78.0k "
+        "agent-steps/s with `triton` against 47.1k and 50.0k with `bucketed` in the same run on the H200 "
+        "(1.6×; `results/cuda_check_h200.txt`). With cuDNN's default TF32 the replay matches the rollout "
+        "to 5e-5 instead of 4e-7 (TF32 rounding in both, in different orders); `torch.backends.cudnn."
+        "allow_tf32 = False` restores the exact match.",
+        "- End to end against sb3-contrib (3.9–4.3× on the T-maze and 3.9–4.7× on CartPole over four bench runs "
+        "on 2026-11-26; 2.6–3.0× before the C++ scan): the floor alone allows 53–59k agent-steps/s on the "
+        "T-maze here (8,192 steps in 0.140–0.156 s) and 35–40k on CartPole, which is 6.0–6.6× and 5.2–6.2× "
+        "sb3-contrib's 8.6–9.1k and 6.4–7.1k in the same runs. So 20× is out of reach at these settings on this CPU, "
+        "whatever the "
+        "trainer does: the floor's learn part alone (0.12–0.14 s per iteration, the same fused LSTM "
+        "forward+backward sb3-contrib runs) is about 1/7 of sb3-contrib's whole iteration (0.90–0.95 s), and "
+        "20× would need the whole iteration in 0.045 s. sb3-contrib with a shared LSTM and 64 envs is faster "
+        "than the target assumed.",
+        "- Trainer against the floor (met in three of four bench runs on 2026-11-26, T-maze 1.501×, 1.443×, "
+        "1.442×, 1.483× and CartPole 1.391×, 1.361×, 1.354×, 1.312×; with the staleness diagnostic off "
+        "1.28–1.45×; so on the T-maze the margin is within the runs' spread). The "
+        "trainer and the floor are now timed in alternating rounds; before, the floor was taken minutes "
+        "after the trainer on a machine whose speed drifts by 10–30%, which is how the earlier session's "
+        "1.56–1.62× were measured (with the rollout then at 70–74 ms). Per 8,192 T-maze steps the rollout takes "
+        "about 50 ms (was 70–74) where env stepping plus one "
+        "forward per step take about 20, and the learner about 150–170 ms where the fused forward+backward and "
+        "optimizer steps take 120–135. What moved the rollout: the C++ LSTM step (below; 75 → 58 ms), "
+        "single-choice sampling and scoring without the split/cat loop, buffer field views made once, "
+        "final values written only at truncated steps (zeroed per rollout), the state store reset only when "
+        "some episode starts and by a 0/1 multiply instead of `masked_fill`, and one `isfinite` pass per env "
+        "output field (58 → 50 ms). What is left: the policy step runs about 30% slower inside the rollout "
+        "than alone (probably the env's work between steps evicting its weights and activations from cache), sampling "
+        "~40 µs per step, buffer writes ~30 µs and the store ~30 µs. The learner pays ~1.05–1.1× for exact "
+        "resets at these small minibatches and ~0.5 ms per minibatch for the PPO loss and the categorical "
+        "log-probabilities (about 60 small ops forward and backward; `log_softmax` over 2 actions alone is "
+        "0.1 ms). The staleness diagnostic adds ~7 ms per iteration (four replays of 16 segments).",
+        "- Rollout step: on the CPU `RecurrentCore.step` runs the C++ step (`policy/kernels/scan_cpu.cpp`: per layer "
+        "the input GEMM with both biases, the recurrent GEMM in place and one fused elementwise pass, all "
+        "layers in one call; the scan's math, so replay reproduces the rollout's state). `nn.LSTM` with T=1 "
+        "pays about 60 µs of fixed per-call work (76 µs for 5 agents × hidden 32, where the C++ step takes 12), "
+        "so at the end-to-end shape (64 agents, hidden 64) the step takes half the time; at 256–1024 agents "
+        "both are the same GEMMs and measure within noise of each other (0.89–1.11× over three runs). The step is used "
+        "only without autograd (the rollout, evaluation); with gradients `nn.LSTM` runs. Sampling is "
+        "Gumbel-max and returns the log-probabilities in the same call. The buffer is preallocated and "
+        "there is no `.item()` per step, but small per-step tensors are still allocated by the ops "
+        "themselves; only a captured graph (CUDA graphs) would remove them on a GPU.",
+        "",
+        "## How to run",
+        "",
+        "```bash",
+        "carrystate bench                     # CPU: learner, memory, end to end; rewrites BENCHMARKS.md",
+        "carrystate bench --quick             # a smaller grid (about 2 minutes)",
+        "python -m benchmarks.learner --help        # from the checkout root",
+        "bash benchmarks/gpu_run.sh           # on a CUDA machine: triton tests, tile tuning, learner, checks; save "
+        "gpu_learner.json as",
+        "                                     # benchmarks/results/learner_cuda_<gpu>.json, then carrystate bench "
+        "--report-only",
+        "```",
+        "",
+    ]
     kept = _foreign_sections(markdown)
     markdown.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 

@@ -26,8 +26,14 @@ if TYPE_CHECKING:
     from carrystate.trainer import Trainer
 
 
-def train(config: "str | Path | Config | None" = None, overrides: list[str] = (), *, run_dir: str | Path | None = None,
-          quiet: bool = True, iterations: int | None = None) -> "Trainer":
+def train(
+    config: str | Path | Config | None = None,
+    overrides: list[str] = (),
+    *,
+    run_dir: str | Path | None = None,
+    quiet: bool = True,
+    iterations: int | None = None,
+) -> Trainer:
     """Build a run from `config` (a YAML path, a `Config`, or None for the defaults) and `section.key=value`
     overrides, train it (all of `trainer.total_timesteps`, or `iterations` iterations), and return the
     Trainer; `trainer.summary` says what came of it. `run_dir`: where to write logs and checkpoints (None:
@@ -46,7 +52,7 @@ def train(config: "str | Path | Config | None" = None, overrides: list[str] = ()
     return trainer
 
 
-def load(path: str | Path, device: str = "cpu") -> "tuple[Policy, Config]":
+def load(path: str | Path, device: str = "cpu") -> tuple[Policy, Config]:
     """The policy of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint) and
     the config it was trained with."""
     from carrystate.run_state import load_policy
@@ -54,8 +60,15 @@ def load(path: str | Path, device: str = "cpu") -> "tuple[Policy, Config]":
     return load_policy(path, device)
 
 
-def evaluate(policy: "Policy", cfg: "Config", episodes: int = 100, *, seed: int = 12345, deterministic: bool = False,
-             num_envs: int | None = None):
+def evaluate(
+    policy: Policy,
+    cfg: Config,
+    episodes: int = 100,
+    *,
+    seed: int = 12345,
+    deterministic: bool = False,
+    num_envs: int | None = None,
+):
     """`policy` on `episodes` fresh episodes of `cfg`'s env (built with `seed`, `num_envs` copies or as
     configured, closed after), its state carried and reset exactly as in training. Returns the episodes'
     `RolloutStats` (episode_returns, episode_lengths, success)."""

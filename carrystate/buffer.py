@@ -32,22 +32,52 @@ def action_layout(space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
 
 class SegmentBuffer:
     @classmethod
-    def for_spaces(cls, num_agents: int, obs_space: gym.Space, action_space: gym.Space, state_template: State, *,
-                   batch_size: int, horizon: int, burn_in: int = 0,
-                   device: torch.device | str = "cpu") -> "SegmentBuffer":
+    def for_spaces(
+        cls,
+        num_agents: int,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        state_template: State,
+        *,
+        batch_size: int,
+        horizon: int,
+        burn_in: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> SegmentBuffer:
         """The buffer for agents with these observation and action spaces (observations stored as float32)."""
         action_shape, action_dtype = action_layout(action_space)
-        return cls(num_agents, batch_size, horizon, obs_shape=tuple(obs_space.shape), obs_dtype=torch.float32,
-                   action_shape=action_shape, action_dtype=action_dtype, state_template=state_template,
-                   device=device, burn_in=burn_in)
+        return cls(
+            num_agents,
+            batch_size,
+            horizon,
+            obs_shape=tuple(obs_space.shape),
+            obs_dtype=torch.float32,
+            action_shape=action_shape,
+            action_dtype=action_dtype,
+            state_template=state_template,
+            device=device,
+            burn_in=burn_in,
+        )
 
-    def __init__(self, num_agents: int, batch_size: int, horizon: int, *, obs_shape: tuple[int, ...],
-                 obs_dtype: torch.dtype, action_shape: tuple[int, ...], action_dtype: torch.dtype,
-                 state_template: State, device: torch.device | str = "cpu", burn_in: int = 0):
+    def __init__(
+        self,
+        num_agents: int,
+        batch_size: int,
+        horizon: int,
+        *,
+        obs_shape: tuple[int, ...],
+        obs_dtype: torch.dtype,
+        action_shape: tuple[int, ...],
+        action_dtype: torch.dtype,
+        state_template: State,
+        device: torch.device | str = "cpu",
+        burn_in: int = 0,
+    ):
         """`state_template`: a state of batch 1 whose tensors give the layers and width of the start states."""
         if batch_size % (num_agents * horizon):
-            raise ValueError(f"batch_size={batch_size} is not a multiple of agents × bptt_horizon = "
-                             f"{num_agents} × {horizon}")
+            raise ValueError(
+                f"batch_size={batch_size} is not a multiple of agents × bptt_horizon = {num_agents} × {horizon}"
+            )
         self.num_agents, self.horizon = num_agents, horizon
         self.segments = batch_size // horizon
         self.rows_per_agent = self.segments // num_agents
@@ -79,8 +109,9 @@ class SegmentBuffer:
             self.burn_in_state: State = tuple(torch.zeros_like(s) for s in self.start_state)
             self.tail_obs = z(num_agents, burn_in, *obs_shape, dtype=obs_dtype)  # [agents, burn_in, *obs_shape]
             self.tail_starts = z(num_agents, burn_in, dtype=torch.bool)
-            self.tail_state: State = tuple(torch.zeros(s.shape[0], num_agents, *s.shape[2:], device=device)
-                                           for s in state_template)
+            self.tail_state: State = tuple(
+                torch.zeros(s.shape[0], num_agents, *s.shape[2:], device=device) for s in state_template
+            )
             self.tail_ready = False  # true once a previous rollout left its tail
             self.filled = False
 
@@ -121,8 +152,8 @@ class SegmentBuffer:
             return
         if self.filled:
             last = torch.arange(self.num_agents, device=self.obs.device) * self.rows_per_agent + self.rows_per_agent - 1
-            self.tail_obs[:] = self.obs[last, -self.burn_in:]
-            self.tail_starts[:] = self.starts[last, -self.burn_in:]
+            self.tail_obs[:] = self.obs[last, -self.burn_in :]
+            self.tail_starts[:] = self.starts[last, -self.burn_in :]
             for dst, src in zip(self.tail_state, self.burn_in_state):
                 dst[:] = src[:, last]
             self.tail_ready = True
@@ -137,8 +168,10 @@ class SegmentBuffer:
         agent = idx // self.rows_per_agent
         obs = torch.where(first.view(-1, *[1] * (self.obs.dim() - 1)), self.tail_obs[agent], self.obs[prev, -N:])
         starts = torch.where(first[:, None], self.tail_starts[agent], self.starts[prev, -N:])
-        state = tuple(torch.where(first.view(1, -1, 1), t[:, agent], s[:, prev])
-                      for t, s in zip(self.tail_state, self.burn_in_state))
+        state = tuple(
+            torch.where(first.view(1, -1, 1), t[:, agent], s[:, prev])
+            for t, s in zip(self.tail_state, self.burn_in_state)
+        )
         has = ~first | torch.tensor(self.tail_ready, device=idx.device)
         return obs, starts, state, has
 
@@ -158,6 +191,8 @@ class SegmentBuffer:
         """The per-step tensors of segments `idx`; start states are chosen by the learner (stored, zero,
         refreshed or burnt in), so they are not gathered here."""
         idx = idx.to(self.obs.device)
-        out = {k: getattr(self, k)[idx] for k in
-               ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")}
+        out = {
+            k: getattr(self, k)[idx]
+            for k in ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")
+        }
         return out

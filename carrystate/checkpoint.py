@@ -50,12 +50,23 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, iteration: int, *, model: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
-                    optimizer: dict, meta: dict, config: Config, keep: int = 3) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    iteration: int,
+    *,
+    model: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor],
+    optimizer: dict,
+    meta: dict,
+    config: Config,
+    keep: int = 3,
+) -> Path:
     """Write checkpoint `iter_<iteration>` atomically, drop all but the newest `keep`, return its folder."""
     for name, t in model.items():
         if not torch.isfinite(t).all():
-            raise CheckpointError(f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept")
+            raise CheckpointError(
+                f"refusing to checkpoint non-finite weights ({name}); the last good checkpoint is kept"
+            )
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"iter_{iteration:06d}", root / f".tmp_iter_{iteration:06d}"
@@ -109,7 +120,9 @@ def load_checkpoint(path: Path) -> dict:
     else:
         candidates = checkpoints(path)[::-1]
         if not candidates:
-            raise CheckpointError(f"no checkpoint in {path} (expected {path}/checkpoints/iter_*/ or a checkpoint folder)")
+            raise CheckpointError(
+                f"no checkpoint in {path} (expected {path}/checkpoints/iter_*/ or a checkpoint folder)"
+            )
     problems = []
     for candidate in candidates:
         try:

@@ -38,8 +38,11 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError("with --resume the run folder's own config is used; pass only key=value overrides")
         trainer = Trainer.resume(args.resume, overrides, quiet=args.quiet)
         if trainer.dist.is_main:
-            print(f"resuming {args.resume} from {trainer.last_checkpoint} "
-                  f"(iteration {trainer.iteration}, {trainer.global_step:,} agent-steps)", flush=True)
+            print(
+                f"resuming {args.resume} from {trainer.last_checkpoint} "
+                f"(iteration {trainer.iteration}, {trainer.global_step:,} agent-steps)",
+                flush=True,
+            )
         if trainer.resume_note and trainer.dist.is_main:
             print(f"note: {trainer.resume_note}", flush=True)
     else:
@@ -58,8 +61,9 @@ def _eval(args: argparse.Namespace) -> int:
     import carrystate
 
     policy, cfg = carrystate.load(Path(args.checkpoint))
-    stats = carrystate.evaluate(policy, cfg, args.episodes, seed=args.seed, deterministic=args.deterministic,
-                                num_envs=args.num_envs)
+    stats = carrystate.evaluate(
+        policy, cfg, args.episodes, seed=args.seed, deterministic=args.deterministic, num_envs=args.num_envs
+    )
     r = np.array(stats.episode_returns)
     print(f"{len(r)} episodes: return {r.mean():.3f} ± {r.std():.3f} (min {r.min():.3f}, max {r.max():.3f})")
     if stats.success:
@@ -121,12 +125,16 @@ def _bench(args: argparse.Namespace) -> int:
     # the benchmarks live beside the package in a checkout (`pip install -e .`), not inside it
     folder = Path(carrystate.__file__).resolve().parent.parent / "benchmarks"
     if not (folder / "__init__.py").is_file():
-        print(f"carrystate bench: no benchmarks at {folder}; they come with a source checkout, not with the "
-              "installed package (git clone, then pip install -e .)", file=sys.stderr)
+        print(
+            f"carrystate bench: no benchmarks at {folder}; they come with a source checkout, not with the "
+            "installed package (git clone, then pip install -e .)",
+            file=sys.stderr,
+        )
         return 2
     if "benchmarks" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks", folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
+        spec = importlib.util.spec_from_file_location(
+            "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
         sys.modules["benchmarks"] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     benchmarks, report = sys.modules["benchmarks"], importlib.import_module("benchmarks.report")
@@ -146,8 +154,9 @@ def _build_kernels(args: argparse.Namespace) -> int:
 
     path = kernels.build("cpu", "lstm")
     if path is None:
-        print("CPU kernels not built (CARRYSTATE_NO_CPP=1, or the build failed as warned above): "
-              "the torch-op loop runs")
+        print(
+            "CPU kernels not built (CARRYSTATE_NO_CPP=1, or the build failed as warned above): the torch-op loop runs"
+        )
         return 0 if os.environ.get("CARRYSTATE_NO_CPP") == "1" else 1
     print(f"CPU kernels: {path}")
     return 0
@@ -156,17 +165,28 @@ def _build_kernels(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carrystate", description="Recurrent PPO with exact, carried LSTM/GRU state.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a policy", epilog=TRAIN_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train with CONFIG (a YAML file; default settings if omitted) and "
-                                   "section.key=value overrides. Writes runs/<run-name>/.")
+    p = sub.add_parser(
+        "train",
+        help="train a policy",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with CONFIG (a YAML file; default settings if omitted) and "
+        "section.key=value overrides. Writes runs/<run-name>/.",
+    )
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a config file and/or overrides")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest intact "
-                   "checkpoint (overrides such as trainer.total_timesteps=... still apply)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest intact "
+        "checkpoint (overrides such as trainer.total_timesteps=... still apply)",
+    )
     p.set_defaults(func=_train)
-    p = sub.add_parser("eval", help="run episodes with a trained policy and print returns",
-                       description="Run a checkpoint's policy (a checkpoint folder or a run folder) and print returns.")
+    p = sub.add_parser(
+        "eval",
+        help="run episodes with a trained policy and print returns",
+        description="Run a checkpoint's policy (a checkpoint folder or a run folder) and print returns.",
+    )
     p.add_argument("checkpoint", help="runs/<name> or runs/<name>/checkpoints/iter_N")
     p.add_argument("--episodes", type=int, default=100, help="episodes to run (default 100)")
     p.add_argument("--num-envs", type=int, default=None, help="env copies (default: as trained)")
@@ -174,34 +194,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
     p.add_argument("-v", "--verbose", action="store_true", help="print every episode's return")
     p.set_defaults(func=_eval)
-    p = sub.add_parser("probe", help="plot how far back gradients reach in a trained policy",
-                       description="For a checkpoint's policy on fresh rollouts: the norm of the gradient of the "
-                                   "loss at an agent's last step with respect to the observation k steps earlier, "
-                                   "through the training unroll, for each gradient horizon. Segment cuts show as "
-                                   "a drop to exactly zero.")
+    p = sub.add_parser(
+        "probe",
+        help="plot how far back gradients reach in a trained policy",
+        description="For a checkpoint's policy on fresh rollouts: the norm of the gradient of the "
+        "loss at an agent's last step with respect to the observation k steps earlier, "
+        "through the training unroll, for each gradient horizon. Segment cuts show as "
+        "a drop to exactly zero.",
+    )
     p.add_argument("checkpoint", help="runs/<name> or a checkpoint folder")
-    p.add_argument("--gradient-horizon", nargs="+", metavar="H",
-                   help="gradient horizons to compare (multiples of bptt_horizon or 'episode'; default: "
-                        "bptt_horizon and episode)")
+    p.add_argument(
+        "--gradient-horizon",
+        nargs="+",
+        metavar="H",
+        help="gradient horizons to compare (multiples of bptt_horizon or 'episode'; default: bptt_horizon and episode)",
+    )
     p.add_argument("--max-lag", type=int, default=None, help="largest lag (default: a whole rollout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="gradient_reach.png", help="PNG to write (default gradient_reach.png)")
     p.set_defaults(func=_probe)
-    p = sub.add_parser("bench", help="measure the learner, memory and whole training; write BENCHMARKS.md",
-                       description="Run the CPU benchmarks (learner unrolls vs the fused call and torchrl, learner "
-                                   "memory vs horizon, end-to-end SPS vs sb3-contrib RecurrentPPO and vs the floor) "
-                                   "and write BENCHMARKS.md. CUDA results saved in RESULTS are included.")
+    p = sub.add_parser(
+        "bench",
+        help="measure the learner, memory and whole training; write BENCHMARKS.md",
+        description="Run the CPU benchmarks (learner unrolls vs the fused call and torchrl, learner "
+        "memory vs horizon, end-to-end SPS vs sb3-contrib RecurrentPPO and vs the floor) "
+        "and write BENCHMARKS.md. CUDA results saved in RESULTS are included.",
+    )
     p.add_argument("--quick", action="store_true", help="a smaller grid and fewer repeats")
-    p.add_argument("--results", default="benchmarks/results", help="folder of JSON results (default benchmarks/results)")
+    p.add_argument(
+        "--results", default="benchmarks/results", help="folder of JSON results (default benchmarks/results)"
+    )
     p.add_argument("--markdown", default="BENCHMARKS.md", help="report to write (default BENCHMARKS.md)")
     p.add_argument("--report-only", action="store_true", help="only render the report from saved results")
     p.set_defaults(func=_bench)
-    p = sub.add_parser("build-kernels", help="compile the CPU kernels now (else the first training run does)",
-                       description="Compile the C++ kernels of the CPU scan unroll and rollout step for this machine "
-                                   "(about 30 s, cached by torch) and print where the library lies.")
+    p = sub.add_parser(
+        "build-kernels",
+        help="compile the CPU kernels now (else the first training run does)",
+        description="Compile the C++ kernels of the CPU scan unroll and rollout step for this machine "
+        "(about 30 s, cached by torch) and print where the library lies.",
+    )
     p.set_defaults(func=_build_kernels)
-    p = sub.add_parser("config", help="list every setting with its documentation, or print a resolved config",
-                       description="Without options: every setting, its default and documentation.")
+    p = sub.add_parser(
+        "config",
+        help="list every setting with its documentation, or print a resolved config",
+        description="Without options: every setting, its default and documentation.",
+    )
     p.add_argument("--show", metavar="CONFIG", help="print the full resolved YAML of CONFIG ('-' for defaults)")
     p.set_defaults(func=_config)
     return parser

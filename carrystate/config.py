@@ -32,7 +32,7 @@ class TMazeConfig(_Section):
     """Longest corridor; each episode draws its length uniformly from [length_min, length_max]."""
 
     @model_validator(mode="after")
-    def _ordered(self) -> "TMazeConfig":
+    def _ordered(self) -> TMazeConfig:
         if self.length_max < self.length_min:
             raise ValueError(
                 f"env.tmaze.length_max={self.length_max} must be >= env.tmaze.length_min={self.length_min}"
@@ -49,11 +49,9 @@ class RecallConfig(_Section):
     """Most blank steps between the cue and the query."""
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RecallConfig":
+    def _ordered(self) -> RecallConfig:
         if self.delay_max < self.delay_min:
-            raise ValueError(
-                f"env.recall.delay_max={self.delay_max} must be >= env.recall.delay_min={self.delay_min}"
-            )
+            raise ValueError(f"env.recall.delay_max={self.delay_max} must be >= env.recall.delay_min={self.delay_min}")
         return self
 
 
@@ -130,16 +128,19 @@ class EnvConfig(_Section):
     soon as it is seen dead)."""
 
     @model_validator(mode="after")
-    def _check_batches(self) -> "EnvConfig":
+    def _check_batches(self) -> EnvConfig:
         batches = 2 if self.double_buffer else 1
         if self.num_envs % batches:
-            raise ValueError(f"env.double_buffer=true splits env.num_envs={self.num_envs} into two batches; "
-                             f"it must be even (e.g. {self.num_envs + 1})")
+            raise ValueError(
+                f"env.double_buffer=true splits env.num_envs={self.num_envs} into two batches; "
+                f"it must be even (e.g. {self.num_envs + 1})"
+            )
         per_batch = self.num_envs // batches
         if self.workers and per_batch % self.workers:
             raise ValueError(
                 f"env.num_envs={self.num_envs} gives {per_batch} copies per batch, which env.workers="
-                f"{self.workers} cannot split evenly; use a worker count that divides {per_batch}")
+                f"{self.workers} cannot split evenly; use a worker count that divides {per_batch}"
+            )
         return self
 
 
@@ -262,7 +263,7 @@ class Config(_Section):
     """Measurements that never change training."""
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> "Config":
+    def _check_sizes(self) -> Config:
         t = self.trainer
         if t.minibatch_size % t.bptt_horizon:
             raise ValueError(
@@ -271,8 +272,10 @@ class Config(_Section):
                 f"nearest valid: {_nearest_multiples(t.minibatch_size, t.bptt_horizon)}"
             )
         if t.gradient_horizon not in (None, "episode") and t.gradient_horizon % t.bptt_horizon:
-            raise ValueError(f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
-                             f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'")
+            raise ValueError(
+                f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
+                f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'"
+            )
         if t.burn_in >= t.bptt_horizon:
             raise ValueError(f"trainer.burn_in={t.burn_in} must be below trainer.bptt_horizon={t.bptt_horizon}")
         if t.batch_size % t.minibatch_size:
@@ -306,12 +309,16 @@ def check_layout(t: TrainerConfig, num_agents: int) -> None:
     rows_per_agent = t.batch_size // rollout_unit
     chain = t.chain_length(rows_per_agent)
     if chain > 1 and rows_per_agent % chain:
-        raise ConfigError(f"trainer.gradient_horizon={t.gradient_horizon} spans {chain} segments, which must divide "
-                          f"the {rows_per_agent} segments each agent fills per rollout (batch_size / (agents × "
-                          f"bptt_horizon)); raise trainer.batch_size or lower the gradient horizon")
+        raise ConfigError(
+            f"trainer.gradient_horizon={t.gradient_horizon} spans {chain} segments, which must divide "
+            f"the {rows_per_agent} segments each agent fills per rollout (batch_size / (agents × "
+            f"bptt_horizon)); raise trainer.batch_size or lower the gradient horizon"
+        )
     if chain > 1 and (t.minibatch_size // t.bptt_horizon) % chain:
-        raise ConfigError(f"trainer.minibatch_size={t.minibatch_size} must hold whole chains of {chain} segments "
-                          f"(trainer.gradient_horizon={t.gradient_horizon}): a multiple of {chain * t.bptt_horizon}")
+        raise ConfigError(
+            f"trainer.minibatch_size={t.minibatch_size} must hold whole chains of {chain} segments "
+            f"(trainer.gradient_horizon={t.gradient_horizon}): a multiple of {chain * t.bptt_horizon}"
+        )
 
 
 def _nearest_multiples(value: int, unit: int) -> str:

@@ -37,8 +37,9 @@ def _diff(a: State, b: State) -> State:
 
 
 @torch.no_grad()
-def staleness(old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, window: int | None,
-              generator: torch.Generator) -> dict[str, float]:
+def staleness(
+    old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, window: int | None, generator: torch.Generator
+) -> dict[str, float]:
     """Staleness metrics over `samples` random segments that have earlier rows in the rollout (see module doc)."""
     K = buffer.rows_per_agent
     if K < 2 or samples <= 0 or not new.core.num_state_tensors:
@@ -55,8 +56,10 @@ def staleness(old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, win
         stored = tuple(s[:, rows] for s in buffer.start_state)
         eps = 1e-12
         scale = torch.maximum(_norm(s_old), _norm(s_new)) + eps
-        metrics = {"state_distance": _norm(_diff(s_new, s_old)) / scale,
-                   "replay_rounding": _norm(_diff(stored, s_old)) / (_norm(stored) + eps)}
+        metrics = {
+            "state_distance": _norm(_diff(s_new, s_old)) / scale,
+            "replay_rounding": _norm(_diff(stored, s_old)) / (_norm(stored) + eps),
+        }
         p_old, v_old, _ = new.sequence(buffer.obs[rows], s_old, buffer.starts[rows])
         p_new, v_new, _ = new.sequence(buffer.obs[rows], s_new, buffer.starts[rows])
         scale = v_new.abs().amax(1).clamp(min=1e-6)
@@ -96,8 +99,8 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     (`bptt_horizon`, multiples of it, or 'episode'); plots the curves to `out` (PNG) if given."""
     from carrystate.envs import make_env
     from carrystate.rollout import Rollout
-    from carrystate.state import StateStore
     from carrystate.run_state import load_policy
+    from carrystate.state import StateStore
 
     policy, cfg = load_policy(checkpoint)
     t = cfg.trainer
@@ -105,8 +108,14 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store, seed=seed)
-    buffer = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
-                                      policy.initial_state(1), batch_size=t.batch_size, horizon=t.bptt_horizon)
+    buffer = SegmentBuffer.for_spaces(
+        env.num_agents,
+        env.single_observation_space,
+        env.single_action_space,
+        policy.initial_state(1),
+        batch_size=t.batch_size,
+        horizon=t.bptt_horizon,
+    )
     gen = torch.Generator().manual_seed(seed)
     rollout.collect(policy, buffer, gen)  # warm the carried state up first
     rollout.collect(policy, buffer, gen)
@@ -116,8 +125,10 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     for gh in gradient_horizons:
         chain = t.model_copy(update={"gradient_horizon": gh}).chain_length(buffer.rows_per_agent)
         if chain < 1 or buffer.rows_per_agent % chain:
-            raise ValueError(f"gradient horizon {gh} does not fit {buffer.rows_per_agent} segments of "
-                             f"{t.bptt_horizon} steps per agent")
+            raise ValueError(
+                f"gradient horizon {gh} does not fit {buffer.rows_per_agent} segments of "
+                f"{t.bptt_horizon} steps per agent"
+            )
         curves[str(gh)] = gradient_reach(policy, buffer, chain, max_lag)
     if out is not None:
         import matplotlib

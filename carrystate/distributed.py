@@ -59,14 +59,18 @@ def rank_config(cfg: Config, world_size: int) -> Config:
     otherwise they are per rank and `cfg` is returned as it is."""
     if world_size == 1 or not cfg.trainer.scale_batch_with_world_size:
         return cfg
-    sizes = {"env.num_envs": cfg.env.num_envs, "trainer.batch_size": cfg.trainer.batch_size,
-             "trainer.minibatch_size": cfg.trainer.minibatch_size}
+    sizes = {
+        "env.num_envs": cfg.env.num_envs,
+        "trainer.batch_size": cfg.trainer.batch_size,
+        "trainer.minibatch_size": cfg.trainer.minibatch_size,
+    }
     for name, value in sizes.items():
         if value % world_size:
             raise ConfigError(
                 f"trainer.scale_batch_with_world_size=true divides {name}={value} among {world_size} ranks; it "
                 f"must be a multiple of {world_size} (e.g. {-(-value // world_size) * world_size}), or set "
-                "trainer.scale_batch_with_world_size=false to give every rank the whole size")
+                "trainer.scale_batch_with_world_size=false to give every rank the whole size"
+            )
     data = cfg.model_dump(mode="json")
     data["env"]["num_envs"] //= world_size
     data["trainer"]["batch_size"] //= world_size
@@ -74,10 +78,12 @@ def rank_config(cfg: Config, world_size: int) -> Config:
     try:
         return config_from_dict(data)
     except ConfigError as err:
-        raise ConfigError(f"with trainer.scale_batch_with_world_size=true each of the {world_size} ranks runs "
-                          f"{sizes['env.num_envs'] // world_size} env copies, batch_size "
-                          f"{sizes['trainer.batch_size'] // world_size} and minibatch_size "
-                          f"{sizes['trainer.minibatch_size'] // world_size}; {err}") from None
+        raise ConfigError(
+            f"with trainer.scale_batch_with_world_size=true each of the {world_size} ranks runs "
+            f"{sizes['env.num_envs'] // world_size} env copies, batch_size "
+            f"{sizes['trainer.batch_size'] // world_size} and minibatch_size "
+            f"{sizes['trainer.minibatch_size'] // world_size}; {err}"
+        ) from None
 
 
 @contextmanager
@@ -158,8 +164,10 @@ class DistContext:
         for r, other in enumerate(configs[1:], start=1):
             keys = sorted(k for k in configs[0].keys() | other.keys() if configs[0].get(k) != other.get(k))
             lines += [f"{k}: rank 0 {configs[0].get(k)!r}, rank {r} {other.get(k)!r}" for k in keys]
-        raise ConfigError("the ranks resolved different configs (every rank must get the same config file and "
-                          "overrides):\n  " + "\n  ".join(lines))
+        raise ConfigError(
+            "the ranks resolved different configs (every rank must get the same config file and "
+            "overrides):\n  " + "\n  ".join(lines)
+        )
 
     # ---- training step ----------------------------------------------------------------------------
     def broadcast_parameters(self, module: nn.Module) -> None:
@@ -186,7 +194,7 @@ class DistContext:
         offset = 0
         for p in params:
             n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
 
     @torch.no_grad()
@@ -225,6 +233,7 @@ class DistContext:
             nonlocal count
             count += 1
             return count % calls == 0 and agreed_flag()
+
         return throttled
 
     def mean(self, value: float) -> float:
@@ -237,15 +246,18 @@ class DistContext:
         return float(t.item()) / self.world_size
 
     def _comm_device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        )
 
     def share_episodes(self, stats) -> None:
         """Put every rank's finished episodes (rank order) into `stats` (a RolloutStats), so that progress,
         TensorBoard and the summary cover the whole run."""
         if not self.enabled:
             return
-        parts = self.all_gather_object((stats.episode_returns, stats.episode_lengths, stats.success),
-                                       "sharing episode statistics")
+        parts = self.all_gather_object(
+            (stats.episode_returns, stats.episode_lengths, stats.success), "sharing episode statistics"
+        )
         stats.episode_returns = [x for returns, _, _ in parts for x in returns]
         stats.episode_lengths = [x for _, lengths, _ in parts for x in lengths]
         stats.success = [x for _, _, success in parts for x in success]
@@ -291,7 +303,7 @@ def setup(cfg: Config) -> DistContext:
         # defaults keep the group alive past destroy_process_group: gloo's threads then outlive the
         # interpreter and its exit can abort (SIGABRT after a finished run; 2 of 50 4-rank runs here).
         # Imported first, they hold None.
-        import torch.distributed.nn  # noqa: F401
+        import torch.distributed.nn
 
         cuda = torch.device(t.device).type == "cuda"
         if cuda:

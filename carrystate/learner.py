@@ -37,8 +37,16 @@ class Learner:
     def compute_advantages(self) -> None:
         """GAE over each agent's whole timeline of the buffer (continuous across segment ends)."""
         b, t = self.buffer, self.cfg
-        adv, ret = ppo.gae(b.timeline(b.rewards), b.timeline(b.values), b.timeline(b.terminated),
-                           b.timeline(b.truncated), b.timeline(b.final_values), b.last_value, t.gamma, t.gae_lambda)
+        adv, ret = ppo.gae(
+            b.timeline(b.rewards),
+            b.timeline(b.values),
+            b.timeline(b.terminated),
+            b.timeline(b.truncated),
+            b.timeline(b.final_values),
+            b.last_value,
+            t.gamma,
+            t.gae_lambda,
+        )
         b.timeline(b.advantages)[:] = adv
         b.timeline(b.returns)[:] = ret
 
@@ -51,22 +59,38 @@ class Learner:
         totals: dict[str, list[float]] = {}
         for epoch in range(t.update_epochs):
             start_states = replay.start_states(t.start_state, policy, buffer)
-            plan = (buffer.minibatch_plan(mb_segments, self.generator) if self.chain == 1
-                    else buffer.chain_plan(self.chain, mb_segments, self.generator))
+            plan = (
+                buffer.minibatch_plan(mb_segments, self.generator)
+                if self.chain == 1
+                else buffer.chain_plan(self.chain, mb_segments, self.generator)
+            )
             for m, idx in enumerate(plan):
                 if should_stop():
                     break
                 mb = buffer.minibatch(idx.flatten())
                 params, values = replay.replay(policy, buffer, idx, start_states, mb["obs"], mb["starts"])
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
-                parts = ppo.ppo_loss(logprobs, entropy, values, mb["logprobs"], mb["values"], mb["advantages"],
-                                     mb["returns"], t.clip_coef, t.vf_coef, t.ent_coef, t.clip_vloss, t.norm_adv,
-                                     mask=mb["valid"], adv_stats=self.dist.mean_std if self.dist.enabled else None)
+                parts = ppo.ppo_loss(
+                    logprobs,
+                    entropy,
+                    values,
+                    mb["logprobs"],
+                    mb["values"],
+                    mb["advantages"],
+                    mb["returns"],
+                    t.clip_coef,
+                    t.vf_coef,
+                    t.ent_coef,
+                    t.clip_vloss,
+                    t.norm_adv,
+                    mask=mb["valid"],
+                    adv_stats=self.dist.mean_std if self.dist.enabled else None,
+                )
                 self._step(parts, f"iteration {iteration}, epoch {epoch + 1}, minibatch {m + 1}")
                 for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
                     totals.setdefault(name, []).append(float(getattr(parts, name)))
             if t.target_kl is not None and totals:  # the epoch's mean KL, agreed by all ranks
-                if self.dist.mean(np.mean(totals["approx_kl"][-(m + 1):])) > t.target_kl:
+                if self.dist.mean(np.mean(totals["approx_kl"][-(m + 1) :])) > t.target_kl:
                     break
             if should_stop():
                 break
@@ -79,8 +103,10 @@ class Learner:
         or gradient raises NumericalError naming `where` (and the parameters whose gradient is bad)."""
         policy = self.policy
         if not torch.isfinite(parts.loss):
-            raise NumericalError(f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "
-                                 f"value {float(parts.value_loss)}, entropy {float(parts.entropy)}")
+            raise NumericalError(
+                f"non-finite loss at {where}: policy {float(parts.policy_loss)}, "
+                f"value {float(parts.value_loss)}, entropy {float(parts.entropy)}"
+            )
         self.optimizer.zero_grad()
         parts.loss.backward()
         self.dist.average_gradients(policy.parameters())

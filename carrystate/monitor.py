@@ -26,11 +26,19 @@ class Summary:
     interrupted: str | None = None  # the signal's name when a signal stopped the run
 
     def text(self) -> str:
-        lines = [f"stopped by {self.interrupted}: checkpoint written, resume with "
-                 f"`carrystate train --resume {self.run_dir}`"] if self.interrupted else []
-        lines += [f"trained {self.global_step:,} agent-steps in {self.iterations} iterations, "
-                  f"{self.wall_time:.0f}s ({self.sps:,.0f} SPS)",
-                  f"final mean episode return (last 200 episodes): {self.mean_return:.3f}"]
+        lines = (
+            [
+                f"stopped by {self.interrupted}: checkpoint written, resume with "
+                f"`carrystate train --resume {self.run_dir}`"
+            ]
+            if self.interrupted
+            else []
+        )
+        lines += [
+            f"trained {self.global_step:,} agent-steps in {self.iterations} iterations, "
+            f"{self.wall_time:.0f}s ({self.sps:,.0f} SPS)",
+            f"final mean episode return (last 200 episodes): {self.mean_return:.3f}",
+        ]
         if self.success_rate is not None:
             lines.append(f"final success rate (last 200 episodes): {self.success_rate:.1%}")
         if self.run_dir is not None:
@@ -59,8 +67,16 @@ class Monitor:
 
             self.writer = SummaryWriter(str(log_dir))
 
-    def record(self, step: int, stats, losses: dict[str, float], sps: float, learning_rate: float, buffer=None,
-               write: bool = True) -> None:
+    def record(
+        self,
+        step: int,
+        stats,
+        losses: dict[str, float],
+        sps: float,
+        learning_rate: float,
+        buffer=None,
+        write: bool = True,
+    ) -> None:
         """One iteration: `stats` of its rollout, the learner's `losses`, and (when the rollout completed) the
         `buffer` it filled. `write`: also to TensorBoard (not for an iteration a signal cut short)."""
         self.returns.extend(stats.episode_returns)
@@ -95,10 +111,12 @@ class Monitor:
         returns, success = self.returns, self.success
         ret = f"{sum(returns) / len(returns):7.3f}" if returns else "    n/a"
         succ = f" success {sum(success) / len(success):5.1%}" if success else ""
-        line = (f"step {step:>9,}/{self.total:,}  SPS {sps:7,.0f}  return {ret}{succ}  "
-                f"pg {values.get('losses/policy_loss', 0):+.3f}  v {values.get('losses/value_loss', 0):.3f}  "
-                f"ent {values.get('losses/entropy', 0):.3f}  kl {values.get('losses/approx_kl', 0):.4f}  "
-                f"{self._split(values)}left {left:5.0f}s")
+        line = (
+            f"step {step:>9,}/{self.total:,}  SPS {sps:7,.0f}  return {ret}{succ}  "
+            f"pg {values.get('losses/policy_loss', 0):+.3f}  v {values.get('losses/value_loss', 0):.3f}  "
+            f"ent {values.get('losses/entropy', 0):.3f}  kl {values.get('losses/approx_kl', 0):.4f}  "
+            f"{self._split(values)}left {left:5.0f}s"
+        )
         if self.live:
             sys.stdout.write("\r" + line + "\x1b[K")
             sys.stdout.flush()
@@ -122,10 +140,26 @@ class Monitor:
             self.writer.close()
             self.writer = None
 
-    def summary(self, iterations: int, global_step: int, steps: int, wall: float, run_dir: Path | None,
-                checkpoint: Path | None, interrupted: str | None) -> Summary:
+    def summary(
+        self,
+        iterations: int,
+        global_step: int,
+        steps: int,
+        wall: float,
+        run_dir: Path | None,
+        checkpoint: Path | None,
+        interrupted: str | None,
+    ) -> Summary:
         """The run's summary: `steps` agent-steps of this call took `wall` seconds."""
         returns, success = list(self.returns), list(self.success)
-        return Summary(iterations, global_step, float(np.mean(returns)) if returns else float("nan"),
-                       float(np.mean(success)) if success else None, steps / max(wall, 1e-9), wall, run_dir,
-                       checkpoint, interrupted)
+        return Summary(
+            iterations,
+            global_step,
+            float(np.mean(returns)) if returns else float("nan"),
+            float(np.mean(success)) if success else None,
+            steps / max(wall, 1e-9),
+            wall,
+            run_dir,
+            checkpoint,
+            interrupted,
+        )

@@ -39,7 +39,9 @@ class Combined(torch.optim.Optimizer):
 def hidden_matrices(policy: nn.Module) -> list[str]:
     """Names of the 2-D weights inside the network (encoder after its input layer, recurrent core);
     the input layer, heads, biases and other parameters stay with Adam, as Muon's authors advise."""
-    names = [n for n, p in policy.named_parameters() if p.dim() == 2 and (n.startswith("core.") or n.startswith("encoder."))]
+    names = [
+        n for n, p in policy.named_parameters() if p.dim() == 2 and (n.startswith("core.") or n.startswith("encoder."))
+    ]
     encoder = [n for n in names if n.startswith("encoder.")]
     return [n for n in names if not encoder or n != encoder[0]]
 

@@ -9,8 +9,16 @@ import torch
 from torch import Tensor
 
 
-def gae(rewards: Tensor, values: Tensor, terminated: Tensor, truncated: Tensor, final_values: Tensor,
-        last_value: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    final_values: Tensor,
+    last_value: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over agents' timelines.
 
     All inputs are [agents, steps] except `last_value` [agents] (value of the observation after the last
@@ -42,10 +50,22 @@ class LossParts:
     clipfrac: Tensor
 
 
-def ppo_loss(new_logprobs: Tensor, entropy: Tensor, new_values: Tensor, old_logprobs: Tensor, old_values: Tensor,
-             advantages: Tensor, returns: Tensor, clip_coef: float, vf_coef: float, ent_coef: float,
-             clip_vloss: bool, norm_adv: bool, mask: Tensor | None = None,
-             adv_stats: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]] | None = None) -> LossParts:
+def ppo_loss(
+    new_logprobs: Tensor,
+    entropy: Tensor,
+    new_values: Tensor,
+    old_logprobs: Tensor,
+    old_values: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    clip_coef: float,
+    vf_coef: float,
+    ent_coef: float,
+    clip_vloss: bool,
+    norm_adv: bool,
+    mask: Tensor | None = None,
+    adv_stats: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]] | None = None,
+) -> LossParts:
     """Clipped surrogate + (optionally clipped) value loss − entropy bonus, over any matching shapes.
     `mask` (bool, same shape) keeps only the valid steps: every mean, and the advantage statistics, are
     taken over those alone. `adv_stats(advantages, mask) -> (mean, std)` replaces the minibatch's own
@@ -57,8 +77,10 @@ def ppo_loss(new_logprobs: Tensor, entropy: Tensor, new_values: Tensor, old_logp
     else:
         weight = mask.float()
         count = weight.sum().clamp(min=1.0)
-        def mean(x: Tensor) -> Tensor:  # noqa: E306
+
+        def mean(x: Tensor) -> Tensor:
             return (x * weight).sum() / count
+
     logratio = new_logprobs - old_logprobs
     ratio = logratio.exp()
     with torch.no_grad():

@@ -80,8 +80,9 @@ def unroll(policy: Policy, obs: Tensor, starts: Tensor, state: State, chain: int
     return params.flatten(0, 1), values.flatten(0, 1)
 
 
-def replay(policy: Policy, buffer: SegmentBuffer, idx: Tensor, start: State, obs: Tensor,
-           starts: Tensor) -> tuple[Tensor, Tensor]:
+def replay(
+    policy: Policy, buffer: SegmentBuffer, idx: Tensor, start: State, obs: Tensor, starts: Tensor
+) -> tuple[Tensor, Tensor]:
     """Replay a minibatch: segments idx [n] or chains of consecutive segments idx [n, chain], whose per-step
     obs and starts are gathered in `obs`, `starts` (flattened in idx's order), from their start states
     `start` (all segments' states under the epoch's mode), warmed up by burn-in first when the buffer keeps

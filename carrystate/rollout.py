@@ -20,7 +20,6 @@ buffer layout is the one the single-batch path fills.
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -71,8 +70,15 @@ class _Lane:
 
 
 class Rollout:
-    def __init__(self, env: VecEnv, store: StateStore, device: torch.device | str = "cpu", slice_start: int = 0,
-                 seed: int | None = None, double_buffer: bool | None = None):
+    def __init__(
+        self,
+        env: VecEnv,
+        store: StateStore,
+        device: torch.device | str = "cpu",
+        slice_start: int = 0,
+        seed: int | None = None,
+        double_buffer: bool | None = None,
+    ):
         """`double_buffer`: alternate the env's `batches` (default: whenever the env has them); False steps
         the env as one batch."""
         self.env, self.store, self.slice_start = env, store, slice_start
@@ -81,10 +87,13 @@ class Rollout:
         self.double_buffer = bool(batches) if double_buffer is None else double_buffer
         if self.double_buffer:
             if not batches:
-                raise ValueError(f"a double-buffered rollout needs an env with batches (env.double_buffer=true "
-                                 f"builds one); {type(env).__name__} has none")
-            self.lanes = [_Lane(sub, slice(start, start + sub.num_agents), slice_start + start)
-                          for start, sub in batches]
+                raise ValueError(
+                    f"a double-buffered rollout needs an env with batches (env.double_buffer=true "
+                    f"builds one); {type(env).__name__} has none"
+                )
+            self.lanes = [
+                _Lane(sub, slice(start, start + sub.num_agents), slice_start + start) for start, sub in batches
+            ]
         else:
             self.lanes = [_Lane(env, slice(0, env.num_agents), slice_start)]
         for lane in self.lanes:
@@ -104,8 +113,10 @@ class Rollout:
         self.starts = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs opens an episode
         self.valid = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs is not padding
         if self.obs.shape != (self.env.num_agents, *self.obs_shape):
-            raise EnvError(f"env.reset returned observations of shape {self.obs.shape}, "
-                           f"expected {(self.env.num_agents, *self.obs_shape)}")
+            raise EnvError(
+                f"env.reset returned observations of shape {self.obs.shape}, "
+                f"expected {(self.env.num_agents, *self.obs_shape)}"
+            )
         for lane in self.lanes:
             lane.pending = None
             self.store.reset(lane.key, torch.ones(lane.env.num_agents, dtype=torch.bool))
@@ -143,8 +154,9 @@ class Rollout:
         a = action.cpu().numpy()
         return np.clip(a, self._low, self._high) if self._box else a
 
-    def _act(self, lane: _Lane, t: int, policy: Policy, generator: torch.Generator,
-             deterministic: bool = False) -> None:
+    def _act(
+        self, lane: _Lane, t: int, policy: Policy, generator: torch.Generator, deterministic: bool = False
+    ) -> None:
         """Step t of one lane up to sending its actions to the env: the one policy step that collection
         and evaluation share (sampled actions, or the most likely ones when `deterministic`)."""
         rows = lane.rows
@@ -187,14 +199,24 @@ class Rollout:
         res = step.res
         if step.final_values is not None:  # elsewhere zero (begin_rollout)
             buffer.write(step.t, agents=lane.rows, final_values=step.final_values)
-        buffer.write(step.t, agents=lane.rows, obs=step.obs, actions=step.action, logprobs=step.logprob,
-                     values=step.value, starts=step.starts, valid=self._tensor(step.valid),
-                     rewards=self._tensor(res.reward), terminated=self._tensor(res.terminated),
-                     truncated=self._tensor(res.truncated))
+        buffer.write(
+            step.t,
+            agents=lane.rows,
+            obs=step.obs,
+            actions=step.action,
+            logprobs=step.logprob,
+            values=step.value,
+            starts=step.starts,
+            valid=self._tensor(step.valid),
+            rewards=self._tensor(res.reward),
+            terminated=self._tensor(res.terminated),
+            truncated=self._tensor(res.truncated),
+        )
 
     @torch.no_grad()
-    def collect(self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator,
-                should_stop=lambda: False) -> RolloutStats:
+    def collect(
+        self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator, should_stop=lambda: False
+    ) -> RolloutStats:
         """Fill `buffer`; if `should_stop()` turns true, return early with `interrupted` set (the buffer is
         then incomplete and must not be trained on). Steps already sent to the env are always finished.
 
@@ -228,12 +250,20 @@ class Rollout:
         if stats.interrupted:
             return stats
         for lane in self.lanes:
-            _, buffer.last_value[lane.rows], _ = policy.step(self._tensor(self.obs[lane.rows]), self.store.get(lane.key))
+            _, buffer.last_value[lane.rows], _ = policy.step(
+                self._tensor(self.obs[lane.rows]), self.store.get(lane.key)
+            )
         return stats
 
     @torch.no_grad()
-    def run_episodes(self, policy: Policy, episodes: int, generator: torch.Generator, deterministic: bool = False,
-                     max_steps: int = 1_000_000) -> RolloutStats:
+    def run_episodes(
+        self,
+        policy: Policy,
+        episodes: int,
+        generator: torch.Generator,
+        deterministic: bool = False,
+        max_steps: int = 1_000_000,
+    ) -> RolloutStats:
         """Step the policy (weights frozen, state carried and reset exactly as in collection, through the same
         step) until `episodes` episodes have ended or `max_steps` steps have passed; nothing is recorded."""
         stats = RolloutStats()
@@ -259,8 +289,15 @@ def episode_starts(res: StepResult, valid: np.ndarray) -> tuple[np.ndarray, np.n
     return res.terminated | res.truncated | (valid_next & ~valid), valid_next
 
 
-def evaluate(policy: Policy, env: VecEnv, episodes: int, deterministic: bool = False, seed: int = 0,
-             device: torch.device | str = "cpu", max_steps: int = 1_000_000) -> RolloutStats:
+def evaluate(
+    policy: Policy,
+    env: VecEnv,
+    episodes: int,
+    deterministic: bool = False,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    max_steps: int = 1_000_000,
+) -> RolloutStats:
     """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, device)

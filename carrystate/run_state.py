@@ -36,7 +36,7 @@ class RunState:
     meta: dict
 
 
-def capture(tr: "Trainer") -> RunState | None:
+def capture(tr: Trainer) -> RunState | None:
     """The run's state now; under torchrun gathered from every rank onto rank 0 (None on the others)."""
     tensors = {f"store.{k}": v for k, v in tr.store.state_dict().items()}
     tensors["rng.sample"] = tr.sample_gen.get_state()
@@ -44,13 +44,19 @@ def capture(tr: "Trainer") -> RunState | None:
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rollout.obs"] = torch.from_numpy(np.ascontiguousarray(tr.rollout.obs))
     tensors["rollout.starts"] = torch.from_numpy(tr.rollout.starts.copy())
-    meta = {"global_step": tr.global_step, "interrupted": tr.stop.signal, "num_agents": tr.env.num_agents,
-            "recent_returns": list(tr.monitor.returns), "recent_success": list(tr.monitor.success),
-            "env_state": None}
+    meta = {
+        "global_step": tr.global_step,
+        "interrupted": tr.stop.signal,
+        "num_agents": tr.env.num_agents,
+        "recent_returns": list(tr.monitor.returns),
+        "recent_success": list(tr.monitor.success),
+        "env_state": None,
+    }
     if hasattr(tr.env, "state_dict"):
         env_state = tr.env.state_dict()
-        tensors.update({f"env.{k}": torch.from_numpy(np.asarray(v)) for k, v in env_state.items()
-                        if isinstance(v, np.ndarray)})
+        tensors.update(
+            {f"env.{k}": torch.from_numpy(np.asarray(v)) for k, v in env_state.items() if isinstance(v, np.ndarray)}
+        )
         meta["env_state"] = {k: v for k, v in env_state.items() if not isinstance(v, np.ndarray)}
     if tr.dist.enabled:  # one checkpoint holds every rank's carried state (the weights are the same)
         states = tr.dist.gather_to_main((tensors, meta), "gathering the ranks' state for a checkpoint")
@@ -60,7 +66,7 @@ def capture(tr: "Trainer") -> RunState | None:
     return RunState(tr.policy.state_dict(), tr.learner.optimizer.state_dict(), tensors, meta)
 
 
-def restore(tr: "Trainer", ckpt: dict) -> str | None:
+def restore(tr: Trainer, ckpt: dict) -> str | None:
     """Continue from a checkpoint exactly (built-in envs), or with fresh episodes for envs that cannot save
     their state; returns a note saying so in that case, else None."""
     diffs = config_differences(ckpt["config"], tr.run_cfg)
@@ -73,7 +79,7 @@ def restore(tr: "Trainer", ckpt: dict) -> str | None:
     tensors, meta = rank_view(ckpt["tensors"], ckpt["meta"], tr.dist, ckpt["path"])
     tr.policy.load_state_dict(ckpt["model"])
     tr.learner.optimizer.load_state_dict(ckpt["optimizer"])
-    tr.store.load_state_dict({k[len("store."):]: v for k, v in tensors.items() if k.startswith("store.")})
+    tr.store.load_state_dict({k[len("store.") :]: v for k, v in tensors.items() if k.startswith("store.")})
     tr.sample_gen.set_state(tensors["rng.sample"])
     tr.learner.generator.set_state(tensors["rng.shuffle"])
     torch.set_rng_state(tensors["rng.torch"])
@@ -83,14 +89,16 @@ def restore(tr: "Trainer", ckpt: dict) -> str | None:
     tr.last_checkpoint = ckpt["path"]
     if meta["env_state"] is not None and hasattr(tr.env, "load_state_dict"):
         env_state = dict(meta["env_state"])
-        env_state.update({k[len("env."):]: v.numpy() for k, v in tensors.items() if k.startswith("env.")})
+        env_state.update({k[len("env.") :]: v.numpy() for k, v in tensors.items() if k.startswith("env.")})
         tr.env.load_state_dict(env_state)
         tr.rollout.obs = tensors["rollout.obs"].numpy().copy()
         tr.rollout.starts = tensors["rollout.starts"].numpy().copy()
         return None
     tr.rollout.new_episodes()
-    note = (f"{type(tr.env).__name__} cannot save its state: the resumed run starts new episodes everywhere, "
-            "with zeroed recurrent state")
+    note = (
+        f"{type(tr.env).__name__} cannot save its state: the resumed run starts new episodes everywhere, "
+        "with zeroed recurrent state"
+    )
     warnings.warn(note, stacklevel=3)
     return note
 
@@ -116,11 +124,12 @@ def rank_view(tensors: dict[str, Tensor], meta: dict, ctx: DistContext, path) ->
         raise CheckpointError(
             f"checkpoint {path} holds the carried state of {saved} rank(s) but this run has {ctx.world_size}; "
             f"resume it with {saved} process(es) in all (e.g. torchrun --standalone --nproc-per-node {saved} "
-            f"-m carrystate.cli train --resume RUN_DIR)")
+            f"-m carrystate.cli train --resume RUN_DIR)"
+        )
     if saved == 1:
         return tensors, meta
     prefix = f"rank{ctx.rank}."
-    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     return mine, {**meta, "env_state": meta["env_state"][ctx.rank]}
 
 
@@ -132,7 +141,7 @@ def merge_rank_states(states: list[tuple[dict[str, Tensor], dict]]) -> tuple[dic
     return tensors, meta
 
 
-def load_policy(path: Path | str, device: str = "cpu") -> "tuple[Policy, Config]":
+def load_policy(path: Path | str, device: str = "cpu") -> tuple[Policy, Config]:
     """The policy of a checkpoint (folder or run folder) and the config it was trained with."""
     from carrystate.envs import make_env
     from carrystate.policy import Policy

@@ -26,13 +26,17 @@ class GracefulStop:
     @contextmanager
     def installed(self):
         """SIGINT and SIGTERM handled as above while the block runs (the previous handlers come back after)."""
+
         def handler(signum, frame):
             if self.signal is not None:
                 raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
             self.signal = signal.Signals(signum).name
             if not self.quiet:
-                print(f"\n{self.signal}: finishing the current step and writing a checkpoint "
-                      "(signal again to stop at once)", flush=True)
+                print(
+                    f"\n{self.signal}: finishing the current step and writing a checkpoint "
+                    "(signal again to stop at once)",
+                    flush=True,
+                )
 
         try:
             previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -22,8 +22,9 @@ from torch import Tensor
 State = tuple[Tensor, ...]
 
 
-def zero_state(num_tensors: int, num_layers: int, batch: int, hidden_size: int,
-               device: torch.device | str = "cpu") -> State:
+def zero_state(
+    num_tensors: int, num_layers: int, batch: int, hidden_size: int, device: torch.device | str = "cpu"
+) -> State:
     """`num_tensors` zero tensors `[num_layers, batch, hidden_size]`: the state of an episode's first step."""
     return tuple(torch.zeros(num_layers, batch, hidden_size, device=device) for _ in range(num_tensors))
 
@@ -57,7 +58,9 @@ class StateStore:
 
     def set(self, start: int, state: State) -> None:
         if len(state) != self.num_tensors or any(s.shape[1] != self.sizes[start] for s in state):
-            raise ValueError(f"state for slice {start} must be {self.num_tensors} tensors with {self.sizes[start]} agents")
+            raise ValueError(
+                f"state for slice {start} must be {self.num_tensors} tensors with {self.sizes[start]} agents"
+            )
         self.slices[start] = tuple(s.detach() for s in state)
 
     def reset(self, start: int, mask: Tensor) -> None:
@@ -66,7 +69,9 @@ class StateStore:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Flat name → tensor mapping (safetensors-ready): `slice{start}.{i}`."""
-        return {f"slice{start}.{i}": t.contiguous().cpu() for start, st in self.slices.items() for i, t in enumerate(st)}
+        return {
+            f"slice{start}.{i}": t.contiguous().cpu() for start, st in self.slices.items() for i, t in enumerate(st)
+        }
 
     def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
         for start, size in self.sizes.items():

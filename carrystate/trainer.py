@@ -48,9 +48,15 @@ class Trainer:
         self.store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, self.device)
         self.rollout = Rollout(self.env, self.store, self.device, seed=seed)
         self.buffer = SegmentBuffer.for_spaces(
-            self.env.num_agents, self.env.single_observation_space, self.env.single_action_space,
-            self.policy.initial_state(1, self.device), batch_size=t.batch_size, horizon=t.bptt_horizon,
-            burn_in=t.burn_in, device=self.device)
+            self.env.num_agents,
+            self.env.single_observation_space,
+            self.env.single_action_space,
+            self.policy.initial_state(1, self.device),
+            batch_size=t.batch_size,
+            horizon=t.bptt_horizon,
+            burn_in=t.burn_in,
+            device=self.device,
+        )
         self.learner = Learner(self.policy, self.buffer, t, self.dist, seed)
         self.diag_gen = torch.Generator().manual_seed(seed + 2)  # staleness samples
         self.sample_gen = torch.Generator(self.device).manual_seed(seed)  # action sampling
@@ -76,29 +82,48 @@ class Trainer:
         with stop.installed():
             while self.iteration < self.num_iterations and not stop() and not batch_done():
                 self.learner.anneal(self.iteration / self.num_iterations)
-                stats = self.rollout.collect(self.policy, self.buffer, self.sample_gen,
-                                             self.dist.every(32, stop))  # ranks agree every 32 steps
+                stats = self.rollout.collect(
+                    self.policy, self.buffer, self.sample_gen, self.dist.every(32, stop)
+                )  # ranks agree every 32 steps
                 self.dist.share_episodes(stats)
                 losses = {} if stats.interrupted else self.update()  # an interrupted rollout is not trained on
                 self.iteration += 1
                 self.global_step += stats.steps * self.env.num_agents * self.dist.world_size
                 sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
-                self.monitor.record(self.global_step, stats, losses, sps,
-                                    self.learner.optimizer.param_groups[0]["lr"],
-                                    None if stats.interrupted else self.buffer, write=stop.signal is None)
-                if self.run_dir and (self.iteration % self.cfg.trainer.checkpoint_interval == 0
-                                     or self.iteration == self.num_iterations or stop() or batch_done()):
+                self.monitor.record(
+                    self.global_step,
+                    stats,
+                    losses,
+                    sps,
+                    self.learner.optimizer.param_groups[0]["lr"],
+                    None if stats.interrupted else self.buffer,
+                    write=stop.signal is None,
+                )
+                if self.run_dir and (
+                    self.iteration % self.cfg.trainer.checkpoint_interval == 0
+                    or self.iteration == self.num_iterations
+                    or stop()
+                    or batch_done()
+                ):
                     self.save()
             # A signal that arrived while the last checkpoint was being written (after its meta was taken)
             # stopped the loop without a checkpoint that says so: write that iteration's again, marked.
             if self.run_dir and self.dist.any_rank(stop.signal is not None and stop.saved != stop.signal):
                 self.save()
         self.monitor.close()
-        summary = self.monitor.summary(self.iteration, self.global_step, self.global_step - steps_at_start,
-                                       time.perf_counter() - start, self.run_dir, self.last_checkpoint, stop.signal)
+        summary = self.monitor.summary(
+            self.iteration,
+            self.global_step,
+            self.global_step - steps_at_start,
+            time.perf_counter() - start,
+            self.run_dir,
+            self.last_checkpoint,
+            stop.signal,
+        )
         if writes:
-            (self.run_dir / "summary.json").write_text(json.dumps(
-                {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2))
+            (self.run_dir / "summary.json").write_text(
+                json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2)
+            )
         return summary
 
     def update(self) -> dict[str, float]:
@@ -110,8 +135,11 @@ class Trainer:
         losses = self.learner.learn(self.iteration + 1, self.stop)
         losses["perf/learn_seconds"] = time.perf_counter() - started
         if rollout_policy is not None:
-            losses.update(diagnostics.staleness(rollout_policy, self.policy, self.buffer, d.staleness_segments,
-                                                d.staleness_window, self.diag_gen))
+            losses.update(
+                diagnostics.staleness(
+                    rollout_policy, self.policy, self.buffer, d.staleness_segments, d.staleness_window, self.diag_gen
+                )
+            )
         return losses
 
     def save(self) -> Path | None:
@@ -120,13 +148,20 @@ class Trainer:
         state = run_state.capture(self)  # every rank's carried state, on rank 0
         if self.dist.is_main:
             self.last_checkpoint = save_checkpoint(
-                self.run_dir, self.iteration, model=state.model, tensors=state.tensors, optimizer=state.optimizer,
-                meta=state.meta, config=self.run_cfg, keep=self.cfg.trainer.keep_checkpoints)
+                self.run_dir,
+                self.iteration,
+                model=state.model,
+                tensors=state.tensors,
+                optimizer=state.optimizer,
+                meta=state.meta,
+                config=self.run_cfg,
+                keep=self.cfg.trainer.keep_checkpoints,
+            )
         self.dist.barrier("writing a checkpoint")  # no rank goes on (or resumes) before it is complete
         return self.last_checkpoint
 
     @classmethod
-    def resume(cls, run_dir: Path | str, overrides: list[str] = (), quiet: bool = False) -> "Trainer":
+    def resume(cls, run_dir: Path | str, overrides: list[str] = (), quiet: bool = False) -> Trainer:
         """A trainer that continues the run in `run_dir` from its newest intact checkpoint. Overrides may
         change e.g. trainer.total_timesteps; changes to the network or the agents are refused."""
         ckpt = load_checkpoint(Path(run_dir))
@@ -138,5 +173,6 @@ class Trainer:
 
 def default_run_dir(cfg: Config) -> Path:
     name = cfg.trainer.run_name or (
-        f"{cfg.env.name}-{cfg.policy.core}-s{cfg.trainer.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        f"{cfg.env.name}-{cfg.policy.core}-s{cfg.trainer.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
     return Path(cfg.trainer.runs_dir) / name

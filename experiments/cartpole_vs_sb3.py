@@ -14,7 +14,6 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
-
 from common import returns_curve, save, sb3_batch_returns, train
 
 from carrystate.envs.gym_adapter import HideVelocity
@@ -28,11 +27,28 @@ def sb3_run(steps: int, seed: int) -> dict:
     torch.set_num_threads(1)
     make = lambda: HideVelocity(gym.make("CartPole-v1"), "CartPole-v1")  # noqa: E731
     venv = VecNormalize(make_vec_env(make, n_envs=8, seed=seed), norm_reward=True)
-    lin = lambda v: (lambda f: f * v)  # noqa: E731
-    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-                         ent_coef=0.0, learning_rate=lin(1e-3), clip_range=lin(0.2), seed=seed, device="cpu",
-                         policy_kwargs=dict(ortho_init=False, activation_fn=torch.nn.ReLU, lstm_hidden_size=64,
-                                            enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])))
+    lin = lambda v: lambda f: f * v  # noqa: E731
+    model = RecurrentPPO(
+        "MlpLstmPolicy",
+        venv,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=lin(1e-3),
+        clip_range=lin(0.2),
+        seed=seed,
+        device="cpu",
+        policy_kwargs=dict(
+            ortho_init=False,
+            activation_fn=torch.nn.ReLU,
+            lstm_hidden_size=64,
+            enable_critic_lstm=True,
+            net_arch=dict(pi=[64], vf=[64]),
+        ),
+    )
     cb = sb3_batch_returns()
     t0 = time.perf_counter()
     model.learn(steps, callback=cb)
@@ -59,10 +75,21 @@ def main():
     a = p.parse_args()
     rows = []
     for seed in a.seeds:
-        ours = train("configs/cartpole_novel.yaml", [f"trainer.seed={seed}", f"trainer.total_timesteps={a.steps}"], episodes=100)
+        ours = train(
+            "configs/cartpole_novel.yaml", [f"trainer.seed={seed}", f"trainer.total_timesteps={a.steps}"], episodes=100
+        )
         ours.pop("trainer")
-        rows.append({"trainer": "carrystate", "seed": seed, "eval_return": ours["eval_return"], "wall_s": ours["wall_s"],
-                     "sps": ours["sps"], "steps": ours["steps"], "curve": returns_curve(ours["history"])})
+        rows.append(
+            {
+                "trainer": "carrystate",
+                "seed": seed,
+                "eval_return": ours["eval_return"],
+                "wall_s": ours["wall_s"],
+                "sps": ours["sps"],
+                "steps": ours["steps"],
+                "curve": returns_curve(ours["history"]),
+            }
+        )
         print(rows[-1], flush=True)
         save("cartpole_vs_sb3", rows)
         theirs = sb3_run(a.steps, seed)

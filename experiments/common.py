@@ -22,10 +22,17 @@ def train(config: str | None, overrides: list[str], episodes: int = 300) -> dict
     tr = carrystate.train(ROOT / config if config else None, overrides)
     wall = time.perf_counter() - t0
     stats = fresh_episodes(tr.policy, tr.cfg, 10_000 + tr.cfg.trainer.seed, episodes)
-    return {"overrides": overrides, "config": config, "steps": tr.summary.global_step, "wall_s": wall,
-            "sps": tr.summary.sps, "eval_return": float(np.mean(stats.episode_returns)),
-            "eval_success": float(np.mean(stats.success)) if stats.success else None,
-            "history": tr.history, "trainer": tr}
+    return {
+        "overrides": overrides,
+        "config": config,
+        "steps": tr.summary.global_step,
+        "wall_s": wall,
+        "sps": tr.summary.sps,
+        "eval_return": float(np.mean(stats.episode_returns)),
+        "eval_success": float(np.mean(stats.success)) if stats.success else None,
+        "history": tr.history,
+        "trainer": tr,
+    }
 
 
 def fresh_episodes(policy, cfg, seed: int, episodes: int):

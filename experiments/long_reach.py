@@ -8,17 +8,25 @@ learner's activation memory of one minibatch in each mode.
 from __future__ import annotations
 
 import argparse
-
 import runpy
 
 from common import ROOT, load, save, train
 
 peak_mib = runpy.run_path(str(ROOT / "benchmarks" / "memory.py"))["peak_mib"]  # learner memory, fresh process
 
-BASE = ["env.tmaze.length_min=256", "env.tmaze.length_max=256", "env.num_envs=32", "trainer.batch_size=32768",
-        "trainer.bptt_horizon=64", "trainer.minibatch_size=8192", "trainer.update_epochs=4",
-        "policy.hidden_size=64", "trainer.learning_rate=0.001", "trainer.gamma=0.999",
-        "diagnostics.staleness_segments=0"]
+BASE = [
+    "env.tmaze.length_min=256",
+    "env.tmaze.length_max=256",
+    "env.num_envs=32",
+    "trainer.batch_size=32768",
+    "trainer.bptt_horizon=64",
+    "trainer.minibatch_size=8192",
+    "trainer.update_epochs=4",
+    "policy.hidden_size=64",
+    "trainer.learning_rate=0.001",
+    "trainer.gamma=0.999",
+    "diagnostics.staleness_segments=0",
+]
 
 
 def learner_memory(gradient_horizon: str) -> dict:
@@ -26,8 +34,10 @@ def learner_memory(gradient_horizon: str) -> dict:
     learner, and for comparison plain backpropagation through the same 16-segment chains."""
     if gradient_horizon == "64":
         return {"learner_MiB": peak_mib({"mode": "full", "rows": 128, "segments": 1, "horizon": 64, "hidden": 64})}
-    return {"learner_MiB": peak_mib({"mode": "chain", "rows": 8, "segments": 16, "horizon": 64, "hidden": 64}),
-            "full_backprop_MiB": peak_mib({"mode": "full", "rows": 8, "segments": 16, "horizon": 64, "hidden": 64})}
+    return {
+        "learner_MiB": peak_mib({"mode": "chain", "rows": 8, "segments": 16, "horizon": 64, "hidden": 64}),
+        "full_backprop_MiB": peak_mib({"mode": "full", "rows": 8, "segments": 16, "horizon": 64, "hidden": 64}),
+    }
 
 
 def main():
@@ -45,13 +55,23 @@ def main():
     rows = []
     for seed in a.seeds:
         for gh in ("64", "episode"):
-            r = train(None, BASE + [f"trainer.gradient_horizon={gh}", f"trainer.total_timesteps={a.steps}",
-                                    f"trainer.seed={seed}"], episodes=200)
+            r = train(
+                None,
+                BASE + [f"trainer.gradient_horizon={gh}", f"trainer.total_timesteps={a.steps}", f"trainer.seed={seed}"],
+                episodes=200,
+            )
             r.pop("trainer")
             mem = learner_memory(gh)
-            out = {"gradient_horizon": gh, "seed": seed, "eval_success": r["eval_success"], "steps": r["steps"],
-                   "wall_s": r["wall_s"], "sps": r["sps"], **mem,
-                   "curve": [(h["step"], h.get("charts/success_rate")) for h in r["history"]]}
+            out = {
+                "gradient_horizon": gh,
+                "seed": seed,
+                "eval_success": r["eval_success"],
+                "steps": r["steps"],
+                "wall_s": r["wall_s"],
+                "sps": r["sps"],
+                **mem,
+                "curve": [(h["step"], h.get("charts/success_rate")) for h in r["history"]],
+            }
             print({k: v for k, v in out.items() if k != "curve"}, flush=True)
             rows.append(out)
             save("long_reach", rows)

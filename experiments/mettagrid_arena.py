@@ -12,13 +12,18 @@ import time
 
 import numpy as np
 import torch
-
 from common import ROOT, fresh_episodes, save
 
 import carrystate
 
-KEYS = ("charts/reward_per_agent_step", "charts/episodic_return", "charts/SPS", "perf/env_seconds",
-        "perf/policy_seconds", "perf/learn_seconds")
+KEYS = (
+    "charts/reward_per_agent_step",
+    "charts/episodic_return",
+    "charts/SPS",
+    "perf/env_seconds",
+    "perf/policy_seconds",
+    "perf/learn_seconds",
+)
 
 
 def score(policy, cfg, seed: int, episodes: int) -> float:
@@ -35,8 +40,10 @@ def main():
     torch.set_num_threads(1)
     rows = []
     for seed in a.seeds:
-        cfg = carrystate.load_config(ROOT / "configs/mettagrid_arena.yaml",
-                          [f"trainer.seed={seed}", f"trainer.total_timesteps={a.steps}", "diagnostics.staleness_segments=0"])
+        cfg = carrystate.load_config(
+            ROOT / "configs/mettagrid_arena.yaml",
+            [f"trainer.seed={seed}", f"trainer.total_timesteps={a.steps}", "diagnostics.staleness_segments=0"],
+        )
         tr = carrystate.Trainer(cfg, quiet=True)
         agents = cfg.env.num_envs * cfg.env.mettagrid.agents
         row = {"seed": seed, "agents": agents, "untrained_return": score(tr.policy, cfg, 10_000 + seed, agents)}
@@ -45,12 +52,18 @@ def main():
         t0 = time.perf_counter()
         while tr.iteration < tr.num_iterations:
             tr.train(stop_after=a.chunk)
-            row.update(steps=tr.global_step, wall_s=time.perf_counter() - t0,
-                       curve=[{"step": h["step"], **{k: h[k] for k in KEYS if k in h}} for h in tr.history])
+            row.update(
+                steps=tr.global_step,
+                wall_s=time.perf_counter() - t0,
+                curve=[{"step": h["step"], **{k: h[k] for k in KEYS if k in h}} for h in tr.history],
+            )
             row["sps"] = row["steps"] / row["wall_s"]
             save("mettagrid_arena", rows)
-            print({k: row[k] for k in ("seed", "steps", "wall_s", "sps")},
-                  {k: round(v, 4) for k, v in row["curve"][-1].items()}, flush=True)
+            print(
+                {k: row[k] for k in ("seed", "steps", "wall_s", "sps")},
+                {k: round(v, 4) for k, v in row["curve"][-1].items()},
+                flush=True,
+            )
         row["final_return"] = score(tr.policy, cfg, 10_000 + seed, agents)
         print({k: v for k, v in row.items() if k != "curve"}, flush=True)
         save("mettagrid_arena", rows)

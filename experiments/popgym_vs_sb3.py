@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from common import ROOT, load, returns_curve, save, sb3_batch_returns, train
 
 import carrystate
@@ -25,8 +24,16 @@ CONFIG = "configs/popgym.yaml"
 
 
 def carrystate_run(env_id: str, steps: int, seed: int) -> dict:
-    r = train(CONFIG, [f"env.popgym.id={env_id}", f"trainer.total_timesteps={steps}",
-                                       f"trainer.seed={seed}", "diagnostics.staleness_segments=0"], episodes=100)
+    r = train(
+        CONFIG,
+        [
+            f"env.popgym.id={env_id}",
+            f"trainer.total_timesteps={steps}",
+            f"trainer.seed={seed}",
+            "diagnostics.staleness_segments=0",
+        ],
+        episodes=100,
+    )
     return {"steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"], "curve": returns_curve(r["history"])}
 
 
@@ -65,13 +72,28 @@ def sb3_run(env_id: str, steps: int, seed: int) -> dict:
     venv = make_vec_env(lambda: Flatten(PreviousAction(cls())), n_envs=n_envs, seed=seed)
 
     cb = sb3_batch_returns()
-    model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=t.batch_size // n_envs, batch_size=t.minibatch_size,
-                         n_epochs=t.update_epochs, learning_rate=t.learning_rate, ent_coef=t.ent_coef, gamma=t.gamma,
-                         gae_lambda=t.gae_lambda, clip_range=t.clip_coef, vf_coef=t.vf_coef,
-                         max_grad_norm=t.max_grad_norm, seed=seed, device="cpu",
-                         policy_kwargs=dict(lstm_hidden_size=cfg.policy.hidden_size, shared_lstm=True,
-                                            enable_critic_lstm=False, net_arch=dict(pi=cfg.policy.encoder_sizes,
-                                                                                    vf=cfg.policy.encoder_sizes)))
+    model = RecurrentPPO(
+        "MlpLstmPolicy",
+        venv,
+        n_steps=t.batch_size // n_envs,
+        batch_size=t.minibatch_size,
+        n_epochs=t.update_epochs,
+        learning_rate=t.learning_rate,
+        ent_coef=t.ent_coef,
+        gamma=t.gamma,
+        gae_lambda=t.gae_lambda,
+        clip_range=t.clip_coef,
+        vf_coef=t.vf_coef,
+        max_grad_norm=t.max_grad_norm,
+        seed=seed,
+        device="cpu",
+        policy_kwargs=dict(
+            lstm_hidden_size=cfg.policy.hidden_size,
+            shared_lstm=True,
+            enable_critic_lstm=False,
+            net_arch=dict(pi=cfg.policy.encoder_sizes, vf=cfg.policy.encoder_sizes),
+        ),
+    )
     t0 = time.perf_counter()
     model.learn(steps, callback=cb)
     wall = time.perf_counter() - t0
@@ -83,8 +105,9 @@ def main():
     p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--envs", nargs="+", default=list(ENVS))
-    p.add_argument("--trainers", nargs="+", default=["carrystate", "sb3", "random"],
-                   choices=["carrystate", "sb3", "random"])
+    p.add_argument(
+        "--trainers", nargs="+", default=["carrystate", "sb3", "random"], choices=["carrystate", "sb3", "random"]
+    )
     p.add_argument("--name", default="popgym_vs_sb3", help="results file (rows are appended to it)")
     a = p.parse_args()
     rows = load(a.name, [])
@@ -93,11 +116,24 @@ def main():
             for trainer in a.trainers:
                 run = {"carrystate": carrystate_run, "sb3": sb3_run, "random": random_run}[trainer]
                 out = run(env_id, a.steps, seed)
-                row = {"env": env_id, "trainer": trainer, "seed": seed, "budget": a.steps,
-                       "mmer": max((r for _, r in out["curve"]), default=float("nan")), **out}
-                rows = [r for r in rows if (r["env"], r["trainer"], r["seed"], r["budget"]) != (env_id, trainer, seed, a.steps)]
+                row = {
+                    "env": env_id,
+                    "trainer": trainer,
+                    "seed": seed,
+                    "budget": a.steps,
+                    "mmer": max((r for _, r in out["curve"]), default=float("nan")),
+                    **out,
+                }
+                rows = [
+                    r
+                    for r in rows
+                    if (r["env"], r["trainer"], r["seed"], r["budget"]) != (env_id, trainer, seed, a.steps)
+                ]
                 rows.append(row)
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"}, flush=True)
+                print(
+                    {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"},
+                    flush=True,
+                )
                 save(a.name, rows)
 
 

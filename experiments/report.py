@@ -1,6 +1,6 @@
 """Write EXPERIMENTS.md and its plots from experiments/results/*.json.
 
-    python experiments/report.py
+python experiments/report.py
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from common import ROOT, load  # noqa: E402
+import matplotlib.pyplot as plt
+from common import ROOT, load
 
 PLOTS = ROOT / "experiments" / "plots"
 
@@ -30,20 +29,26 @@ def _save_plot(fig, name: str, alt: str) -> list[str]:
 
 def staleness_section(rows) -> list[str]:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    lines = ["## Carried state after an update: staleness against learning rate and epochs", "",
-             "After every update, 32 sampled segments had their start state recomputed by replaying the agent's "
-             "earlier rows of the rollout with the new weights (and, by the same code, with the rollout's "
-             "weights). Columns are medians over all iterations of a run: `distance` = "
-             "‖s_new − s_old‖ / max(‖s_old‖, ‖s_new‖), "
-             "`KL first/last` = KL(π(·|s_new) ‖ π(·|s_old)) at the segment's first and last step, `ΔV first/last` "
-             "= R2D2's |V(s_old) − V(s_new)| / max|V|. `eval` is the final policy's mean return over 300 fresh "
-             "episodes (T-maze: = success rate). One seed per setting (seed 1).", "",
-             "| task | setting | distance | KL first | KL last | ΔV first | ΔV last | eval | steps | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Carried state after an update: staleness against learning rate and epochs",
+        "",
+        "After every update, 32 sampled segments had their start state recomputed by replaying the agent's "
+        "earlier rows of the rollout with the new weights (and, by the same code, with the rollout's "
+        "weights). Columns are medians over all iterations of a run: `distance` = "
+        "‖s_new − s_old‖ / max(‖s_old‖, ‖s_new‖), "
+        "`KL first/last` = KL(π(·|s_new) ‖ π(·|s_old)) at the segment's first and last step, `ΔV first/last` "
+        "= R2D2's |V(s_old) − V(s_new)| / max|V|. `eval` is the final policy's mean return over 300 fresh "
+        "episodes (T-maze: = success rate). One seed per setting (seed 1).",
+        "",
+        "| task | setting | distance | KL first | KL last | ΔV first | ΔV last | eval | steps | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['setting']} | {r['state_distance']:.3f} | {r['kl_first']:.2e} | "
-                     f"{r['kl_last']:.2e} | {r['value_gap_first']:.3f} | {r['value_gap_last']:.2e} | "
-                     f"{r['eval_return']:.3f} | {r['steps']:,} | {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {r['task']} | {r['setting']} | {r['state_distance']:.3f} | {r['kl_first']:.2e} | "
+            f"{r['kl_last']:.2e} | {r['value_gap_first']:.3f} | {r['value_gap_last']:.2e} | "
+            f"{r['eval_return']:.3f} | {r['steps']:,} | {r['wall_s']:.0f} |"
+        )
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, task in zip(axes, ("tmaze", "cartpole_novel")):
         for r in rows:
@@ -60,23 +65,34 @@ def staleness_section(rows) -> list[str]:
 
 def long_reach_section(rows) -> list[str]:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    lines = ["## A 256-step dependency at bptt_horizon 64: gradient_horizon 64 against episode", "",
-             "Passive T-maze with a 256-step corridor (episodes of 258 steps), 32 agents, 1,024-step rollouts "
-             "(16 segments of 64 per agent), minibatches of 8,192 steps, 4 epochs, LSTM 64, γ = 0.999. With "
-             "`episode`, gradients run through all 16 segments of an agent's rollout (activation checkpointing "
-             "per segment). `learner MiB` is the peak memory growth of one minibatch's forward+backward (8,192 steps, "
-             "LSTM 64, no resets), measured as peak resident-set growth in a fresh process "
-             "(`benchmarks/memory.py`); `full backprop MiB` is the same chains without checkpointing.", "",
-             "| gradient_horizon | seed | success (200 fresh episodes) | steps | wall s | SPS | learner MiB | full backprop MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## A 256-step dependency at bptt_horizon 64: gradient_horizon 64 against episode",
+        "",
+        "Passive T-maze with a 256-step corridor (episodes of 258 steps), 32 agents, 1,024-step rollouts "
+        "(16 segments of 64 per agent), minibatches of 8,192 steps, 4 epochs, LSTM 64, γ = 0.999. With "
+        "`episode`, gradients run through all 16 segments of an agent's rollout (activation checkpointing "
+        "per segment). `learner MiB` is the peak memory growth of one minibatch's forward+backward (8,192 steps, "
+        "LSTM 64, no resets), measured as peak resident-set growth in a fresh process "
+        "(`benchmarks/memory.py`); `full backprop MiB` is the same chains without checkpointing.",
+        "",
+        "| gradient_horizon | seed | success (200 fresh episodes) | steps | wall s | SPS | learner MiB | full "
+        "backprop MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['gradient_horizon']} | {r['seed']} | {r['eval_success']:.3f} | {r['steps']:,} | "
-                     f"{r['wall_s']:.0f} | {r['sps']:,.0f} | {r['learner_MiB']:.1f} | "
-                     f"{_fmt_mib(r.get('full_backprop_MiB'))} |")
+        lines.append(
+            f"| {r['gradient_horizon']} | {r['seed']} | {r['eval_success']:.3f} | {r['steps']:,} | "
+            f"{r['wall_s']:.0f} | {r['sps']:,.0f} | {r['learner_MiB']:.1f} | "
+            f"{_fmt_mib(r.get('full_backprop_MiB'))} |"
+        )
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r in rows:
         pts = [(s, v) for s, v in r["curve"] if v is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"gradient_horizon {r['gradient_horizon']} (seed {r['seed']})")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            label=f"gradient_horizon {r['gradient_horizon']} (seed {r['seed']})",
+        )
     ax.set_xlabel("agent-steps")
     ax.set_ylabel("success rate in rollouts")
     ax.set_title("T-maze, corridor 256, bptt_horizon 64")
@@ -87,25 +103,36 @@ def long_reach_section(rows) -> list[str]:
 def seeds_section(rows) -> list[str]:
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
-    lines = ["### More seeds for the most stale T-maze setting (update_epochs 16)", "",
-             "Script: `python experiments/staleness_seeds.py`. Success of the final policy on 300 fresh episodes "
-             "(400k agent-steps); seed 1 is the run in the table above.", "",
-             "| start state | " + " | ".join(f"seed {s}" for s in seeds) + " | median KL first (per seed) |",
-             "|---|" + "---|" * (len(seeds) + 1)]
+    lines = [
+        "### More seeds for the most stale T-maze setting (update_epochs 16)",
+        "",
+        "Script: `python experiments/staleness_seeds.py`. Success of the final policy on 300 fresh episodes "
+        "(400k agent-steps); seed 1 is the run in the table above.",
+        "",
+        "| start state | " + " | ".join(f"seed {s}" for s in seeds) + " | median KL first (per seed) |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
     for m in modes:
-        cells = [next((f"{r['eval_success']:.2f}" for r in rows if r["mode"] == m and r["seed"] == s), "—") for s in seeds]
+        cells = [
+            next((f"{r['eval_success']:.2f}" for r in rows if r["mode"] == m and r["seed"] == s), "—") for s in seeds
+        ]
         kls = ", ".join(f"{r['kl_first']:.1e}" for r in rows if r["mode"] == m)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {kls} |")
     return lines + [""]
 
 
 def cartpole_section(rows) -> list[str]:
-    lines = ["## CartPole without velocity: carrystate against sb3-contrib RecurrentPPO", "",
-             "Script: `python experiments/cartpole_vs_sb3.py`. Same machine, same budget of 100k agent-steps, 8 envs each. "
-             "carrystate uses `configs/cartpole_novel.yaml`; sb3-contrib uses the rl-baselines3-zoo hyperparameters for "
-             "CartPoleNoVel-v1 (VecNormalize, a separate critic LSTM, lr and clip annealed linearly). The score is "
-             "the final policy's mean return over 100 fresh episodes (sampled actions); the maximum is 500.", "",
-             "| trainer | seed | final return | wall s | agent-steps/s |", "|---|---|---|---|---|"]
+    lines = [
+        "## CartPole without velocity: carrystate against sb3-contrib RecurrentPPO",
+        "",
+        "Script: `python experiments/cartpole_vs_sb3.py`. Same machine, same budget of 100k agent-steps, 8 envs each. "
+        "carrystate uses `configs/cartpole_novel.yaml`; sb3-contrib uses the rl-baselines3-zoo hyperparameters for "
+        "CartPoleNoVel-v1 (VecNormalize, a separate critic LSTM, lr and clip annealed linearly). The score is "
+        "the final policy's mean return over 100 fresh episodes (sampled actions); the maximum is 500.",
+        "",
+        "| trainer | seed | final return | wall s | agent-steps/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['trainer']} | {r['seed']} | {r['eval_return']:.1f} | {r['wall_s']:.0f} | {r['sps']:,.0f} |")
     by = {}
@@ -114,16 +141,23 @@ def cartpole_section(rows) -> list[str]:
     lines.append("")
     for name, rs in by.items():
         v = np.array([r["eval_return"] for r in rs])
-        lines.append(f"- {name}: {v.mean():.1f} ± {v.std():.1f} over {len(v)} seeds, "
-                     f"{np.mean([r['sps'] for r in rs]):,.0f} agent-steps/s")
+        lines.append(
+            f"- {name}: {v.mean():.1f} ± {v.std():.1f} over {len(v)} seeds, "
+            f"{np.mean([r['sps'] for r in rs]):,.0f} agent-steps/s"
+        )
     if not all(r.get("curve") for r in rows):
         return lines + [""]
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for (name, rs), colour in zip(by.items(), ("tab:blue", "tab:orange")):
         for i, r in enumerate(rs):
-            ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], color=colour, lw=0.8,
-                    label=name if i == 0 else None)
+            ax.plot(
+                [c[0] for c in r["curve"]],
+                [c[1] for c in r["curve"]],
+                color=colour,
+                lw=0.8,
+                label=name if i == 0 else None,
+            )
     ax.set_xlabel("agent-steps")
     ax.set_ylabel("mean episodic return per batch")
     ax.set_title("CartPole without velocity")
@@ -141,16 +175,29 @@ def sweep_section(rows) -> list[str]:
     horizons = sorted({r["bptt_horizon"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
     cell = lambda L, h: [r["eval_success"] for r in rows if r["length"] == L and r["bptt_horizon"] == h]  # noqa: E731
-    lines = ["## T-maze sweep: corridor length against bptt_horizon", "",
-             "Passive T-maze, fixed corridor length L per run, 32 agents, 8,192-step rollouts, 2,048-step "
-             "minibatches, 4 epochs, LSTM 64, γ = 0.995, the stored start state carried across segment boundaries. "
-             f"Success rate of the final policy on 300 fresh episodes after {rows[0]['steps']:,} agent-steps "
-             f"(chance: 0.5), mean ± std over seeds {', '.join(map(str, seeds))}; the per-seed values follow.", "",
-             "| L | " + " | ".join(f"bptt {h}" for h in horizons) + " | " + " | ".join(f"bptt {h} per seed" for h in horizons)
-             + " |", "|---|" + "---|" * 2 * len(horizons)]
+    lines = [
+        "## T-maze sweep: corridor length against bptt_horizon",
+        "",
+        "Passive T-maze, fixed corridor length L per run, 32 agents, 8,192-step rollouts, 2,048-step "
+        "minibatches, 4 epochs, LSTM 64, γ = 0.995, the stored start state carried across segment boundaries. "
+        f"Success rate of the final policy on 300 fresh episodes after {rows[0]['steps']:,} agent-steps "
+        f"(chance: 0.5), mean ± std over seeds {', '.join(map(str, seeds))}; the per-seed values follow.",
+        "",
+        "| L | "
+        + " | ".join(f"bptt {h}" for h in horizons)
+        + " | "
+        + " | ".join(f"bptt {h} per seed" for h in horizons)
+        + " |",
+        "|---|" + "---|" * 2 * len(horizons),
+    ]
     for L in lengths:
-        lines.append(f"| {L} | " + " | ".join(_mean_std(cell(L, h)) for h in horizons) + " | "
-                     + " | ".join(" / ".join(f"{v:.2f}" for v in cell(L, h)) for h in horizons) + " |")
+        lines.append(
+            f"| {L} | "
+            + " | ".join(_mean_std(cell(L, h)) for h in horizons)
+            + " | "
+            + " | ".join(" / ".join(f"{v:.2f}" for v in cell(L, h)) for h in horizons)
+            + " |"
+        )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for h in horizons:
@@ -170,36 +217,59 @@ def popgym_section(rows) -> list[str]:
     trainers = list(dict.fromkeys(r["trainer"] for r in rows))
     budget = rows[0]["budget"]
     pick = lambda e, t: [r for r in rows if r["env"] == e and r["trainer"] == t]  # noqa: E731
-    lines = ["## POPGym: carrystate against sb3-contrib RecurrentPPO", "",
-             "Script: `python experiments/popgym_vs_sb3.py`. Equal settings for both: one LSTM of 128 units shared by "
-             "actor and critic, one 64-unit layer (carrystate: before the LSTM; sb3: after it, its default), 64 envs × "
-             "64 steps per batch (carrystate: 64-step segments), minibatch 1,024, 4 epochs, lr 1e-3, entropy 0.01, "
-             "γ 0.99, λ 0.95. Both see the previous action (sb3 through POPGym's own PreviousAction + Flatten "
-             f"wrappers). Budget: {budget:,} agent-steps per run (POPGym's paper used 10–15M with full-episode "
-             "backpropagation). Score: MMER, the maximum over training of the mean episodic return per batch, as "
-             "POPGym scores (returns lie in [-1, 1]; a random policy gets about -0.5 on the Repeat tasks). `last 10%` "
-             "is the mean of the per-batch returns over the last tenth of training, which a single lucky batch "
-             "cannot lift. The random policy's steps/s is env stepping alone. "
-             "Agent-steps per second are medians over seeds; runs were made one at a time, beside one other "
-             "experiment on the second core.", "",
-             "| env | " + " | ".join(f"{t} MMER" for t in trainers) + " | " + " | ".join(f"{t} per seed" for t in trainers)
-             + " | " + " | ".join(f"{t} last 10%" for t in trainers)
-             + " | " + " | ".join(f"{t} steps/s" for t in trainers) + " |", "|---|" + "---|" * 4 * len(trainers)]
-    last = lambda r: np.mean([v for _, v in r["curve"][-max(1, len(r["curve"]) // 10):]])  # noqa: E731
+    lines = [
+        "## POPGym: carrystate against sb3-contrib RecurrentPPO",
+        "",
+        "Script: `python experiments/popgym_vs_sb3.py`. Equal settings for both: one LSTM of 128 units shared by "
+        "actor and critic, one 64-unit layer (carrystate: before the LSTM; sb3: after it, its default), 64 envs × "
+        "64 steps per batch (carrystate: 64-step segments), minibatch 1,024, 4 epochs, lr 1e-3, entropy 0.01, "
+        "γ 0.99, λ 0.95. Both see the previous action (sb3 through POPGym's own PreviousAction + Flatten "
+        f"wrappers). Budget: {budget:,} agent-steps per run (POPGym's paper used 10–15M with full-episode "
+        "backpropagation). Score: MMER, the maximum over training of the mean episodic return per batch, as "
+        "POPGym scores (returns lie in [-1, 1]; a random policy gets about -0.5 on the Repeat tasks). `last 10%` "
+        "is the mean of the per-batch returns over the last tenth of training, which a single lucky batch "
+        "cannot lift. The random policy's steps/s is env stepping alone. "
+        "Agent-steps per second are medians over seeds; runs were made one at a time, beside one other "
+        "experiment on the second core.",
+        "",
+        "| env | "
+        + " | ".join(f"{t} MMER" for t in trainers)
+        + " | "
+        + " | ".join(f"{t} per seed" for t in trainers)
+        + " | "
+        + " | ".join(f"{t} last 10%" for t in trainers)
+        + " | "
+        + " | ".join(f"{t} steps/s" for t in trainers)
+        + " |",
+        "|---|" + "---|" * 4 * len(trainers),
+    ]
+    last = lambda r: np.mean([v for _, v in r["curve"][-max(1, len(r["curve"]) // 10) :]])  # noqa: E731
     for e in envs:
-        lines.append(f"| {e} | " + " | ".join(_mean_std([r["mmer"] for r in pick(e, t)]) for t in trainers) + " | "
-                     + " | ".join(" / ".join(f"{r['mmer']:.2f}" for r in pick(e, t)) for t in trainers) + " | "
-                     + " | ".join(_mean_std([last(r) for r in pick(e, t)]) for t in trainers) + " | "
-                     + " | ".join(f"{np.median([r['sps'] for r in pick(e, t)]):,.0f}" if pick(e, t) else "—"
-                                  for t in trainers) + " |")
+        lines.append(
+            f"| {e} | "
+            + " | ".join(_mean_std([r["mmer"] for r in pick(e, t)]) for t in trainers)
+            + " | "
+            + " | ".join(" / ".join(f"{r['mmer']:.2f}" for r in pick(e, t)) for t in trainers)
+            + " | "
+            + " | ".join(_mean_std([last(r) for r in pick(e, t)]) for t in trainers)
+            + " | "
+            + " | ".join(f"{np.median([r['sps'] for r in pick(e, t)]):,.0f}" if pick(e, t) else "—" for t in trainers)
+            + " |"
+        )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(envs), figsize=(4 * len(envs), 3.4), squeeze=False)
     colours = dict(zip(trainers, ("tab:blue", "tab:orange", "tab:green")))
     for ax, e in zip(axes[0], envs):
         for t in trainers:
             for i, r in enumerate(pick(e, t)):
-                ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], color=colours[t], lw=0.7, alpha=0.8,
-                        label=t if i == 0 else None)
+                ax.plot(
+                    [c[0] for c in r["curve"]],
+                    [c[1] for c in r["curve"]],
+                    color=colours[t],
+                    lw=0.7,
+                    alpha=0.8,
+                    label=t if i == 0 else None,
+                )
         ax.set_title(e, fontsize=9)
         ax.set_xlabel("agent-steps")
         ax.set_ylabel("mean episodic return per batch")
@@ -208,25 +278,32 @@ def popgym_section(rows) -> list[str]:
 
 
 def mettagrid_section(rows) -> list[str]:
-    lines = ["## MettaGrid arena, 24 agents per map", "",
-             "Script: `python experiments/mettagrid_arena.py` with `configs/mettagrid_arena.yaml`: 8 maps of 25×25 with "
-             "24 agents each (192 agent rows), token observations through the token encoder, LSTM 128, 49,152-step "
-             "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate, each stepped in 2 worker "
-             "processes. `return` is the mean episodic return per agent (1,000-step episodes) of a policy on 192 "
-             "fresh agent-episodes: the untrained policy first, then the trained one. The curve shows the mean reward "
-             "per agent-step of each rollout batch (×1,000 = a per-episode rate); all maps reset together every "
-             "1,000 steps, so consecutive batches see different phases of an episode and the raw curve cycles, "
-             "which the 4-batch mean (one episode) smooths. There is no published arena "
-             "number to compare with at this map size: Metta's own runs use its own maps and billions of steps.", "",
-             "| seed | agent-steps | untrained return | trained return | reward/agent-step, first 5 batches | "
-             "last 5 batches | wall s | agent-steps/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## MettaGrid arena, 24 agents per map",
+        "",
+        "Script: `python experiments/mettagrid_arena.py` with `configs/mettagrid_arena.yaml`: 8 maps of 25×25 with "
+        "24 agents each (192 agent rows), token observations through the token encoder, LSTM 128, 49,152-step "
+        "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate, each stepped in 2 worker "
+        "processes. `return` is the mean episodic return per agent (1,000-step episodes) of a policy on 192 "
+        "fresh agent-episodes: the untrained policy first, then the trained one. The curve shows the mean reward "
+        "per agent-step of each rollout batch (×1,000 = a per-episode rate); all maps reset together every "
+        "1,000 steps, so consecutive batches see different phases of an episode and the raw curve cycles, "
+        "which the 4-batch mean (one episode) smooths. There is no published arena "
+        "number to compare with at this map size: Metta's own runs use its own maps and billions of steps.",
+        "",
+        "| seed | agent-steps | untrained return | trained return | reward/agent-step, first 5 batches | "
+        "last 5 batches | wall s | agent-steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         c = [p["charts/reward_per_agent_step"] for p in r.get("curve", [])]
         if not c:
             continue
-        lines.append(f"| {r['seed']} | {r['steps']:,} | {r['untrained_return']:.2f} | "
-                     f"{r.get('final_return', float('nan')):.2f} | {np.mean(c[:5]):.4f} | {np.mean(c[-5:]):.4f} | "
-                     f"{r['wall_s']:.0f} | {r['sps']:,.0f} |")
+        lines.append(
+            f"| {r['seed']} | {r['steps']:,} | {r['untrained_return']:.2f} | "
+            f"{r.get('final_return', float('nan')):.2f} | {np.mean(c[:5]):.4f} | {np.mean(c[-5:]):.4f} | "
+            f"{r['wall_s']:.0f} | {r['sps']:,.0f} |"
+        )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r, colour in zip(rows, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
@@ -234,8 +311,13 @@ def mettagrid_section(rows) -> list[str]:
         vals = np.array([p["charts/reward_per_agent_step"] for p in r.get("curve", [])])
         ax.plot(steps, vals, lw=0.5, alpha=0.35, color=colour)
         if len(vals) >= 4:  # 4 batches = one 1,000-step episode: the maps reset together, so batches cycle
-            ax.plot(steps[3:], np.convolve(vals, np.ones(4) / 4, "valid"), lw=1.2, color=colour,
-                    label=f"seed {r['seed']} (mean over 4 batches = one episode)")
+            ax.plot(
+                steps[3:],
+                np.convolve(vals, np.ones(4) / 4, "valid"),
+                lw=1.2,
+                color=colour,
+                label=f"seed {r['seed']} (mean over 4 batches = one episode)",
+            )
     ax.set_xlabel("agent-steps")
     ax.set_ylabel("mean reward per agent-step (rollout batch)")
     ax.set_title("MettaGrid arena, 24 agents × 8 maps")
@@ -249,20 +331,27 @@ def staleness_with_seeds_section(rows) -> list[str]:
 
 
 # result name, the script named above its section (None: the section names its own), the section
-SECTIONS = [("staleness", "staleness.py", staleness_with_seeds_section),
-            ("long_reach", "long_reach.py", long_reach_section),
-            ("tmaze_sweep", "tmaze_sweep.py", sweep_section),
-            ("cartpole_vs_sb3", None, cartpole_section),
-            ("popgym_vs_sb3", None, popgym_section),
-            ("mettagrid_arena", None, mettagrid_section)]
+SECTIONS = [
+    ("staleness", "staleness.py", staleness_with_seeds_section),
+    ("long_reach", "long_reach.py", long_reach_section),
+    ("tmaze_sweep", "tmaze_sweep.py", sweep_section),
+    ("cartpole_vs_sb3", None, cartpole_section),
+    ("popgym_vs_sb3", None, popgym_section),
+    ("mettagrid_arena", None, mettagrid_section),
+]
 
 
 def main():
-    lines = ["# Experiments", "",
-             "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
-             "2-core CPU machine (one torch thread per run) on 2026-11-26, then rendered by `python experiments/report.py`. Raw numbers: "
-             "`experiments/results/*.json`. The findings follow the tables, under \"What the numbers say\", and open "
-             "with a table of where carrystate is ahead, level or behind sb3-contrib's RecurrentPPO.", ""]
+    lines = [
+        "# Experiments",
+        "",
+        "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
+        "2-core CPU machine (one torch thread per run) on 2026-11-26, then rendered by `python "
+        "experiments/report.py`. Raw numbers: "
+        '`experiments/results/*.json`. The findings follow the tables, under "What the numbers say", and open '
+        "with a table of where carrystate is ahead, level or behind sb3-contrib's RecurrentPPO.",
+        "",
+    ]
     for name, script, section in SECTIONS:
         rows = load(name)
         if rows:

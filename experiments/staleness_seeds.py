@@ -10,8 +10,12 @@ import argparse
 
 from common import median_of, save, train
 
-MODES = {"stored": [], "refresh": ["trainer.start_state=refresh"], "burn_in=16": ["trainer.burn_in=16"],
-         "zero": ["trainer.start_state=zero"]}
+MODES = {
+    "stored": [],
+    "refresh": ["trainer.start_state=refresh"],
+    "burn_in=16": ["trainer.burn_in=16"],
+    "zero": ["trainer.start_state=zero"],
+}
 
 
 def main():
@@ -21,11 +25,25 @@ def main():
     rows = []
     for seed in a.seeds:
         for mode, extra in MODES.items():
-            r = train(None, ["trainer.total_timesteps=400000", "trainer.update_epochs=16", "trainer.learning_rate=0.0025",
-                             f"trainer.seed={seed}", "diagnostics.staleness_segments=32", *extra])
+            r = train(
+                None,
+                [
+                    "trainer.total_timesteps=400000",
+                    "trainer.update_epochs=16",
+                    "trainer.learning_rate=0.0025",
+                    f"trainer.seed={seed}",
+                    "diagnostics.staleness_segments=32",
+                    *extra,
+                ],
+            )
             r.pop("trainer")
-            row = {"mode": mode, "seed": seed, "eval_success": r["eval_success"],
-                   "kl_first": median_of(r["history"], "memory/kl_first"), "wall_s": r["wall_s"]}
+            row = {
+                "mode": mode,
+                "seed": seed,
+                "eval_success": r["eval_success"],
+                "kl_first": median_of(r["history"], "memory/kl_first"),
+                "wall_s": r["wall_s"],
+            }
             print(row, flush=True)
             rows.append(row)
             save("staleness_seeds", rows)

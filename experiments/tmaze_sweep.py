@@ -28,13 +28,31 @@ def main():
             for H in HORIZONS:
                 if (L, H, seed) in done:
                     continue
-                r = train(None, [f"env.tmaze.length_min={L}", f"env.tmaze.length_max={L}", "env.num_envs=32",
-                                 "trainer.batch_size=8192", f"trainer.bptt_horizon={H}", "trainer.minibatch_size=2048",
-                                 f"trainer.total_timesteps={a.steps}", f"trainer.seed={seed}", "trainer.gamma=0.995",
-                                 "diagnostics.staleness_segments=0"])
+                r = train(
+                    None,
+                    [
+                        f"env.tmaze.length_min={L}",
+                        f"env.tmaze.length_max={L}",
+                        "env.num_envs=32",
+                        "trainer.batch_size=8192",
+                        f"trainer.bptt_horizon={H}",
+                        "trainer.minibatch_size=2048",
+                        f"trainer.total_timesteps={a.steps}",
+                        f"trainer.seed={seed}",
+                        "trainer.gamma=0.995",
+                        "diagnostics.staleness_segments=0",
+                    ],
+                )
                 r.pop("trainer")
-                row = {"length": L, "bptt_horizon": H, "seed": seed, "eval_success": r["eval_success"],
-                       "steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"]}
+                row = {
+                    "length": L,
+                    "bptt_horizon": H,
+                    "seed": seed,
+                    "eval_success": r["eval_success"],
+                    "steps": r["steps"],
+                    "wall_s": r["wall_s"],
+                    "sps": r["sps"],
+                }
                 print(row, flush=True)
                 rows.append(row)
                 save("tmaze_sweep", rows)

@@ -18,8 +18,15 @@ class ScriptedEnv:
     """Observations come from a table (independent of actions); `ends[(agent, step)]` is 'term' or
     'trunc' for the step at which that agent's episode ends. `final_table[step]` is the final observation."""
 
-    def __init__(self, num_agents: int, steps: int, obs_dim: int = 3, ends: dict | None = None, seed: int = 0,
-                 num_actions: int = 3):
+    def __init__(
+        self,
+        num_agents: int,
+        steps: int,
+        obs_dim: int = 3,
+        ends: dict | None = None,
+        seed: int = 0,
+        num_actions: int = 3,
+    ):
         rng = np.random.default_rng(seed)
         self.num_agents = num_agents
         self.obs_table = rng.normal(size=(steps + 1, num_agents, obs_dim)).astype(np.float32)
@@ -42,15 +49,23 @@ class ScriptedEnv:
         self.t += 1
         reward = self.reward_table[t]
         returns, lengths = self.tracker.update(reward, term | trunc)
-        return StepResult(self.obs_table[t + 1].copy(), reward.copy(), term, trunc, self.final_table[t + 1].copy(),
-                          returns, lengths)
+        return StepResult(
+            self.obs_table[t + 1].copy(), reward.copy(), term, trunc, self.final_table[t + 1].copy(), returns, lengths
+        )
 
     def close(self):
         pass
 
 
-def make_policy(core: str = "lstm", obs_dim: int = 3, num_actions: int = 3, hidden: int = 8, layers: int = 1,
-                seed: int = 0, impl: str = "auto") -> Policy:
+def make_policy(
+    core: str = "lstm",
+    obs_dim: int = 3,
+    num_actions: int = 3,
+    hidden: int = 8,
+    layers: int = 1,
+    seed: int = 0,
+    impl: str = "auto",
+) -> Policy:
     torch.manual_seed(seed)
     cfg = PolicyConfig(core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16], sequence_impl=impl)
     return Policy(cfg, gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(num_actions))
@@ -64,8 +79,14 @@ def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 
     gen = torch.Generator().manual_seed(seed)
     buffers = []
     for _ in range(rollouts):
-        buf = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
-                                       policy.initial_state(1), batch_size=batch_size, horizon=horizon)
+        buf = SegmentBuffer.for_spaces(
+            env.num_agents,
+            env.single_observation_space,
+            env.single_action_space,
+            policy.initial_state(1),
+            batch_size=batch_size,
+            horizon=horizon,
+        )
         rollout.collect(policy, buf, gen)
         buffers.append(buf)
     return rollout, store, buffers

@@ -104,8 +104,14 @@ def test_dropped_agent_state_is_zeroed_exactly_when_its_next_episode_starts():
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store)
     steps, horizon = 16, 8
-    buf = SegmentBuffer.for_spaces(6, env.single_observation_space, env.single_action_space, policy.initial_state(1),
-                                   batch_size=6 * steps, horizon=horizon)
+    buf = SegmentBuffer.for_spaces(
+        6,
+        env.single_observation_space,
+        env.single_action_space,
+        policy.initial_state(1),
+        batch_size=6 * steps,
+        horizon=horizon,
+    )
     rollout.collect(policy, buf, torch.Generator().manual_seed(0))
     obs, values = buf.timeline(buf.obs), buf.timeline(buf.values)  # [agents, steps, ...]
     for row, agent in enumerate(["a", "b", "c"] * 2):
@@ -135,8 +141,16 @@ def test_pettingzoo_knights_archers_zombies_from_config():
     pytest.importorskip("pygame")
     from carrystate.envs import make_env
 
-    cfg = load_config(overrides=["env.name=pettingzoo", "env.num_envs=2", "env.pettingzoo.kwargs={max_cycles: 50}",
-                                 "trainer.batch_size=128", "trainer.bptt_horizon=16", "trainer.minibatch_size=64"])
+    cfg = load_config(
+        overrides=[
+            "env.name=pettingzoo",
+            "env.num_envs=2",
+            "env.pettingzoo.kwargs={max_cycles: 50}",
+            "trainer.batch_size=128",
+            "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=64",
+        ]
+    )
     env = make_env(cfg.env, seed=0)
     assert env.agents_per_env == 4 and env.num_agents == 8  # counted by the env, not by the config
     obs = env.reset()
@@ -191,13 +205,13 @@ def test_popgym_multidiscrete_and_box_previous_actions():
     env = PopGymVecEnv("BattleshipEasy", 2, seed=0)  # MultiDiscrete([8, 8]) actions
     env.reset()
     res = env.step(np.array([[1, 7], [0, 3]]))
-    prev = res.obs[:, env.obs_size:]
+    prev = res.obs[:, env.obs_size :]
     assert prev.shape == (2, 16)
     assert np.array_equal(np.flatnonzero(prev[0]), [1, 8 + 7]) and np.array_equal(np.flatnonzero(prev[1]), [0, 8 + 3])
     env = PopGymVecEnv("PositionOnlyPendulumEasy", 2, seed=0)  # Box(1) actions
     env.reset()
     res = env.step(np.array([[0.5], [-1.5]], np.float32))
-    assert np.allclose(res.obs[:, env.obs_size:], [[0.5], [-1.5]])
+    assert np.allclose(res.obs[:, env.obs_size :], [[0.5], [-1.5]])
 
 
 def test_every_registered_popgym_env_builds_and_steps():
@@ -223,11 +237,13 @@ def test_popgym_by_gym_id_and_unknown_id():
 
 # ---- token encoder -------------------------------------------------------------------------------------------
 
+
 def test_token_encoder_ignores_order_and_empty_tokens():
     torch.manual_seed(0)
     enc = TokenEncoder((6, 3), embed_size=8, sizes=[16])
-    tokens = torch.tensor([[[3, 1, 10], [17, 2, 200], [255, 255, 255], [255, 255, 255], [40, 5, 1], [255, 255, 255]]],
-                          dtype=torch.float32)  # [1, tokens, 3]
+    tokens = torch.tensor(
+        [[[3, 1, 10], [17, 2, 200], [255, 255, 255], [255, 255, 255], [40, 5, 1], [255, 255, 255]]], dtype=torch.float32
+    )  # [1, tokens, 3]
     shuffled = tokens[:, [4, 2, 0, 5, 1, 3]]
     short = tokens[:, [0, 1, 4]]  # the same tokens without padding
     out = enc(tokens)
@@ -273,6 +289,7 @@ def test_token_encoder_packed_pooling_equals_dense_formula_with_gradients():
 
 # ---- MettaGrid -----------------------------------------------------------------------------------------------
 
+
 def test_mettagrid_token_shapes_and_truncation_reset():
     pytest.importorskip("mettagrid")
     from carrystate.envs.mettagrid_adapter import MettaGridVecEnv
@@ -296,11 +313,25 @@ def test_mettagrid_short_training_run(tmp_path):
     pytest.importorskip("mettagrid")
     from carrystate.trainer import Trainer
 
-    cfg = load_config("configs/mettagrid_arena.yaml", [
-        "env.num_envs=2", "env.workers=1", "env.mettagrid.agents=4", "env.mettagrid.size=12", "env.mettagrid.max_steps=40",
-        "env.mettagrid.obs_tokens=64", "trainer.batch_size=256", "trainer.bptt_horizon=16",
-        "trainer.minibatch_size=128", "trainer.total_timesteps=512", "trainer.update_epochs=1",
-        "policy.hidden_size=16", "policy.token_embed_size=8", "policy.encoder_sizes=[16]"])
+    cfg = load_config(
+        "configs/mettagrid_arena.yaml",
+        [
+            "env.num_envs=2",
+            "env.workers=1",
+            "env.mettagrid.agents=4",
+            "env.mettagrid.size=12",
+            "env.mettagrid.max_steps=40",
+            "env.mettagrid.obs_tokens=64",
+            "trainer.batch_size=256",
+            "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=128",
+            "trainer.total_timesteps=512",
+            "trainer.update_epochs=1",
+            "policy.hidden_size=16",
+            "policy.token_embed_size=8",
+            "policy.encoder_sizes=[16]",
+        ],
+    )
     assert cfg.policy.encoder == "token"
     summary = Trainer(cfg, run_dir=tmp_path / "run", quiet=True).train()
     assert summary is not None
@@ -311,8 +342,16 @@ def test_mettagrid_env_counts_its_agents_and_the_run_checks_the_batch_against_th
     from carrystate.envs import make_env
     from carrystate.trainer import Trainer
 
-    cfg = load_config(overrides=["env.name=mettagrid", "env.num_envs=2", "env.mettagrid.agents=24",
-                                 "trainer.batch_size=3072", "trainer.bptt_horizon=64", "trainer.minibatch_size=1024"])
+    cfg = load_config(
+        overrides=[
+            "env.name=mettagrid",
+            "env.num_envs=2",
+            "env.mettagrid.agents=24",
+            "trainer.batch_size=3072",
+            "trainer.bptt_horizon=64",
+            "trainer.minibatch_size=1024",
+        ]
+    )
     env = make_env(cfg.env, seed=0)
     assert env.agents_per_env == 24 and env.num_agents == 48
     env.close()
@@ -337,8 +376,14 @@ def test_episode_starts_after_ends_and_where_padding_rejoins():
     from carrystate.rollout import episode_starts
 
     z = np.zeros(4, np.float32)
-    res = StepResult(np.zeros((4, 1)), z, np.array([True, False, False, False]), np.zeros(4, bool), np.zeros((4, 1)),
-                     valid=np.array([True, True, True, False]))
+    res = StepResult(
+        np.zeros((4, 1)),
+        z,
+        np.array([True, False, False, False]),
+        np.zeros(4, bool),
+        np.zeros((4, 1)),
+        valid=np.array([True, True, True, False]),
+    )
     starts, valid = episode_starts(res, np.array([True, False, True, False]))
     assert starts.tolist() == [True, True, False, False] and valid.tolist() == [True, True, True, False]
     res.valid = None

@@ -18,15 +18,18 @@ def test_overrides_apply_on_top_of_file(tmp_path):
     assert (cfg.trainer.bptt_horizon, cfg.trainer.seed, cfg.policy.core, cfg.env.tmaze.length_max) == (16, 7, "gru", 30)
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("trainer.minibatch_size=100", "trainer.minibatch_size=100 must be a multiple of trainer.bptt_horizon=64"),
-    ("trainer.minibatch_size=3072", "trainer.batch_size=8192 must be divisible by trainer.minibatch_size=3072"),
-    ("trainer.bogus=1", "unknown setting 'trainer.bogus'"),
-    ("bogus.x=1", "unknown setting 'bogus'"),
-    ("env.tmaze.length_max=2", "env.tmaze.length_max=2 must be >= env.tmaze.length_min=8"),
-    ("trainer.update_epochs=0", "trainer.update_epochs"),
-    ("policy.core=transformer", "policy.core"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer.minibatch_size=100", "trainer.minibatch_size=100 must be a multiple of trainer.bptt_horizon=64"),
+        ("trainer.minibatch_size=3072", "trainer.batch_size=8192 must be divisible by trainer.minibatch_size=3072"),
+        ("trainer.bogus=1", "unknown setting 'trainer.bogus'"),
+        ("bogus.x=1", "unknown setting 'bogus'"),
+        ("env.tmaze.length_max=2", "env.tmaze.length_max=2 must be >= env.tmaze.length_min=8"),
+        ("trainer.update_epochs=0", "trainer.update_epochs"),
+        ("policy.core=transformer", "policy.core"),
+    ],
+)
 def test_invalid_settings_fail_naming_the_setting(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -38,8 +41,10 @@ def test_batch_that_agents_cannot_fill_fails_when_the_env_has_counted_them():
     segments fails as the run is built, naming the setting, the count and the nearest valid sizes."""
     from carrystate.trainer import Trainer
 
-    with pytest.raises(ConfigError, match="trainer.batch_size=1024 must be a multiple of agents × "
-                                          "trainer.bptt_horizon = 64 × 64 = 4096"):
+    with pytest.raises(
+        ConfigError,
+        match="trainer.batch_size=1024 must be a multiple of agents × trainer.bptt_horizon = 64 × 64 = 4096",
+    ):
         Trainer(load_config(None, ["trainer.batch_size=1024", "trainer.minibatch_size=64"]), quiet=True)
     with pytest.raises(ConfigError, match="nearest valid: 4096 or 8192"):
         check_layout(load_config(None, ["trainer.batch_size=5120", "trainer.minibatch_size=1024"]).trainer, 64)
@@ -77,6 +82,7 @@ def test_every_field_is_documented():
             ann = field.annotation
             if isinstance(ann, type) and hasattr(ann, "model_fields"):
                 walk(ann)
+
     walk(Config)
 
 

@@ -22,8 +22,9 @@ TRITON_WHY = triton_scan.why_unavailable(torch.device("cuda"), 128) if HAS_CUDA 
 TESTED = [name for name in unroll.names() if name != "triton" or TRITON_WHY is None]
 
 
-@pytest.mark.parametrize("hidden,steps,rows,layers", [(128, 64, 256, 1), (256, 64, 1024, 1), (128, 256, 256, 2),
-                                                      (64, 16, 100, 1)])
+@pytest.mark.parametrize(
+    "hidden,steps,rows,layers", [(128, 64, 256, 1), (256, 64, 1024, 1), (128, 256, 256, 2), (64, 16, 100, 1)]
+)
 @pytest.mark.parametrize("impl", [name for name in unroll.names() if name != "loop"])
 def test_unroll_equals_step_loop_on_cuda_outputs_and_gradients(impl, hidden, steps, rows, layers, monkeypatch):
     """The error of a tensor is its largest difference relative to its largest entry. Passes when `impl` is
@@ -52,27 +53,41 @@ def test_unroll_equals_step_loop_on_cuda_outputs_and_gradients(impl, hidden, ste
         norm = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in pairs)
         elem = max(((a - b).abs() / (1e-5 + 1e-5 * b.abs())).max().item() for a, b in pairs)
         return norm, elem
+
     norm, elem = errors(impl)
     norm_scan, elem_scan = errors("scan")
     good = norm <= max(1e-5, 1.5 * norm_scan)
-    line = (f"{impl} == loop on cuda, h{hidden} T{steps} B{rows} L{layers}, {int(resets.sum())} resets: max error "
-            f"{norm:.1e} of the tensor's scale (scan {norm_scan:.1e}); elementwise {elem:.2f} of 1e-5 + 1e-5|ref| "
-            f"(scan {elem_scan:.2f}) -> {'ok' if good else 'FAIL'}")
+    line = (
+        f"{impl} == loop on cuda, h{hidden} T{steps} B{rows} L{layers}, {int(resets.sum())} resets: max error "
+        f"{norm:.1e} of the tensor's scale (scan {norm_scan:.1e}); elementwise {elem:.2f} of 1e-5 + 1e-5|ref| "
+        f"(scan {elem_scan:.2f}) -> {'ok' if good else 'FAIL'}"
+    )
     print(line, flush=True)
     assert good, line
 
 
 def _train(impl: str, steps: int = 327680) -> Trainer:
-    over = ["trainer.device=cuda", "env.num_envs=256", "trainer.batch_size=65536", "trainer.minibatch_size=8192",
-            "policy.hidden_size=128", f"trainer.total_timesteps={steps}", "env.tmaze.length_min=8",
-            "env.tmaze.length_max=80", f"policy.sequence_impl={impl}"]
+    over = [
+        "trainer.device=cuda",
+        "env.num_envs=256",
+        "trainer.batch_size=65536",
+        "trainer.minibatch_size=8192",
+        "policy.hidden_size=128",
+        f"trainer.total_timesteps={steps}",
+        "env.tmaze.length_min=8",
+        "env.tmaze.length_max=80",
+        f"policy.sequence_impl={impl}",
+    ]
     tr = Trainer(load_config(None, over), quiet=True)
     t0 = time.perf_counter()
     s = tr.train()
     wall = time.perf_counter() - t0
     ran = unroll.resolve_auto("lstm", torch.device("cuda"), 128) if impl == "auto" else impl
-    print(f"train on cuda [{impl} -> {ran}]: {s.global_step} steps in {wall:.1f}s ({s.sps:,.0f} SPS), "
-          f"success {s.success_rate}", flush=True)
+    print(
+        f"train on cuda [{impl} -> {ran}]: {s.global_step} steps in {wall:.1f}s ({s.sps:,.0f} SPS), "
+        f"success {s.success_rate}",
+        flush=True,
+    )
     assert s.global_step >= steps and all(torch.isfinite(p).all() for p in tr.policy.parameters())
     return tr
 
@@ -107,9 +122,11 @@ def test_replay_equals_rollout_on_cuda_with_every_unroll(trained):
                 good = dv < 1e-5 and dl < 1e-5
                 if not good and not tf32:
                     failed.append(impl)
-                print(f"replay == rollout on cuda [{impl}, cuDNN TF32 {'on' if tf32 else 'off'}]: max |dv| {dv:.2e}, "
-                      f"max |dlogp| {dl:.2e} -> {'ok' if good else 'FAIL' if not tf32 else 'differs (TF32 rounding)'}",
-                      flush=True)
+                print(
+                    f"replay == rollout on cuda [{impl}, cuDNN TF32 {'on' if tf32 else 'off'}]: max |dv| {dv:.2e}, "
+                    f"max |dlogp| {dl:.2e} -> {'ok' if good else 'FAIL' if not tf32 else 'differs (TF32 rounding)'}",
+                    flush=True,
+                )
     finally:
         torch.backends.cudnn.allow_tf32 = before
     assert not failed, f"replay differs from rollout with cuDNN TF32 off: {failed}"

@@ -11,12 +11,19 @@ import torch
 from benchmarks.memory import peak_mib
 from carrystate import diagnostics, replay
 from carrystate.config import ConfigError, load_config
-from carrystate.trainer import Trainer
 from carrystate.state import mask_state
+from carrystate.trainer import Trainer
 from tests.helpers import make_policy
 
-SMALL = ["env.num_envs=8", "trainer.batch_size=1024", "trainer.bptt_horizon=16", "trainer.minibatch_size=256",
-         "env.tmaze.length_min=10", "env.tmaze.length_max=40", "diagnostics.staleness_segments=16"]
+SMALL = [
+    "env.num_envs=8",
+    "trainer.batch_size=1024",
+    "trainer.bptt_horizon=16",
+    "trainer.minibatch_size=256",
+    "env.tmaze.length_min=10",
+    "env.tmaze.length_max=40",
+    "diagnostics.staleness_segments=16",
+]
 
 
 def _collected(extra=()):
@@ -28,7 +35,9 @@ def _collected(extra=()):
 
 def test_staleness_of_unchanged_policy_is_exactly_zero():
     tr = _collected()
-    m = diagnostics.staleness(copy.deepcopy(tr.policy), tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0))
+    m = diagnostics.staleness(
+        copy.deepcopy(tr.policy), tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0)
+    )
     for key in ("state_distance", "kl_first", "kl_last", "value_gap_first", "value_gap_last"):
         assert m[f"memory/{key}"] == 0.0, key
     assert 0 <= m["memory/replay_rounding"] < 1e-5
@@ -53,8 +62,13 @@ def test_staleness_is_logged_every_iteration(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"memory/state_distance", "memory/kl_first", "memory/kl_last", "memory/value_gap_first",
-            "memory/value_gap_last"} <= tags
+    assert {
+        "memory/state_distance",
+        "memory/kl_first",
+        "memory/kl_last",
+        "memory/value_gap_first",
+        "memory/value_gap_last",
+    } <= tags
     assert len(acc.Scalars("memory/kl_last")) == 2
 
 
@@ -137,8 +151,13 @@ def test_chain_memory_stays_near_one_segment_while_full_backprop_grows():
 
 
 def test_training_runs_with_each_mode():
-    for extra in (["trainer.start_state=zero"], ["trainer.start_state=refresh"], ["trainer.burn_in=4"],
-                  ["trainer.gradient_horizon=32"], ["trainer.gradient_horizon=episode", "trainer.burn_in=4"]):
+    for extra in (
+        ["trainer.start_state=zero"],
+        ["trainer.start_state=refresh"],
+        ["trainer.burn_in=4"],
+        ["trainer.gradient_horizon=32"],
+        ["trainer.gradient_horizon=episode", "trainer.burn_in=4"],
+    ):
         tr = Trainer(load_config(None, SMALL + ["trainer.total_timesteps=2048"] + extra), quiet=True)
         s = tr.train()
         assert s.global_step == 2048 and all(torch.isfinite(p).all() for p in tr.policy.parameters()), extra
@@ -167,8 +186,20 @@ def test_probe_cli_writes_plot(tmp_path, monkeypatch, capsys):
     from carrystate.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *SMALL, "env.tmaze.length_min=200", "env.tmaze.length_max=200",
-                 "trainer.total_timesteps=1024", "trainer.run_name=p", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "env.tmaze.length_min=200",
+                "env.tmaze.length_max=200",
+                "trainer.total_timesteps=1024",
+                "trainer.run_name=p",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["probe", "runs/p", "--out", "reach.png"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "reach.png").stat().st_size > 1000 and "gh episode" in out

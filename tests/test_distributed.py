@@ -22,11 +22,29 @@ from carrystate.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # per rank: 4 agents × 32 steps, minibatches of 4 segments of 16 steps, two iterations
-TINY = ["env.num_envs=4", "trainer.batch_size=128", "trainer.bptt_horizon=16", "trainer.minibatch_size=64",
-        "trainer.update_epochs=2", "env.tmaze.length_min=3", "env.tmaze.length_max=12", "trainer.seed=5"]
+TINY = [
+    "env.num_envs=4",
+    "trainer.batch_size=128",
+    "trainer.bptt_horizon=16",
+    "trainer.minibatch_size=64",
+    "trainer.update_epochs=2",
+    "env.tmaze.length_min=3",
+    "env.tmaze.length_max=12",
+    "trainer.seed=5",
+]
 WORLD = 2
-BUFFER_FIELDS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "starts", "valid",
-                 "final_values")
+BUFFER_FIELDS = (
+    "obs",
+    "actions",
+    "logprobs",
+    "values",
+    "rewards",
+    "terminated",
+    "truncated",
+    "starts",
+    "valid",
+    "final_values",
+)
 
 
 def _env(**extra) -> dict[str, str]:
@@ -45,11 +63,19 @@ def _spawn_ranks(args_of_rank, tmp_path: Path) -> list[subprocess.Popen]:
     port = _free_port()
     procs = []
     for rank in range(WORLD):
-        env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                   WORLD_SIZE=str(WORLD))
-        procs.append(subprocess.Popen([sys.executable, "-m", "carrystate.cli", "train", *args_of_rank(rank)],
-                                      env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        env = _env(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "carrystate.cli", "train", *args_of_rank(rank)],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -61,9 +87,18 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
     t = load_config(None, overrides).trainer
     shards = [Trainer(load_config(None, overrides + [f"trainer.seed={t.seed + r}"]), quiet=True) for r in range(WORLD)]
     cfg = load_config(None, overrides)
-    union = Trainer(load_config(None, overrides + [f"env.num_envs={cfg.env.num_envs * WORLD}",
-                                                   f"trainer.batch_size={t.batch_size * WORLD}",
-                                                   f"trainer.minibatch_size={t.minibatch_size * WORLD}"]), quiet=True)
+    union = Trainer(
+        load_config(
+            None,
+            overrides
+            + [
+                f"env.num_envs={cfg.env.num_envs * WORLD}",
+                f"trainer.batch_size={t.batch_size * WORLD}",
+                f"trainer.minibatch_size={t.minibatch_size * WORLD}",
+            ],
+        ),
+        quiet=True,
+    )
     segments = shards[0].buffer.segments
     ub = union.buffer
 
@@ -88,8 +123,16 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
 
 def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resume_exactly(tmp_path):
     overrides = TINY + [f"trainer.total_timesteps={128 * WORLD * 2}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
-           str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        str(ROOT / "tests" / "dist_worker.py"),
+        str(tmp_path),
+        *overrides,
+    ]
     res = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     straight = [load_file(tmp_path / f"straight_rank{r}.safetensors") for r in range(WORLD)]
@@ -104,8 +147,10 @@ def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resu
     assert union.iteration == 0 and union.num_iterations == 2
     for k, v in union.policy.state_dict().items():
         torch.testing.assert_close(straight[0][f"w.{k}"], v, atol=1e-5, rtol=0, msg=k)
-    moved = max(float((straight[0][f"w.{k}"] - v).abs().max()) for k, v in Trainer(
-        load_config(None, overrides), quiet=True).policy.state_dict().items())
+    moved = max(
+        float((straight[0][f"w.{k}"] - v).abs().max())
+        for k, v in Trainer(load_config(None, overrides), quiet=True).policy.state_dict().items()
+    )
     assert moved > 1e-3, "training changed the weights (the comparison is not trivially true)"
 
     for r in range(WORLD):  # resume is exact per rank: weights, carried state, current observation
@@ -139,10 +184,19 @@ def test_leaving_the_process_group_ends_gloo_threads_so_the_interpreter_exit_can
     """A group kept alive past destroy_process_group leaves gloo's threads running into interpreter exit,
     which aborted 2 of 50 finished 4-rank runs of dist_worker.py. Its threads must be gone once a rank leaves."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", LEAVE, *TINY], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                                                               RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD)))
-             for r in range(WORLD)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LEAVE, *TINY],
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD)
+            ),
+        )
+        for r in range(WORLD)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
@@ -152,8 +206,15 @@ def test_leaving_the_process_group_ends_gloo_threads_so_the_interpreter_exit_can
 
 
 def test_ranks_with_different_configs_stop_with_an_error_naming_the_setting(tmp_path):
-    procs = _spawn_ranks(lambda rank: [*TINY, f"trainer.runs_dir={tmp_path}",
-                                       f"trainer.learning_rate={0.0025 if rank == 0 else 0.001}", "--quiet"], tmp_path)
+    procs = _spawn_ranks(
+        lambda rank: [
+            *TINY,
+            f"trainer.runs_dir={tmp_path}",
+            f"trainer.learning_rate={0.0025 if rank == 0 else 0.001}",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     outs = [p.communicate(timeout=60) for p in procs]
     for rank, (p, (_, err)) in enumerate(zip(procs, outs)):
         assert p.returncode == 2, err
@@ -164,9 +225,17 @@ def test_ranks_with_different_configs_stop_with_an_error_naming_the_setting(tmp_
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])  # a dead rank, and a hung one (only the timeout helps)
 def test_a_dead_or_hung_rank_ends_the_others_with_an_error_within_the_timeout(tmp_path, fault):
     timeout_s = 4
-    procs = _spawn_ranks(lambda rank: [*TINY, "trainer.total_timesteps=100000000", f"trainer.runs_dir={tmp_path}",
-                                       "trainer.run_name=r", f"trainer.dist_timeout_s={timeout_s}", "--quiet"],
-                         tmp_path)
+    procs = _spawn_ranks(
+        lambda rank: [
+            *TINY,
+            "trainer.total_timesteps=100000000",
+            f"trainer.runs_dir={tmp_path}",
+            "trainer.run_name=r",
+            f"trainer.dist_timeout_s={timeout_s}",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "r" / "config.yaml").exists():  # rank 0 is training: collectives from now on
@@ -195,6 +264,9 @@ def test_scaled_batch_is_divided_among_ranks_and_must_divide():
     assert rank_config(load_config(None, []), 2).trainer.batch_size == 8192  # per rank unless asked
     with pytest.raises(ConfigError, match=r"divides env.num_envs=64 among 3 ranks; it must be a multiple of 3"):
         rank_config(cfg, 3)
-    with pytest.raises(ConfigError, match=r"each of the 2 ranks runs 32 env copies, batch_size 4096 and "
-                                          r"minibatch_size 32; invalid config:\n  trainer.minibatch_size=32 must"):
+    with pytest.raises(
+        ConfigError,
+        match=r"each of the 2 ranks runs 32 env copies, batch_size 4096 and "
+        r"minibatch_size 32; invalid config:\n  trainer.minibatch_size=32 must",
+    ):
         rank_config(load_config(None, ["trainer.scale_batch_with_world_size=true", "trainer.minibatch_size=64"]), 2)

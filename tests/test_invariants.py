@@ -16,8 +16,16 @@ AGENTS, HORIZON, ROWS_PER_AGENT = 3, 8, 3
 BATCH = AGENTS * HORIZON * ROWS_PER_AGENT  # 72 agent-steps: 9 segments, 3 per agent, 24 steps per agent
 STEPS = BATCH // AGENTS
 # Episode ends inside segments, at segment ends, on the first step of a segment, both kinds.
-ENDS = {(0, 4): "term", (0, 7): "trunc", (0, 8): "term", (0, 19): "term",
-        (1, 11): "trunc", (1, 15): "term", (2, 23): "term", (2, 2): "trunc"}
+ENDS = {
+    (0, 4): "term",
+    (0, 7): "trunc",
+    (0, 8): "term",
+    (0, 19): "term",
+    (1, 11): "trunc",
+    (1, 15): "term",
+    (2, 23): "term",
+    (2, 2): "trunc",
+}
 
 
 @pytest.fixture(params=["lstm", "gru"])
@@ -63,9 +71,12 @@ def test_segment_start_state_equals_state_carried_from_previous_segment(core):
         for k in range(ROWS_PER_AGENT - 1):
             r = _row(agent, k)
             with torch.no_grad():
-                _, _, end = policy.sequence(buf.obs[r : r + 1], tuple(s[:, r : r + 1] for s in buf.start_state),
-                                            buf.starts[r : r + 1])
-            nxt = torch.zeros(1, dtype=torch.bool) if not done[(k + 1) * HORIZON - 1] else torch.ones(1, dtype=torch.bool)
+                _, _, end = policy.sequence(
+                    buf.obs[r : r + 1], tuple(s[:, r : r + 1] for s in buf.start_state), buf.starts[r : r + 1]
+                )
+            nxt = (
+                torch.zeros(1, dtype=torch.bool) if not done[(k + 1) * HORIZON - 1] else torch.ones(1, dtype=torch.bool)
+            )
             for e, s in zip(end, buf.start_state):
                 expect = torch.zeros_like(e) if nxt else e
                 torch.testing.assert_close(s[:, r + 1 : r + 2], expect, atol=1e-6, rtol=0)
@@ -128,8 +139,16 @@ def test_truncated_step_bootstraps_from_final_observation():
     torch.testing.assert_close(tl(buf.final_values)[agent, t], v_final[0], atol=1e-6, rtol=0)
     assert tl(buf.final_values)[agent, 15] == 0.0  # terminated at 15: nothing to bootstrap
     gamma, lam = 0.9, 0.8
-    adv, _ = ppo.gae(tl(buf.rewards), tl(buf.values), tl(buf.terminated), tl(buf.truncated), tl(buf.final_values),
-                     buf.last_value, gamma, lam)
+    adv, _ = ppo.gae(
+        tl(buf.rewards),
+        tl(buf.values),
+        tl(buf.terminated),
+        tl(buf.truncated),
+        tl(buf.final_values),
+        buf.last_value,
+        gamma,
+        lam,
+    )
     r = float(env.reward_table[t, agent])
     assert float(adv[agent, t]) == pytest.approx(r + gamma * float(v_final) - values[t], abs=1e-5)
     assert float(adv[agent, 15]) == pytest.approx(float(env.reward_table[15, agent]) - values[15], abs=1e-5)
@@ -154,8 +173,17 @@ def _reference_gae(rewards, values, term, trunc, final_values, last_value, gamma
 
 
 def test_gae_over_segments_equals_gae_over_agent_timeline():
-    cfg = load_config(None, ["env.num_envs=4", "trainer.batch_size=512", "trainer.bptt_horizon=16",
-                             "trainer.minibatch_size=128", "env.tmaze.length_min=3", "env.tmaze.length_max=9"])
+    cfg = load_config(
+        None,
+        [
+            "env.num_envs=4",
+            "trainer.batch_size=512",
+            "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=128",
+            "env.tmaze.length_min=3",
+            "env.tmaze.length_max=9",
+        ],
+    )
     tr = Trainer(cfg, quiet=True)
     b = tr.buffer
     tr.rollout.collect(tr.policy, b, tr.sample_gen)
@@ -165,9 +193,17 @@ def test_gae_over_segments_equals_gae_over_agent_timeline():
     g, lam = cfg.trainer.gamma, cfg.trainer.gae_lambda
     for a in range(4):
         rows = [a * b.rows_per_agent + k for k in range(b.rows_per_agent)]
-        cat = lambda x: torch.cat([x[r] for r in rows]).tolist()  # noqa: E731
-        ref = _reference_gae(cat(b.rewards), cat(b.values), cat(b.terminated), cat(b.truncated),
-                             cat(b.final_values), float(b.last_value[a]), g, lam)
+        cat = lambda x, rows=rows: torch.cat([x[r] for r in rows]).tolist()  # noqa: E731
+        ref = _reference_gae(
+            cat(b.rewards),
+            cat(b.values),
+            cat(b.terminated),
+            cat(b.truncated),
+            cat(b.final_values),
+            float(b.last_value[a]),
+            g,
+            lam,
+        )
         assert np.allclose(cat(b.advantages), ref, atol=1e-5)
     # a row's last step bootstraps across the segment end: its advantage is not forced to zero
     assert (b.advantages[:, -1] != 0).all()
@@ -175,8 +211,16 @@ def test_gae_over_segments_equals_gae_over_agent_timeline():
 
 def test_every_segment_trains_update_epochs_times():
     epochs = 3
-    cfg = load_config(None, ["env.num_envs=4", "trainer.batch_size=512", "trainer.bptt_horizon=16",
-                             "trainer.minibatch_size=64", f"trainer.update_epochs={epochs}"])
+    cfg = load_config(
+        None,
+        [
+            "env.num_envs=4",
+            "trainer.batch_size=512",
+            "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=64",
+            f"trainer.update_epochs={epochs}",
+        ],
+    )
     tr = Trainer(cfg, quiet=True)
     tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
     tr.learner.compute_advantages()

@@ -31,9 +31,19 @@ def test_lstm_solves_default_tmaze_while_memoryless_core_stays_at_chance():
 def test_continuous_actions_train_on_pendulum():
     """Box actions end to end: a short run on Pendulum-v1 (time limit = truncation) runs and improves nothing
     in particular, but every phase works with a Gaussian head and truncation bootstraps."""
-    cfg = load_config(None, ["env.name=gymnasium", "env.gymnasium.id=Pendulum-v1", "env.num_envs=4",
-                             "trainer.batch_size=1024", "trainer.bptt_horizon=32", "trainer.minibatch_size=256",
-                             "trainer.total_timesteps=2048", "trainer.learning_rate=0.0003"])
+    cfg = load_config(
+        None,
+        [
+            "env.name=gymnasium",
+            "env.gymnasium.id=Pendulum-v1",
+            "env.num_envs=4",
+            "trainer.batch_size=1024",
+            "trainer.bptt_horizon=32",
+            "trainer.minibatch_size=256",
+            "trainer.total_timesteps=2048",
+            "trainer.learning_rate=0.0003",
+        ],
+    )
     trainer = Trainer(cfg, quiet=True)
     summary = trainer.train()
     assert summary.global_step == 2048 and trainer.buffer.truncated.any()

@@ -108,7 +108,7 @@ def test_sequence_gradients_equal_chunked(impl):
     for name in ("chunked", impl):
         core.impl = name
         y, end = core.sequence(x, state, resets)
-        loss = (y ** 2).sum() + sum((e ** 3).sum() for e in end)
+        loss = (y**2).sum() + sum((e**3).sum() for e in end)
         grads[name] = torch.autograd.grad(loss, [x, *state, *core.parameters()])
     for a, b in zip(grads["chunked"], grads[impl]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -134,8 +134,16 @@ def test_replay_matches_rollout_for_other_action_spaces(space):
     store = StateStore(2, 1, 8)
     rollout = Rollout(env, store)
     shape, dtype = ((2,), torch.long) if isinstance(space, gym.spaces.MultiDiscrete) else ((3,), torch.float32)
-    buf = SegmentBuffer(2, 32, 8, obs_shape=(3,), obs_dtype=torch.float32, action_shape=shape, action_dtype=dtype,
-                        state_template=policy.initial_state(1))
+    buf = SegmentBuffer(
+        2,
+        32,
+        8,
+        obs_shape=(3,),
+        obs_dtype=torch.float32,
+        action_shape=shape,
+        action_dtype=dtype,
+        state_template=policy.initial_state(1),
+    )
     rollout.collect(policy, buf, torch.Generator().manual_seed(0))
     with torch.no_grad():
         params, values, _ = policy.sequence(buf.obs, buf.start_state, buf.starts)
@@ -148,7 +156,9 @@ def test_muon_takes_hidden_matrices_and_adam_the_rest():
     from carrystate.config import TrainerConfig
     from carrystate.optim import hidden_matrices, make_optimizer
 
-    policy = Policy(PolicyConfig(hidden_size=8, encoder_sizes=[8, 8]), gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
+    policy = Policy(
+        PolicyConfig(hidden_size=8, encoder_sizes=[8, 8]), gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
+    )
     names = hidden_matrices(policy)
     assert names == ["encoder.net.2.weight", "core.rnn.weight_ih_l0", "core.rnn.weight_hh_l0"]
     opt = make_optimizer(policy, TrainerConfig(optimizer="muon", learning_rate=0.018))
@@ -156,10 +166,16 @@ def test_muon_takes_hidden_matrices_and_adam_the_rest():
     assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
     assert len(muon.param_groups[0]["params"]) + len(adam.param_groups[0]["params"]) == len(list(policy.parameters()))
     before = {n: p.clone() for n, p in policy.named_parameters()}
-    params, values, _ = policy.sequence(torch.randn(4, 5, 3), policy.initial_state(4), torch.zeros(4, 5, dtype=torch.bool))
+    params, values, _ = policy.sequence(
+        torch.randn(4, 5, 3), policy.initial_state(4), torch.zeros(4, 5, dtype=torch.bool)
+    )
     (params.sum() + values.sum()).backward()
     opt.step()
-    assert all(not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0)
+    assert all(
+        not torch.equal(before[n], p)
+        for n, p in policy.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    )
 
 
 def test_one_entry_multidiscrete_head_matches_categorical():

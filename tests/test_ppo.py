@@ -10,8 +10,15 @@ from carrystate.ppo import ppo_loss
 def _inputs(n=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda: torch.randn(n, generator=g)  # noqa: E731
-    return dict(new_logprobs=r() * 0.3 - 1, entropy=r().abs(), new_values=r(), old_logprobs=r() * 0.3 - 1,
-                old_values=r(), advantages=r(), returns=r())
+    return dict(
+        new_logprobs=r() * 0.3 - 1,
+        entropy=r().abs(),
+        new_values=r(),
+        old_logprobs=r() * 0.3 - 1,
+        old_values=r(),
+        advantages=r(),
+        returns=r(),
+    )
 
 
 def test_loss_matches_direct_formula():

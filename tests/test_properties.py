@@ -88,8 +88,14 @@ def test_perturbing_one_episode_changes_nothing_outside_it(sc, data):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 5), st.integers(1, 12), st.floats(0.0, 0.6), st.sampled_from(["bucketed", "chunked", "packed", "scan"]),
-       st.integers(1, 2), st.integers(0, 10_000))
+@given(
+    st.integers(1, 5),
+    st.integers(1, 12),
+    st.floats(0.0, 0.6),
+    st.sampled_from(["bucketed", "chunked", "packed", "scan"]),
+    st.integers(1, 2),
+    st.integers(0, 10_000),
+)
 def test_every_fast_unroll_equals_the_step_loop_for_any_reset_pattern(batch, steps, density, impl, layers, seed):
     """The loop (one step at a time, state masked before each step) is the oracle: outputs, end state and the
     gradients of a loss using both, with respect to inputs, start state and weights, agree to 1e-5."""
@@ -102,7 +108,7 @@ def test_every_fast_unroll_equals_the_step_loop_for_any_reset_pattern(batch, ste
     for name in ("loop", impl):
         core.impl = name
         y, end = core.sequence(x, state, resets)
-        loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + sum((e ** 2).sum() for e in end)
+        loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + sum((e**2).sum() for e in end)
         results[name] = (y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()]))
     for want, got in zip(results["loop"], results[impl]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

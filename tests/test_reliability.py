@@ -14,15 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-from carrystate.checkpoint import CheckpointError, _sha256, checkpoints, load_checkpoint, save_checkpoint
+from carrystate.checkpoint import CheckpointError, _sha256, checkpoints, load_checkpoint
 from carrystate.config import load_config
 from carrystate.envs.base import EnvError
 from carrystate.learner import NumericalError
 from carrystate.trainer import Trainer
 from tests.helpers import ScriptedEnv, collect, make_policy
 
-SMALL = ["env.num_envs=8", "trainer.batch_size=512", "trainer.bptt_horizon=16", "trainer.minibatch_size=128",
-         "trainer.update_epochs=2", "env.tmaze.length_min=3", "env.tmaze.length_max=20"]
+SMALL = [
+    "env.num_envs=8",
+    "trainer.batch_size=512",
+    "trainer.bptt_horizon=16",
+    "trainer.minibatch_size=128",
+    "trainer.update_epochs=2",
+    "env.tmaze.length_min=3",
+    "env.tmaze.length_max=20",
+]
 
 
 def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
@@ -31,8 +38,13 @@ def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("extra", [["env.name=tmaze"], ["env.name=recall", "trainer.optimizer=muon",
-                                                          "trainer.learning_rate=0.02", "policy.core=gru"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["env.name=tmaze"],
+        ["env.name=recall", "trainer.optimizer=muon", "trainer.learning_rate=0.02", "policy.core=gru"],
+    ],
+)
 def test_resume_equals_straight_run_bit_for_bit(tmp_path, extra):
     n, m = 3, 2
     over = SMALL + extra + [f"trainer.total_timesteps={512 * (n + m)}", "trainer.anneal_lr=true"]
@@ -53,8 +65,15 @@ def test_resume_equals_straight_run_bit_for_bit(tmp_path, extra):
 
 
 def test_resume_of_gymnasium_run_starts_new_episodes_and_says_so(tmp_path):
-    over = ["env.name=gymnasium", "env.num_envs=2", "trainer.batch_size=128", "trainer.bptt_horizon=16",
-            "trainer.minibatch_size=64", "trainer.total_timesteps=128", "trainer.learning_rate=0.001"]
+    over = [
+        "env.name=gymnasium",
+        "env.num_envs=2",
+        "trainer.batch_size=128",
+        "trainer.bptt_horizon=16",
+        "trainer.minibatch_size=64",
+        "trainer.total_timesteps=128",
+        "trainer.learning_rate=0.001",
+    ]
     Trainer(load_config(None, over), run_dir=tmp_path / "g", quiet=True).train()
     with pytest.warns(UserWarning, match="cannot save its state: the resumed run starts new episodes"):
         tr = Trainer.resume(tmp_path / "g", ["trainer.total_timesteps=256"], quiet=True)
@@ -72,8 +91,18 @@ def test_checkpoints_keep_newest_k_and_hold_everything(tmp_path):
     assert [p.name for p in checkpoints(run)] == ["iter_000003", "iter_000004", "iter_000005"]
     ckpt = load_checkpoint(run)
     keys = set(ckpt["tensors"])
-    assert {"store.slice0.0", "store.slice0.1", "rng.sample", "rng.shuffle", "rng.torch", "rollout.obs",
-            "rollout.starts", "env.cue", "env.length", "env.t"} <= keys
+    assert {
+        "store.slice0.0",
+        "store.slice0.1",
+        "rng.sample",
+        "rng.shuffle",
+        "rng.torch",
+        "rollout.obs",
+        "rollout.starts",
+        "env.cue",
+        "env.length",
+        "env.t",
+    } <= keys
     assert ckpt["meta"]["global_step"] == 2560 and ckpt["meta"]["env_state"]["rng"]["bit_generator"] == "PCG64"
     assert ckpt["optimizer"]["state"], "optimizer moments are saved"
 
@@ -133,11 +162,14 @@ def test_crafted_pickle_cannot_run_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("policy.hidden_size=32", "policy.hidden_size: checkpoint 64, this run 32"),
-    ("env.num_envs=16", "agents: checkpoint 8, this run 16"),
-    ("policy.core=gru", "policy.core: checkpoint 'lstm', this run 'gru'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("policy.hidden_size=32", "policy.hidden_size: checkpoint 64, this run 32"),
+        ("env.num_envs=16", "agents: checkpoint 8, this run 16"),
+        ("policy.core=gru", "policy.core: checkpoint 'lstm', this run 'gru'"),
+    ],
+)
 def test_incompatible_checkpoint_says_what_differs(tmp_path, override, message):
     run = _run_with_checkpoints(tmp_path, iterations=1)
     extra = ["trainer.batch_size=1024", "trainer.minibatch_size=256"] if "num_envs" in override else []
@@ -169,7 +201,9 @@ def test_nonfinite_loss_stops_training_and_keeps_last_checkpoint(tmp_path):
 def test_nonfinite_gradient_names_the_parameter():
     tr = Trainer(load_config(None, SMALL + ["trainer.total_timesteps=512"]), quiet=True)
     tr.policy.core.rnn.weight_hh_l0.register_hook(lambda g: g * float("inf"))
-    with pytest.raises(NumericalError, match="non-finite gradient at iteration 1, epoch 1, minibatch 1 in core.rnn.weight_hh_l0"):
+    with pytest.raises(
+        NumericalError, match="non-finite gradient at iteration 1, epoch 1, minibatch 1 in core.rnn.weight_hh_l0"
+    ):
         tr.train()
 
 
@@ -190,19 +224,31 @@ class _BadEnv(ScriptedEnv):
         return res
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("shape", r"env returned obs of shape \(2, 2\), expected \(2, 3\)"),
-    ("dtype", "env returned obs of dtype object; expected a numeric dtype"),
-    ("raise", "_BadEnv.step raised ZeroDivisionError: division by zero in physics"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("shape", r"env returned obs of shape \(2, 2\), expected \(2, 3\)"),
+        ("dtype", "env returned obs of dtype object; expected a numeric dtype"),
+        ("raise", "_BadEnv.step raised ZeroDivisionError: division by zero in physics"),
+    ],
+)
 def test_env_faults_give_clear_errors(fault, message):
     with pytest.raises(EnvError, match=message):
         collect(make_policy("lstm"), _BadEnv(fault), 64, 16)
 
 
 def _start_training(tmp_path, extra=()):
-    cmd = [sys.executable, "-m", "carrystate.cli", "train", "trainer.run_name=sig", "trainer.total_timesteps=100000000",
-           "trainer.checkpoint_interval=1", *SMALL, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "carrystate.cli",
+        "train",
+        "trainer.run_name=sig",
+        "trainer.total_timesteps=100000000",
+        "trainer.checkpoint_interval=1",
+        *SMALL,
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "runs" / "sig"
     deadline = time.time() + 60
@@ -248,6 +294,7 @@ def test_signal_during_a_checkpoint_write_still_leaves_a_checkpoint_marked_inter
         if self.iteration == 2 and self.stop.signal is None:
             self.stop.signal = "SIGTERM"
         return path
+
     monkeypatch.setattr(Trainer, "save", save_then_signal)
     summary = tr.train()
     assert summary.interrupted == "SIGTERM" and summary.iterations == 2

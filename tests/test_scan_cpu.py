@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from carrystate.policy import kernels
-from carrystate.policy.kernels import cpu
 from carrystate.policy.core import RecurrentCore
+from carrystate.policy.kernels import cpu
 from carrystate.policy.unroll import scan
 from tests.helpers import outputs_and_gradients
 
@@ -22,22 +22,25 @@ def _run(core, x, state, resets, recurrence):
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows,steps,hidden,layers,density", [
-    (5, 7, 16, 1, 0.25),
-    (37, 9, 33, 2, 0.2),   # a width that is no multiple of the vector width, two layers
-    (1, 1, 1, 1, 0.0),     # one row, one step, one unit
-    (8, 6, 8, 1, 1.0),     # a reset before every step
-    (12, 20, 64, 1, 0.0),  # no resets at all
-])
+@pytest.mark.parametrize(
+    "rows,steps,hidden,layers,density",
+    [
+        (5, 7, 16, 1, 0.25),
+        (37, 9, 33, 2, 0.2),  # a width that is no multiple of the vector width, two layers
+        (1, 1, 1, 1, 0.0),  # one row, one step, one unit
+        (8, 6, 8, 1, 1.0),  # a reset before every step
+        (12, 20, 64, 1, 0.0),  # no resets at all
+    ],
+)
 def test_cpp_scan_equals_torch_op_scan_and_step_loop(rows, steps, hidden, layers, density):
     torch.manual_seed(0)
     core = RecurrentCore("lstm", 4, hidden, layers, "loop")
     x = torch.randn(rows, steps, 4, requires_grad=True)
     resets = torch.rand(rows, steps) < density
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows))
-    reference = _run(core, x, state, resets, None)                  # core.impl = loop: nn.LSTM step by step
-    ops = _run(core, x, state, resets, scan.LSTMScan)              # the torch-op loop
-    cpp = _run(core, x, state, resets, cpu.LSTMScanCPU)           # the C++ kernels
+    reference = _run(core, x, state, resets, None)  # core.impl = loop: nn.LSTM step by step
+    ops = _run(core, x, state, resets, scan.LSTMScan)  # the torch-op loop
+    cpp = _run(core, x, state, resets, cpu.LSTMScanCPU)  # the C++ kernels
     for ref, a, b in zip(reference, ops, cpp):
         torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b, ref, atol=1e-5, rtol=1e-5)
@@ -53,7 +56,9 @@ def test_scan_uses_cpp_kernels_for_float32_on_cpu_and_torch_ops_otherwise(monkey
         def apply(*args):
             used.append(cls.__name__)
             return original(*args)
+
         monkeypatch.setattr(cls, "apply", apply)
+
     spy(scan.LSTMScan)
     spy(cpu.LSTMScanCPU)
     core = RecurrentCore("lstm", 3, 5, 1, "scan")
@@ -117,6 +122,7 @@ def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeyp
         def step(self, *args):
             calls.append(1)
             return kernels.step(*args)
+
     monkeypatch.setattr(cpu, "_module", Spy())
     x, state = torch.randn(4, 3), core.initial_state(4)
     with torch.no_grad():

@@ -4,8 +4,8 @@ reference: outputs, end state and every gradient, on random reset patterns."""
 import pytest
 import torch
 
-from carrystate.policy.kernels import triton_scan
 from carrystate.policy.core import RecurrentCore
+from carrystate.policy.kernels import triton_scan
 from tests.helpers import outputs_and_gradients
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -14,13 +14,16 @@ needs_triton = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 
 
 @needs_triton
-@pytest.mark.parametrize("rows,steps,hidden,layers,density", [
-    (5, 7, 16, 1, 0.25),     # fewer rows than one block
-    (37, 9, 32, 2, 0.2),     # rows not a multiple of the block, two layers
-    (20, 5, 128, 1, 0.3),    # one 128-wide tile per gate
-    (18, 4, 256, 1, 0.3),    # several column tiles per gate
-    (16, 6, 16, 1, 1.0),     # a reset at every step
-])
+@pytest.mark.parametrize(
+    "rows,steps,hidden,layers,density",
+    [
+        (5, 7, 16, 1, 0.25),  # fewer rows than one block
+        (37, 9, 32, 2, 0.2),  # rows not a multiple of the block, two layers
+        (20, 5, 128, 1, 0.3),  # one 128-wide tile per gate
+        (18, 4, 256, 1, 0.3),  # several column tiles per gate
+        (16, 6, 16, 1, 1.0),  # a reset at every step
+    ],
+)
 def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidden, layers, density, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the oracle is fp32
     torch.manual_seed(0)

@@ -82,8 +82,14 @@ def _rollout(env, double_buffer: bool, steps=24, horizon=8, seed=0):
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store, seed=5, double_buffer=double_buffer)
-    buf = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
-                                   policy.initial_state(1), batch_size=env.num_agents * steps, horizon=horizon)
+    buf = SegmentBuffer.for_spaces(
+        env.num_agents,
+        env.single_observation_space,
+        env.single_action_space,
+        policy.initial_state(1),
+        batch_size=env.num_agents * steps,
+        horizon=horizon,
+    )
     stats = rollout.collect(policy, buf, torch.Generator().manual_seed(seed))
     return policy, store, buf, stats
 
@@ -93,10 +99,13 @@ def test_double_buffered_rollout_fills_the_same_buffer_as_one_batch(workers):
     """T-maze observations do not depend on actions, so two halves stepped in turn and the same halves
     stepped as one batch must give the same observations, starts, values and start states (actions are
     sampled in another order, so only their consistency with the stored log-probs is compared)."""
+
     def halves():
         if workers:
-            return [ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=1)], timeout=10),
-                    ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=2)], timeout=10)]
+            return [
+                ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=1)], timeout=10),
+                ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=2)], timeout=10),
+            ]
         return [TMaze(3, 2, 6, seed=1), TMaze(3, 2, 6, seed=2)]
 
     pair, single = EnvBatches(halves()), EnvBatches(halves())
@@ -127,8 +136,16 @@ def test_double_buffered_rollout_fills_the_same_buffer_as_one_batch(workers):
 
 
 def test_config_builds_double_buffered_worker_batches():
-    cfg = load_config(overrides=["env.num_envs=4", "env.workers=2", "env.double_buffer=true",
-                                 "trainer.batch_size=256", "trainer.bptt_horizon=16", "trainer.minibatch_size=128"])
+    cfg = load_config(
+        overrides=[
+            "env.num_envs=4",
+            "env.workers=2",
+            "env.double_buffer=true",
+            "trainer.batch_size=256",
+            "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=128",
+        ]
+    )
     env = make_env(cfg.env, seed=0)
     try:
         assert isinstance(env, EnvBatches) and env.num_agents == 4
@@ -145,8 +162,14 @@ def _rollout_env(env, policy):
     core = policy.core
     store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
     rollout = Rollout(env, store)
-    buf = SegmentBuffer.for_spaces(env.num_agents, env.single_observation_space, env.single_action_space,
-                                   policy.initial_state(1), batch_size=env.num_agents * 16, horizon=16)
+    buf = SegmentBuffer.for_spaces(
+        env.num_agents,
+        env.single_observation_space,
+        env.single_action_space,
+        policy.initial_state(1),
+        batch_size=env.num_agents * 16,
+        horizon=16,
+    )
     return rollout, store, buf, rollout.collect(policy, buf, torch.Generator().manual_seed(0))
 
 
@@ -160,9 +183,18 @@ def test_vector_settings_are_validated():
 def test_training_runs_with_workers_and_double_buffer(tmp_path):
     from carrystate.trainer import Trainer
 
-    cfg = load_config(overrides=["env.num_envs=8", "env.workers=2", "env.double_buffer=true",
-                                 "trainer.batch_size=512", "trainer.bptt_horizon=16", "trainer.minibatch_size=256",
-                                 "trainer.total_timesteps=1024", "trainer.update_epochs=1"])
+    cfg = load_config(
+        overrides=[
+            "env.num_envs=8",
+            "env.workers=2",
+            "env.double_buffer=true",
+            "trainer.batch_size=512",
+            "trainer.bptt_horizon=16",
+            "trainer.minibatch_size=256",
+            "trainer.total_timesteps=1024",
+            "trainer.update_epochs=1",
+        ]
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "run", quiet=True)
     try:
         trainer.train()

@@ -35,8 +35,9 @@ def make_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
         from carrystate.envs.mettagrid_adapter import MettaGridVecEnv
 
         m = cfg.mettagrid
-        return MettaGridVecEnv(num_envs, m.map, m.agents, m.size, m.altars, m.walls, m.max_steps, m.obs_tokens,
-                               seed=seed)
+        return MettaGridVecEnv(
+            num_envs, m.map, m.agents, m.size, m.altars, m.walls, m.max_steps, m.obs_tokens, seed=seed
+        )
     raise ValueError(f"env.name={cfg.name!r} is not one of {', '.join(ENV_NAMES)}")
 
 
@@ -65,5 +66,15 @@ def make_env(cfg: EnvConfig, seed: int) -> VecEnv:
     return EnvBatches(batches)
 
 
-__all__ = ["VecEnv", "StepResult", "make_env", "make_batch", "TMaze", "DelayedRecall", "GymVecEnv", "HideVelocity",
-           "ProcessVecEnv", "EnvBatches"]
+__all__ = [
+    "VecEnv",
+    "StepResult",
+    "make_env",
+    "make_batch",
+    "TMaze",
+    "DelayedRecall",
+    "GymVecEnv",
+    "HideVelocity",
+    "ProcessVecEnv",
+    "EnvBatches",
+]

@@ -50,8 +50,9 @@ class EpisodeTracker:
         self.returns = np.zeros(num_agents, dtype=np.float64)
         self.lengths = np.zeros(num_agents, dtype=np.int64)
 
-    def update(self, reward: np.ndarray, done: np.ndarray, active: np.ndarray | None = None
-               ) -> tuple[list[float], list[int]]:
+    def update(
+        self, reward: np.ndarray, done: np.ndarray, active: np.ndarray | None = None
+    ) -> tuple[list[float], list[int]]:
         """Add this step's reward; `active` [agents] (default all) marks rows that acted (not padding)."""
         self.returns += reward
         self.lengths += 1 if active is None else active
@@ -85,6 +86,7 @@ class EnvError(RuntimeError):
 
 def check_step_result(res: StepResult, num_agents: int, obs_shape: tuple[int, ...], agents_per_env: int = 1) -> None:
     """Raise EnvError naming the field, env and agent when a step's output breaks the contract."""
+
     def where(row: int) -> str:
         return f"agent row {row} (env {row // agents_per_env}, agent {row % agents_per_env})"
 
@@ -105,5 +107,7 @@ def check_step_result(res: StepResult, num_agents: int, obs_shape: tuple[int, ..
             continue
         bad = ~np.isfinite(value.reshape(num_agents, -1)).all(1)
         if bad.any():
-            raise EnvError(f"non-finite {name} from the env at {where(int(np.flatnonzero(bad)[0]))}"
-                           f" ({int(bad.sum())} rows affected)")
+            raise EnvError(
+                f"non-finite {name} from the env at {where(int(np.flatnonzero(bad)[0]))}"
+                f" ({int(bad.sum())} rows affected)"
+            )

@@ -46,15 +46,21 @@ class HideVelocity(gym.ObservationWrapper):
 class GymVecEnv:
     """`num_envs` copies of a gymnasium env as one batch of single-agent rows."""
 
-    def __init__(self, env_id: str, num_envs: int, hide_velocity: bool = False, vectorization: str = "sync",
-                 seed: int = 0):
+    def __init__(
+        self, env_id: str, num_envs: int, hide_velocity: bool = False, vectorization: str = "sync", seed: int = 0
+    ):
         if env_id not in gym.registry:
             close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
-            raise ValueError(f"env.gymnasium.id={env_id!r} is not a registered gymnasium id"
-                             + (f"; did you mean one of {close}?" if close else ""))
+            raise ValueError(
+                f"env.gymnasium.id={env_id!r} is not a registered gymnasium id"
+                + (f"; did you mean one of {close}?" if close else "")
+            )
         wrappers = [lambda e: HideVelocity(e, env_id)] if hide_velocity else []
         self.env = gym.make_vec(
-            env_id, num_envs=num_envs, vectorization_mode=vectorization, wrappers=wrappers,
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode=vectorization,
+            wrappers=wrappers,
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
         )
         self.num_agents = num_envs
@@ -74,7 +80,9 @@ class GymVecEnv:
         try:
             obs, reward, terminated, truncated, info = self.env.step(actions)
         except Exception as err:  # name the env and step that failed, keep the original traceback
-            raise RuntimeError(f"gymnasium env {self.env.spec.id if self.env.spec else ''} raised in step: {err}") from err
+            raise RuntimeError(
+                f"gymnasium env {self.env.spec.id if self.env.spec else ''} raised in step: {err}"
+            ) from err
         obs = self._check_obs(obs)
         reward = np.asarray(reward, dtype=np.float32)
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)

@@ -78,8 +78,11 @@ class _CueTask:
 
     def state_dict(self) -> dict:
         return {
-            "cue": self.cue.copy(), "length": self.length.copy(), "t": self.t.copy(),
-            "returns": self.tracker.returns.copy(), "lengths": self.tracker.lengths.copy(),
+            "cue": self.cue.copy(),
+            "length": self.length.copy(),
+            "t": self.t.copy(),
+            "returns": self.tracker.returns.copy(),
+            "lengths": self.tracker.lengths.copy(),
             "rng": self.rng.bit_generator.state,
         }
 

@@ -32,13 +32,13 @@ def _require_mettagrid():
         import mettagrid  # noqa: F401
         from mettagrid.simulator import Simulator
     except ImportError as err:
-        raise ValueError("env.name=mettagrid needs the mettagrid package: pip install -e '.[mettagrid]' "
-                         f"({err})") from err
+        raise ValueError(
+            f"env.name=mettagrid needs the mettagrid package: pip install -e '.[mettagrid]' ({err})"
+        ) from err
     return Simulator
 
 
-def mettagrid_config(map_name: str, agents: int, size: int, altars: int, walls: int, max_steps: int,
-                     obs_tokens: int):
+def mettagrid_config(map_name: str, agents: int, size: int, altars: int, walls: int, max_steps: int, obs_tokens: int):
     """The MettaGridConfig of one copy."""
     from mettagrid.builder.envs import make_arena, make_navigation
     from mettagrid.config.handler_config import Handler
@@ -49,13 +49,23 @@ def mettagrid_config(map_name: str, agents: int, size: int, altars: int, walls: 
     from mettagrid.mapgen.scenes.random import Random
 
     if map_name == "arena":
-        cfg = make_arena(num_agents=agents, combat=False, map_builder=MapGen.Config(
-            num_agents=agents, width=size, height=size, border_width=1, instance_border_width=0,
-            instance=Random.Config(agents=agents, objects={"wall": walls, "altar": altars})))
+        cfg = make_arena(
+            num_agents=agents,
+            combat=False,
+            map_builder=MapGen.Config(
+                num_agents=agents,
+                width=size,
+                height=size,
+                border_width=1,
+                instance_border_width=0,
+                instance=Random.Config(agents=agents, objects={"wall": walls, "altar": altars}),
+            ),
+        )
     elif map_name == "navigation":
         cfg = make_navigation(num_agents=agents)
-        cfg.game.map_builder = RandomMapBuilder.Config(agents=agents, width=size, height=size,
-                                                       objects={"altar": altars})
+        cfg.game.map_builder = RandomMapBuilder.Config(
+            agents=agents, width=size, height=size, objects={"altar": altars}
+        )
     else:
         raise ValueError(f"env.mettagrid.map={map_name!r} is not one of arena, navigation")
     game = cfg.game
@@ -70,8 +80,18 @@ def mettagrid_config(map_name: str, agents: int, size: int, altars: int, walls: 
 class MettaGridVecEnv:
     """`num_envs` MettaGrid simulations with `agents` agents each, stepped in this process."""
 
-    def __init__(self, num_envs: int, map_name: str = "arena", agents: int = 24, size: int = 25, altars: int = 10,
-                 walls: int = 10, max_steps: int = 1000, obs_tokens: int = 200, seed: int = 0):
+    def __init__(
+        self,
+        num_envs: int,
+        map_name: str = "arena",
+        agents: int = 24,
+        size: int = 25,
+        altars: int = 10,
+        walls: int = 10,
+        max_steps: int = 1000,
+        obs_tokens: int = 200,
+        seed: int = 0,
+    ):
         Simulator = _require_mettagrid()
         logging.getLogger("mettagrid").setLevel(logging.WARNING)
         from mettagrid.policy.policy_env_interface import PolicyEnvInterface
@@ -91,9 +111,18 @@ class MettaGridVecEnv:
         self.actions = np.zeros(n, np.int32)
         self._masks, self._teacher = np.ones(n, bool), np.zeros(n, np.int32)
         rows = [slice(e * agents, (e + 1) * agents) for e in range(num_envs)]
-        self._buffers = [Buffers(observations=self.obs[r], terminals=self.terminals[r],
-                                 truncations=self.truncations[r], rewards=self.rewards[r], masks=self._masks[r],
-                                 actions=self.actions[r], teacher_actions=self._teacher[r]) for r in rows]
+        self._buffers = [
+            Buffers(
+                observations=self.obs[r],
+                terminals=self.terminals[r],
+                truncations=self.truncations[r],
+                rewards=self.rewards[r],
+                masks=self._masks[r],
+                actions=self.actions[r],
+                teacher_actions=self._teacher[r],
+            )
+            for r in rows
+        ]
         self._simulators = [Simulator() for _ in range(num_envs)]
         self._sims: list = [None] * num_envs
         self.seed = seed
@@ -134,8 +163,10 @@ class MettaGridVecEnv:
             if done[rows].all():  # the episode of the copy ended: new map in the same step
                 self._new_sim(e, self._next_seed())
             elif done[rows].any():
-                raise EnvError(f"mettagrid copy {e}: only some agents ended their episode "
-                               "(this adapter expects the whole copy to end together)")
+                raise EnvError(
+                    f"mettagrid copy {e}: only some agents ended their episode "
+                    "(this adapter expects the whole copy to end together)"
+                )
         returns, lengths = self.tracker.update(reward, done)
         return StepResult(self.obs.copy(), reward, terminated, truncated, final_obs, returns, lengths)
 

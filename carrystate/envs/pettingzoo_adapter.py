@@ -15,7 +15,8 @@ absent from the start of an episode (not in `agents` after reset) are padding un
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -30,12 +31,16 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError(f"env.pettingzoo.env={spec!r}: cannot import {module_name!r} ({err}); "
-                         "is the package installed (e.g. pip install 'pettingzoo[butterfly]')?") from err
+        raise ConfigError(
+            f"env.pettingzoo.env={spec!r}: cannot import {module_name!r} ({err}); "
+            "is the package installed (e.g. pip install 'pettingzoo[butterfly]')?"
+        ) from err
     factory = getattr(module, attr or "parallel_env", None)
     if not callable(factory):
-        raise ConfigError(f"env.pettingzoo.env={spec!r}: {module_name} has no callable "
-                         f"{attr or 'parallel_env'!r}; name one as module:callable")
+        raise ConfigError(
+            f"env.pettingzoo.env={spec!r}: {module_name} has no callable "
+            f"{attr or 'parallel_env'!r}; name one as module:callable"
+        )
     return factory
 
 
@@ -66,7 +71,8 @@ class PettingZooVecEnv:
                 raise ValueError(
                     f"env.pettingzoo.env={name!r}: agent {agent!r} has spaces {first.observation_space(agent)}, "
                     f"{first.action_space(agent)} but {self.agent_names[0]!r} has {obs_space}, {act_space}; "
-                    "one policy needs the same spaces for every agent")
+                    "one policy needs the same spaces for every agent"
+                )
         self._raw_obs_space = obs_space
         self.single_observation_space = _flat_space(obs_space)
         self.single_action_space = act_space
@@ -115,8 +121,7 @@ class PettingZooVecEnv:
         for e, env in enumerate(self.envs):
             base = e * self.agents_per_env
             live = [a for a in self.agent_names if self.valid[base + self.index[a]]]
-            act = {a: (int(actions[base + self.index[a]]) if discrete else actions[base + self.index[a]])
-                   for a in live}
+            act = {a: (int(actions[base + self.index[a]]) if discrete else actions[base + self.index[a]]) for a in live}
             try:
                 observations, rewards, terms, truncs, _ = env.step(act)
             except Exception as err:
@@ -128,8 +133,10 @@ class PettingZooVecEnv:
                 if a in observations:
                     self.obs[row] = self._encode(observations[a])
                 elif not (terminated[row] or truncated[row]):
-                    raise EnvError(f"{self.name} copy {e}: agent {a!r} (row {row}) got no observation "
-                                   "but neither terminated nor truncated")
+                    raise EnvError(
+                        f"{self.name} copy {e}: agent {a!r} (row {row}) got no observation "
+                        "but neither terminated nor truncated"
+                    )
                 if terminated[row] or truncated[row]:
                     final_obs[row] = self.obs[row]
                     self.obs[row] = 0.0  # padding until the copy resets
@@ -138,8 +145,9 @@ class PettingZooVecEnv:
             if not self.valid[rows].any() or not env.agents:  # the last agent left: same-step autoreset
                 self._reset_copy(e, None)
         returns, lengths = self.tracker.update(reward, terminated | truncated, acted)
-        return StepResult(self.obs.copy(), reward, terminated, truncated, final_obs, returns, lengths,
-                          valid=self.valid.copy())
+        return StepResult(
+            self.obs.copy(), reward, terminated, truncated, final_obs, returns, lengths, valid=self.valid.copy()
+        )
 
     def close(self) -> None:
         for env in self.envs:

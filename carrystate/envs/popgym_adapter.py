@@ -64,9 +64,14 @@ class PopGymVecEnv:
         registry = popgym_registry()
         if env_id not in registry:
             close = sorted({c.__name__ for k, c in registry.items() if env_id.lower()[:6] in k.lower()})[:6]
-            raise ValueError(f"env.popgym.id={env_id!r} is not a registered POPGym env"
-                             + (f"; did you mean one of {close}?" if close else
-                                f"; known: {', '.join(sorted(c.__name__ for c in set(registry.values())))}"))
+            raise ValueError(
+                f"env.popgym.id={env_id!r} is not a registered POPGym env"
+                + (
+                    f"; did you mean one of {close}?"
+                    if close
+                    else f"; known: {', '.join(sorted(c.__name__ for c in set(registry.values())))}"
+                )
+            )
         self.id = registry[env_id].__name__
         self.envs = [registry[env_id]() for _ in range(num_envs)]
         self.num_agents = num_envs
@@ -99,7 +104,7 @@ class PopGymVecEnv:
         reward = np.zeros(n, np.float32)
         terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
         if self.previous_action:
-            self.obs[:, self.obs_size:] = encode_actions(self.single_action_space, actions)
+            self.obs[:, self.obs_size :] = encode_actions(self.single_action_space, actions)
         discrete = isinstance(self.single_action_space, gym.spaces.Discrete)
         for i, env in enumerate(self.envs):
             try:

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,9 +44,18 @@ def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
     parent = os.getppid()
     try:
         env = factory()
-        conn.send(("ok", (env.num_agents, env.single_observation_space, env.single_action_space,
-                          getattr(env, "agents_per_env", 1))))
-    except Exception:
+        conn.send(
+            (
+                "ok",
+                (
+                    env.num_agents,
+                    env.single_observation_space,
+                    env.single_action_space,
+                    getattr(env, "agents_per_env", 1),
+                ),
+            )
+        )
+    except Exception:  # noqa: BLE001 - whatever the env raised goes to the parent, which names it
         conn.send(("error", traceback.format_exc()))
         return
     while True:
@@ -68,7 +77,7 @@ def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
                 return
             else:
                 conn.send(("error", f"unknown command {command!r}"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the env raised goes to the parent, which names it
             conn.send(("error", traceback.format_exc()))
 
 
@@ -77,18 +86,32 @@ def concat_results(results: list[StepResult]) -> StepResult:
     cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
     valid = None
     if any(r.valid is not None for r in results):
-        valid = np.concatenate([np.ones(len(r.reward), bool) if r.valid is None else np.asarray(r.valid, bool)
-                                for r in results])
-    return StepResult(cat("obs"), cat("reward"), cat("terminated"), cat("truncated"), cat("final_obs"),
-                      [x for r in results for x in r.episode_returns], [x for r in results for x in r.episode_lengths],
-                      [x for r in results for x in r.success], valid)
+        valid = np.concatenate(
+            [np.ones(len(r.reward), bool) if r.valid is None else np.asarray(r.valid, bool) for r in results]
+        )
+    return StepResult(
+        cat("obs"),
+        cat("reward"),
+        cat("terminated"),
+        cat("truncated"),
+        cat("final_obs"),
+        [x for r in results for x in r.episode_returns],
+        [x for r in results for x in r.episode_lengths],
+        [x for r in results for x in r.success],
+        valid,
+    )
 
 
 class ProcessVecEnv:
     """Sub-batches stepped in worker processes (one per factory), as one `VecEnv` with async stepping."""
 
-    def __init__(self, factories: list[Callable[[], VecEnv]], timeout: float = 60.0, name: str = "env",
-                 start_method: str | None = None):
+    def __init__(
+        self,
+        factories: list[Callable[[], VecEnv]],
+        timeout: float = 60.0,
+        name: str = "env",
+        start_method: str | None = None,
+    ):
         if not factories:
             raise ValueError("ProcessVecEnv needs at least one worker factory (env.workers >= 1)")
         self.timeout, self.name = timeout, name
@@ -113,8 +136,10 @@ class ProcessVecEnv:
         for k, spec in enumerate(specs[1:], 1):
             if spec[1] != self.single_observation_space or spec[2] != self.single_action_space:
                 self.close()
-                raise EnvWorkerError(f"worker {k} of {name} has spaces {spec[1]}, {spec[2]} but worker 0 has "
-                                     f"{self.single_observation_space}, {self.single_action_space}")
+                raise EnvWorkerError(
+                    f"worker {k} of {name} has spaces {spec[1]}, {spec[2]} but worker 0 has "
+                    f"{self.single_observation_space}, {self.single_action_space}"
+                )
 
     # ---- messages ---------------------------------------------------------------------------------
     def _fail(self, message: str) -> EnvWorkerError:
@@ -134,17 +159,21 @@ class ProcessVecEnv:
                     status, payload = conn.recv()
                 except (EOFError, OSError):
                     proc.join(0.5)
-                    raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) died while {doing} "
-                                     f"(exit code {proc.exitcode})") from None
+                    raise self._fail(
+                        f"{self.name} worker {k} (pid {proc.pid}) died while {doing} (exit code {proc.exitcode})"
+                    ) from None
                 if status == "error":
                     raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) raised while {doing}:\n{payload}")
                 return payload
             if not proc.is_alive():
-                raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) died while {doing} "
-                                 f"(exit code {proc.exitcode})")
+                raise self._fail(
+                    f"{self.name} worker {k} (pid {proc.pid}) died while {doing} (exit code {proc.exitcode})"
+                )
             if remaining <= 0:
-                raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) did not answer within "
-                                 f"env.worker_timeout={self.timeout:g}s while {doing}; all workers were stopped")
+                raise self._fail(
+                    f"{self.name} worker {k} (pid {proc.pid}) did not answer within "
+                    f"env.worker_timeout={self.timeout:g}s while {doing}; all workers were stopped"
+                )
 
     def _send(self, k: int, message) -> None:
         try:
@@ -177,7 +206,7 @@ class ProcessVecEnv:
         if actions.shape[0] != self.num_agents:
             raise ValueError(f"actions have {actions.shape[0]} rows, expected {self.num_agents} (agents)")
         for k in range(len(self.procs)):
-            self._send(k, ("step", actions[self.bounds[k]:self.bounds[k + 1]]))
+            self._send(k, ("step", actions[self.bounds[k] : self.bounds[k + 1]]))
         self._pending = True
 
     def step_wait(self) -> StepResult:
@@ -223,7 +252,7 @@ class ProcessVecEnv:
     def __del__(self):
         try:
             self.close(graceful=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
 
 
@@ -241,22 +270,32 @@ class EnvBatches:
         self.single_action_space = envs[0].single_action_space
         self.agents_per_env = getattr(envs[0], "agents_per_env", 1)
         for b, e in enumerate(envs[1:], 1):
-            if e.single_observation_space != self.single_observation_space or \
-                    e.single_action_space != self.single_action_space:
+            if (
+                e.single_observation_space != self.single_observation_space
+                or e.single_action_space != self.single_action_space
+            ):
                 raise ValueError(f"batch {b} has other spaces than batch 0")
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        return np.concatenate([np.asarray(env.reset(seed=None if seed is None else seed + b * BATCH_SEED_STRIDE))
-                               for b, (_, env) in enumerate(self.batches)])
+        return np.concatenate(
+            [
+                np.asarray(env.reset(seed=None if seed is None else seed + b * BATCH_SEED_STRIDE))
+                for b, (_, env) in enumerate(self.batches)
+            ]
+        )
 
     def step(self, actions: np.ndarray) -> StepResult:
         actions = np.asarray(actions)
-        parts = [actions[start:start + env.num_agents] for start, env in self.batches]
+        parts = [actions[start : start + env.num_agents] for start, env in self.batches]
         for (_, env), part in zip(self.batches, parts):
             if hasattr(env, "step_async"):
                 env.step_async(part)
-        return concat_results([env.step_wait() if hasattr(env, "step_async") else env.step(part)
-                               for (_, env), part in zip(self.batches, parts)])
+        return concat_results(
+            [
+                env.step_wait() if hasattr(env, "step_async") else env.step(part)
+                for (_, env), part in zip(self.batches, parts)
+            ]
+        )
 
     def close(self) -> None:
         for _, env in self.batches:

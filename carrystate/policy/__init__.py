@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
-from torch.utils.checkpoint import checkpoint
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from carrystate.policy.core import RecurrentCore
 from carrystate.policy.heads import make_head
@@ -38,7 +38,7 @@ class MLPEncoder(nn.Module):
         self.out_size = width
 
     @classmethod
-    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> "MLPEncoder":
+    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> MLPEncoder:
         return cls(obs_shape, cfg.encoder_sizes)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -59,8 +59,10 @@ class TokenEncoder(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], embed_size: int, sizes: list[int]):
         super().__init__()
         if len(obs_shape) != 2 or obs_shape[1] != 3:
-            raise ValueError(f"policy.encoder=token needs observations of shape [tokens, 3], got {tuple(obs_shape)}; "
-                             "use policy.encoder=mlp for flat observations")
+            raise ValueError(
+                f"policy.encoder=token needs observations of shape [tokens, 3], got {tuple(obs_shape)}; "
+                "use policy.encoder=mlp for flat observations"
+            )
         self.location = nn.Embedding(256, embed_size)
         self.feature = nn.Embedding(256, embed_size)
         self.value_scale = nn.Embedding(256, embed_size)
@@ -68,7 +70,7 @@ class TokenEncoder(nn.Module):
         self.out_size = self.mlp.out_size
 
     @classmethod
-    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> "TokenEncoder":
+    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> TokenEncoder:
         return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -112,8 +114,9 @@ class Policy(nn.Module):
         y, state = self.core.step(self.encoder(obs), state)
         return self.actor(y), self.critic(y).squeeze(-1), state
 
-    def sequence(self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
-                 ) -> tuple[Tensor, Tensor, State]:
+    def sequence(
+        self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
+    ) -> tuple[Tensor, Tensor, State]:
         """obs [batch, T, *obs_shape], resets [batch, T] → params [batch, T, P], values [batch, T], end state
         (() if `end_state` is false and the unroll can skip computing it)."""
         y, state = self.core.sequence(self.encoder(obs), state, resets, end_state)

@@ -21,8 +21,10 @@ import torch
 from torch import Tensor, nn
 
 _module = None  # the built library; False when it cannot be built here; None before the first try
-_SIMD_FLAGS = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl",
-                                                        "-mavx512bw"]}
+_SIMD_FLAGS = {
+    "AVX2": ["-mavx2", "-mfma"],
+    "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"],
+}
 
 
 @contextmanager
@@ -32,6 +34,7 @@ def _ninja_on_path():
     before = os.environ.get("PATH")
     try:
         import ninja
+
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + (before or "")
     except (ImportError, AttributeError):
         pass
@@ -53,19 +56,29 @@ def build():
         if os.environ.get("CARRYSTATE_NO_CPP") != "1":
             try:
                 from torch.utils.cpp_extension import load
+
                 # vector width from what this CPU can run (torch's own dispatch level), not -march=native: the
                 # build is cached by name, and the cache may be shared with other machines
                 level = torch.backends.cpu.get_cpu_capability()
-                print(f"carrystate: loading the CPU scan kernel ({level}; compiled once per machine, ~30 s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"carrystate: loading the CPU scan kernel ({level}; compiled once per machine, ~30 s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 with _ninja_on_path():
-                    _module = load(f"carrystate_scan_cpu_{level.lower()}",
-                                   [str(Path(__file__).with_name("scan_cpu.cpp"))],
-                                   extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *_SIMD_FLAGS.get(level, [])],
-                                   extra_ldflags=["-lmvec"], verbose=False)
+                    _module = load(
+                        f"carrystate_scan_cpu_{level.lower()}",
+                        [str(Path(__file__).with_name("scan_cpu.cpp"))],
+                        extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *_SIMD_FLAGS.get(level, [])],
+                        extra_ldflags=["-lmvec"],
+                        verbose=False,
+                    )
             except Exception as err:  # noqa: BLE001 - no compiler, no ninja, ...: the op loop still works
-                warnings.warn(f"carrystate: the CPU scan kernel did not build ({type(err).__name__}: {err}); "
-                              "using the torch-op loop", stacklevel=2)
+                warnings.warn(
+                    f"carrystate: the CPU scan kernel did not build ({type(err).__name__}: {err}); "
+                    "using the torch-op loop",
+                    stacklevel=2,
+                )
     return _module or None
 
 
@@ -89,15 +102,17 @@ class LSTMScanCPU(torch.autograd.Function):
         T, B, _ = pre_x.shape
         keep2 = keep.reshape(T, B).contiguous()
         y, act, h_prev, c_prev, tanh_c, c_T = get().forward(
-            pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous())
+            pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous()
+        )
         ctx.save_for_backward(keep2, w_hh, act, h_prev, c_prev, tanh_c)
         return y, y[T - 1].clone(), c_T
 
     @staticmethod
     def backward(ctx, dy: Tensor, dh_T: Tensor, dc_T: Tensor):
         keep2, w_hh, act, h_prev, c_prev, tanh_c = ctx.saved_tensors
-        d_pre, dh0, dc0, d_w = get().backward(dy.contiguous(), dh_T.contiguous(), dc_T.contiguous(), keep2,
-                                              w_hh.contiguous(), act, h_prev, c_prev, tanh_c)
+        d_pre, dh0, dc0, d_w = get().backward(
+            dy.contiguous(), dh_T.contiguous(), dc_T.contiguous(), keep2, w_hh.contiguous(), act, h_prev, c_prev, tanh_c
+        )
         return d_pre, None, dh0, dc0, d_w
 
 

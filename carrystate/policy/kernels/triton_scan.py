@@ -55,9 +55,21 @@ def available(device: torch.device, hidden: int) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(pre_x, keep, w_hh, y, act, c_all, B, T: tl.constexpr,
-                    H: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PRECISION: tl.constexpr):
+    def _fwd_kernel(
+        pre_x,
+        keep,
+        w_hh,
+        y,
+        act,
+        c_all,
+        B,
+        T: tl.constexpr,
+        H: tl.constexpr,
+        BLOCK_B: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         """pre_x [T, B, 4H], keep [T, B], w_hh [4H, H], y [T+1, B, H] (y[0] = h0), act [T, B, 4H],
         c_all [T+1, B, H] (c_all[0] = c0). Writes y[1:], act, c_all[1:]."""
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -100,9 +112,23 @@ if triton is not None:
             tl.debug_barrier()  # h_t written by all threads before any reads it as a matmul operand
 
     @triton.jit
-    def _bwd_kernel(dy, dh_end, keep, w_hh, act, c_all, d_pre, dc, B, T: tl.constexpr,
-                    H: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PRECISION: tl.constexpr):
+    def _bwd_kernel(
+        dy,
+        dh_end,
+        keep,
+        w_hh,
+        act,
+        c_all,
+        d_pre,
+        dc,
+        B,
+        T: tl.constexpr,
+        H: tl.constexpr,
+        BLOCK_B: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         """dy [T, B, H], dh_end [B, H] (gradient of h_T), keep [T+1, B] (keep[T] = 0), act [T, B, 4H],
         c_all [T+1, B, H], d_pre [T+1, B, 4H] (d_pre[T] = 0), dc [B, H] (holds dc_T; left holding the
         gradient into c0). Writes d_pre[:T], the gradients of the gate pre-activations."""
@@ -124,18 +150,24 @@ if triton is not None:
                 for gate in range(4):
                     for k0 in range(0, H, BLOCK_K):
                         k = k0 + cols_k
-                        d = tl.load(d_next + rows[:, None] * (4 * H) + gate * H + k[None, :],
-                                    mask=row_ok[:, None], other=0.0)
+                        d = tl.load(
+                            d_next + rows[:, None] * (4 * H) + gate * H + k[None, :], mask=row_ok[:, None], other=0.0
+                        )
                         w = tl.load(w_hh + (gate * H + k[:, None]) * H + n[None, :])  # W_g tile [BLOCK_K, BLOCK_N]
                         rec += tl.dot(d, w, input_precision=PRECISION)
-                dh = (tl.load(dy + t * B * H + hc, mask=row_ok[:, None], other=0.0) + rec * kp_next
-                      + last * tl.load(dh_end + hc, mask=row_ok[:, None], other=0.0))
+                dh = (
+                    tl.load(dy + t * B * H + hc, mask=row_ok[:, None], other=0.0)
+                    + rec * kp_next
+                    + last * tl.load(dh_end + hc, mask=row_ok[:, None], other=0.0)
+                )
                 a = act + (t * B + rows[:, None]) * (4 * H) + n[None, :]
                 i = tl.load(a, mask=row_ok[:, None], other=0.0)
                 f = tl.load(a + H, mask=row_ok[:, None], other=0.0)
                 g = tl.load(a + 2 * H, mask=row_ok[:, None], other=0.0)
                 o = tl.load(a + 3 * H, mask=row_ok[:, None], other=0.0)
-                tc = 2.0 * tl.sigmoid(2.0 * tl.load(c_all + (t + 1) * B * H + hc, mask=row_ok[:, None], other=0.0)) - 1.0
+                tc = (
+                    2.0 * tl.sigmoid(2.0 * tl.load(c_all + (t + 1) * B * H + hc, mask=row_ok[:, None], other=0.0)) - 1.0
+                )
                 cp = tl.load(c_all + t * B * H + hc, mask=row_ok[:, None], other=0.0) * kp
                 # dc carried from step t+1 already passed its forget gate and mask
                 dct = tl.load(dc + hc, mask=row_ok[:, None], other=0.0) + dh * o * (1.0 - tc * tc)
@@ -150,16 +182,23 @@ if triton is not None:
 
 # Rows per program, tile widths and warps, by hidden size: the fastest measured on an H200 (BENCHMARKS.md;
 # `python -m benchmarks.learner --tune-triton` measures the alternatives on another GPU).
-CONFIG = {"default": {"block_b": 16, "block_n": 64, "block_k": 64, "num_warps": 4},
-          128: {"block_b": 16, "block_n": 128, "block_k": 128, "num_warps": 8}}
+CONFIG = {
+    "default": {"block_b": 16, "block_n": 64, "block_k": 64, "num_warps": 4},
+    128: {"block_b": 16, "block_n": 128, "block_k": 128, "num_warps": 8},
+}
 
 
 def _launch_config(B: int, H: int):
     cfg = CONFIG.get(H, CONFIG["default"])
     precision = "tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRET else "ieee"
-    return (triton.cdiv(B, cfg["block_b"]),), dict(H=H, BLOCK_B=cfg["block_b"], BLOCK_N=min(H, cfg["block_n"]),
-                                                    BLOCK_K=min(H, cfg["block_k"]), PRECISION=precision,
-                                                    num_warps=cfg["num_warps"])
+    return (triton.cdiv(B, cfg["block_b"]),), dict(
+        H=H,
+        BLOCK_B=cfg["block_b"],
+        BLOCK_N=min(H, cfg["block_n"]),
+        BLOCK_K=min(H, cfg["block_k"]),
+        PRECISION=precision,
+        num_warps=cfg["num_warps"],
+    )
 
 
 class LSTMScanTriton(torch.autograd.Function):

@@ -10,8 +10,9 @@ it). All of them apply the resets exactly and agree to float rounding (tests/tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -33,18 +34,32 @@ class Unroll:
 
 
 ANY_CORE = ("lstm", "gru", "none")
-UNROLLS = {u.name: u for u in [
-    Unroll("chunked", "fused calls between reset steps", ANY_CORE, fragments.chunked),
-    Unroll("packed", "episode fragments as one packed sequence", ANY_CORE, fragments.packed),
-    Unroll("bucketed", "fragments grouped by length, one dense fused call per group", ANY_CORE, fragments.bucketed),
-    Unroll("loop", "one step at a time", ANY_CORE, fragments.loop),
-    Unroll("scan", "LSTM only: a step loop with a hand-written backward, a reset is one multiply; C++ on the CPU, "
-                   "built by `carrystate build-kernels` or as training starts", ("lstm",), scan.scan),
-    Unroll("triton", "LSTM on a CUDA GPU: that loop as one persistent kernel each way; needs triton", ("lstm",),
-           scan.triton),
-]}
-AUTO_DOC = ("scan for an LSTM on the CPU, triton for an LSTM on a GPU where triton is installed, bucketed "
-            "otherwise: the fastest measured, see BENCHMARKS.md")
+UNROLLS = {
+    u.name: u
+    for u in [
+        Unroll("chunked", "fused calls between reset steps", ANY_CORE, fragments.chunked),
+        Unroll("packed", "episode fragments as one packed sequence", ANY_CORE, fragments.packed),
+        Unroll("bucketed", "fragments grouped by length, one dense fused call per group", ANY_CORE, fragments.bucketed),
+        Unroll("loop", "one step at a time", ANY_CORE, fragments.loop),
+        Unroll(
+            "scan",
+            "LSTM only: a step loop with a hand-written backward, a reset is one multiply; C++ on the CPU, "
+            "built by `carrystate build-kernels` or as training starts",
+            ("lstm",),
+            scan.scan,
+        ),
+        Unroll(
+            "triton",
+            "LSTM on a CUDA GPU: that loop as one persistent kernel each way; needs triton",
+            ("lstm",),
+            scan.triton,
+        ),
+    ]
+}
+AUTO_DOC = (
+    "scan for an LSTM on the CPU, triton for an LSTM on a GPU where triton is installed, bucketed "
+    "otherwise: the fastest measured, see BENCHMARKS.md"
+)
 
 
 def names() -> tuple[str, ...]:
@@ -54,8 +69,11 @@ def names() -> tuple[str, ...]:
 
 def describe() -> str:
     """The documentation of `policy.sequence_impl`: every unroll's one line, then `auto`'s."""
-    return ("How training unrolls segments with exact resets: "
-            + ", ".join(f"`{u.name}` ({u.doc})" for u in UNROLLS.values()) + f", `auto` ({AUTO_DOC}).")
+    return (
+        "How training unrolls segments with exact resets: "
+        + ", ".join(f"`{u.name}` ({u.doc})" for u in UNROLLS.values())
+        + f", `auto` ({AUTO_DOC})."
+    )
 
 
 def check(name: str, kind: str) -> None:
@@ -64,8 +82,10 @@ def check(name: str, kind: str) -> None:
         raise ValueError(f"policy.sequence_impl={name!r} is not one of {', '.join(('auto', *UNROLLS))}")
     if name != "auto" and kind not in UNROLLS[name].kinds:
         fitting = ["auto", *(u.name for u in UNROLLS.values() if kind in u.kinds)]
-        raise ValueError(f"policy.sequence_impl={name} is written for core={' or core='.join(UNROLLS[name].kinds)}, "
-                         f"not core={kind}; use {', '.join(fitting[:-1])} or {fitting[-1]}")
+        raise ValueError(
+            f"policy.sequence_impl={name} is written for core={' or core='.join(UNROLLS[name].kinds)}, "
+            f"not core={kind}; use {', '.join(fitting[:-1])} or {fitting[-1]}"
+        )
 
 
 def resolve_auto(kind: str, device: torch.device, hidden: int) -> str:

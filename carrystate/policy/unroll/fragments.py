@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from carrystate.policy.core import RecurrentCore
 
 
-def chunked(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
-            ) -> tuple[Tensor, State]:
+def chunked(
+    core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
+) -> tuple[Tensor, State]:
     T = x.shape[1]
     cut_at = (torch.nonzero(resets[:, 1:].any(0)).flatten() + 1).tolist()  # one host sync per call
     bounds = [0, *cut_at, T]
@@ -34,8 +35,7 @@ def chunked(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_st
     return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, 1)), state
 
 
-def loop(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
-         ) -> tuple[Tensor, State]:
+def loop(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True) -> tuple[Tensor, State]:
     outputs = []
     for t in range(x.shape[1]):
         y, state = core.fused(x[:, t : t + 1], mask_state(state, resets[:, t]))
@@ -43,13 +43,15 @@ def loop(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state
     return torch.cat(outputs, 1), state
 
 
-def packed(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
-           ) -> tuple[Tensor, State]:
+def packed(
+    core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
+) -> tuple[Tensor, State]:
     return _packed(core, x, state, resets)
 
 
-def _packed(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, only_last: Tensor | None = None
-            ) -> tuple[Tensor, State]:
+def _packed(
+    core: RecurrentCore, x: Tensor, state: State, resets: Tensor, only_last: Tensor | None = None
+) -> tuple[Tensor, State]:
     B, T, _ = x.shape
     if only_last is None and not bool(resets[:, 1:].any()):  # no reset after t=0: a single fused call
         return core.fused(x, mask_state(state, resets[:, 0]))
@@ -63,8 +65,10 @@ def _packed(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, only_l
     src = (flat_start[:, None] + offs[None, :]).clamp(max=B * T - 1)  # [F, L] flat (row, t) positions
     frag_x = x.reshape(B * T, -1)[src]  # [F, L, in]
     first = t0 == 0
-    init = tuple(torch.where(first.view(1, -1, 1), s[:, row], torch.zeros((), device=s.device))
-                 for s in mask_state(state, resets[:, 0]))  # [layers, F, hidden]
+    init = tuple(
+        torch.where(first.view(1, -1, 1), s[:, row], torch.zeros((), device=s.device))
+        for s in mask_state(state, resets[:, 0])
+    )  # [layers, F, hidden]
     sequences = nn.utils.rnn.pack_padded_sequence(frag_x, lengths_cpu, batch_first=True, enforce_sorted=False)
     out, frag_state = core.fused(sequences, init)
     y_frag, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=L)  # [F, L, hidden]
@@ -89,8 +93,9 @@ def _fragments(resets: Tensor):
     return flat_start, row, t0, length
 
 
-def bucketed(core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
-             ) -> tuple[Tensor, State]:
+def bucketed(
+    core: RecurrentCore, x: Tensor, state: State, resets: Tensor, end_state: bool = True
+) -> tuple[Tensor, State]:
     B, T, _ = x.shape
     state = mask_state(state, resets[:, 0])
     if not bool(resets[:, 1:].any()):  # one host sync; no reset after t=0: a single fused call

@@ -89,8 +89,13 @@ class LSTMScan(torch.autograd.Function):
         return d_pre, None, dh, dc, d_w
 
 
-def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor,
-              recurrence: type[torch.autograd.Function] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def lstm_scan(
+    rnn: nn.LSTM,
+    x: Tensor,
+    state: tuple[Tensor, Tensor],
+    resets: Tensor,
+    recurrence: type[torch.autograd.Function] | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """`rnn` (batch_first nn.LSTM, any number of layers), x [B, T, in], state ([layers, B, H] × 2), resets
     [B, T] bool (zero the state before step t) → y [B, T, H], (h, c) after the last step. `recurrence`
     runs one layer's steps: by default the C++ kernels for float32 on the CPU where they build, the torch
@@ -110,14 +115,16 @@ def lstm_scan(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], resets: Ten
     return inp.transpose(0, 1), (torch.stack(hs), torch.stack(cs))
 
 
-def scan(core: RecurrentCore, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor, end_state: bool = True
-         ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def scan(
+    core: RecurrentCore, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor, end_state: bool = True
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """`lstm_scan` over the core's nn.LSTM: C++ for float32 on the CPU where built, torch ops otherwise."""
     return lstm_scan(core.rnn, x, state, resets)
 
 
-def triton(core: RecurrentCore, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor, end_state: bool = True
-           ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def triton(
+    core: RecurrentCore, x: Tensor, state: tuple[Tensor, Tensor], resets: Tensor, end_state: bool = True
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """`lstm_scan` with the GPU kernels; a ValueError saying what is missing where they cannot run."""
     why = triton_scan.why_unavailable(x.device, core.hidden_size)
     if why:
