@@ -160,6 +160,26 @@ class PolicyConfig(_Section):
     """Stacked recurrent layers."""
     # choices and documentation come from the unroll registry (carrystate/policy/unroll/__init__.py)
     sequence_impl: Literal[("auto", *unroll.names())] = Field("auto", description=unroll.describe())
+    critic: Literal["shared", "separate"] = "shared"
+    """`shared`: the value head reads the actor's recurrent core. `separate`: the critic has its own encoder
+    and recurrent core, with its own carried state (stored, replayed and reset exactly like the actor's)."""
+    forget_bias: float = 0.0
+    """Initial bias of the LSTM forget gates (the long-memory literature starts it at 1 or more: the cell then
+    keeps its content by default); the other biases start at 0, recurrent weights orthogonal."""
+    obs_norm: bool = False
+    """Normalise observations by a running per-feature mean and variance, updated after each update from
+    that rollout's observations (never inside an update) and saved with the weights. Not for encoder=token."""
+    obs_clip: float = Field(10.0, gt=0)
+    """With obs_norm: clip normalised observations to ±obs_clip."""
+
+    @model_validator(mode="after")
+    def _check_obs_norm(self) -> PolicyConfig:
+        if self.obs_norm and self.encoder == "token":
+            raise ValueError(
+                "policy.obs_norm=true does not apply to policy.encoder=token (token ids and values "
+                "are not intensities); set policy.obs_norm=false"
+            )
+        return self
 
 
 class DiagnosticsConfig(_Section):
@@ -208,12 +228,21 @@ class TrainerConfig(_Section):
     """GAE lambda."""
     clip_coef: float = Field(0.2, gt=0)
     """PPO policy ratio clip."""
+    clip_coef_final: float | None = Field(None, ge=0)
+    """Anneal clip_coef linearly to this value over total_timesteps (None: constant)."""
     clip_vloss: bool = True
     """Clip the value loss around the rollout's value estimates."""
     vf_coef: float = Field(0.5, ge=0)
     """Weight of the value loss."""
     ent_coef: float = Field(0.01, ge=0)
     """Weight of the entropy bonus."""
+    ent_coef_final: float | None = Field(None, ge=0)
+    """Anneal ent_coef linearly to this value over total_timesteps (None: constant)."""
+    norm_reward: bool = False
+    """Divide rewards by the running standard deviation of the discounted return (as sb3's VecNormalize), so
+    value losses have a similar size on every task; updated from each rollout, saved with the run."""
+    reward_clip: float = Field(10.0, gt=0)
+    """With norm_reward: clip scaled rewards to ±reward_clip."""
     max_grad_norm: float = Field(0.5, gt=0)
     """Clip the global gradient norm to this."""
     norm_adv: bool = True

@@ -42,7 +42,7 @@ def staleness(
 ) -> dict[str, float]:
     """Staleness metrics over `samples` random segments that have earlier rows in the rollout (see module doc)."""
     K = buffer.rows_per_agent
-    if K < 2 or samples <= 0 or not new.core.num_state_tensors:
+    if K < 2 or samples <= 0 or not new.num_state_tensors:
         return {}
     eligible = torch.nonzero(torch.arange(buffer.segments) % K != 0).flatten()
     pick = eligible[torch.randperm(len(eligible), generator=generator)[:samples]].to(buffer.obs.device)
@@ -105,8 +105,7 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     policy, cfg = load_policy(checkpoint)
     t = cfg.trainer
     env = make_env(cfg.env, seed=seed)
-    core = policy.core
-    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
     rollout = Rollout(env, store, seed=seed)
     buffer = SegmentBuffer.for_spaces(
         env.num_agents,

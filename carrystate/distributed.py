@@ -245,6 +245,15 @@ class DistContext:
             dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
+    def sum(self, t: Tensor, what: str) -> Tensor:
+        """`t` summed over the ranks (the same tensor on every rank; `t` itself in a single process)."""
+        if not self.enabled:
+            return t
+        out = t.to(self._comm_device()).clone()
+        with self._run(what):
+            dist.all_reduce(out)
+        return out.to(t.device)
+
     def _comm_device(self) -> torch.device:
         return (
             torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

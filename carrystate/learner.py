@@ -12,6 +12,7 @@ from carrystate import ppo, replay
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import TrainerConfig
 from carrystate.distributed import DistContext
+from carrystate.normalize import ReturnScale
 from carrystate.optim import make_optimizer, set_lr_fraction
 from carrystate.policy import Policy
 
@@ -28,17 +29,34 @@ class Learner:
         self.optimizer = make_optimizer(policy, cfg)
         self.generator = torch.Generator().manual_seed(seed + 1)  # minibatch plans
         self.chain = cfg.chain_length(buffer.rows_per_agent)  # segments per gradient chain
+        self.clip_coef, self.ent_coef = cfg.clip_coef, cfg.ent_coef  # as scheduled for this iteration
+        self.return_scale = (
+            ReturnScale(buffer.num_agents, cfg.gamma, cfg.reward_clip).to(buffer.rewards.device)
+            if cfg.norm_reward
+            else None
+        )
 
     def anneal(self, fraction_done: float) -> None:
-        """Set the schedules for this point of the run (trainer.anneal_lr: linear decay to zero)."""
-        if self.cfg.anneal_lr:
+        """Set the schedules for this point of the run: the learning rate decays linearly to zero
+        (trainer.anneal_lr), clip_coef and ent_coef move linearly to their `_final` values where set."""
+        t = self.cfg
+        if t.anneal_lr:
             set_lr_fraction(self.optimizer, 1.0 - fraction_done)
+        if t.clip_coef_final is not None:
+            self.clip_coef = t.clip_coef + (t.clip_coef_final - t.clip_coef) * fraction_done
+        if t.ent_coef_final is not None:
+            self.ent_coef = t.ent_coef + (t.ent_coef_final - t.ent_coef) * fraction_done
 
     def compute_advantages(self) -> None:
-        """GAE over each agent's whole timeline of the buffer (continuous across segment ends)."""
+        """GAE over each agent's whole timeline of the buffer (continuous across segment ends), on rewards
+        scaled by the running return scale when trainer.norm_reward is on (the buffer keeps the raw ones)."""
         b, t = self.buffer, self.cfg
+        rewards = b.timeline(b.rewards)
+        if self.return_scale is not None:
+            done = b.timeline(b.terminated) | b.timeline(b.truncated)
+            rewards = self.return_scale(rewards, done, b.timeline(b.valid), self.dist)
         adv, ret = ppo.gae(
-            b.timeline(b.rewards),
+            rewards,
             b.timeline(b.values),
             b.timeline(b.terminated),
             b.timeline(b.truncated),
@@ -78,9 +96,9 @@ class Learner:
                     mb["values"],
                     mb["advantages"],
                     mb["returns"],
-                    t.clip_coef,
+                    self.clip_coef,
                     t.vf_coef,
-                    t.ent_coef,
+                    self.ent_coef,
                     t.clip_vloss,
                     t.norm_adv,
                     mask=mb["valid"],
@@ -95,6 +113,10 @@ class Learner:
             if should_stop():
                 break
         out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
+        if t.clip_coef_final is not None:
+            out["charts/clip_coef"] = self.clip_coef
+        if t.ent_coef_final is not None:
+            out["charts/ent_coef"] = self.ent_coef
         out["losses/explained_variance"] = ppo.explained_variance(buffer.values.flatten(), buffer.returns.flatten())
         return out
 

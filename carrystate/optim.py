@@ -37,13 +37,14 @@ class Combined(torch.optim.Optimizer):
 
 
 def hidden_matrices(policy: nn.Module) -> list[str]:
-    """Names of the 2-D weights inside the network (encoder after its input layer, recurrent core);
-    the input layer, heads, biases and other parameters stay with Adam, as Muon's authors advise."""
-    names = [
-        n for n, p in policy.named_parameters() if p.dim() == 2 and (n.startswith("core.") or n.startswith("encoder."))
-    ]
-    encoder = [n for n in names if n.startswith("encoder.")]
-    return [n for n in names if not encoder or n != encoder[0]]
+    """Names of the 2-D weights inside the network (each encoder after its input layer, each recurrent core);
+    the input layers, heads, biases and other parameters stay with Adam, as Muon's authors advise."""
+    names = []
+    for encoder, core in (("encoder.", "core."), ("critic_encoder.", "critic_core.")):
+        mine = [n for n, p in policy.named_parameters() if p.dim() == 2 and n.startswith((encoder, core))]
+        first_encoder_layer = next((n for n in mine if n.startswith(encoder)), None)
+        names += [n for n in mine if n != first_encoder_layer]
+    return names
 
 
 def make_optimizer(policy: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:

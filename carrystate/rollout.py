@@ -299,8 +299,7 @@ def evaluate(
     max_steps: int = 1_000_000,
 ) -> RolloutStats:
     """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
-    core = policy.core
-    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, device)
+    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size, device)
     rollout = Rollout(env, store, device, seed=seed, double_buffer=False)
     generator = torch.Generator(device).manual_seed(seed)
     return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps)

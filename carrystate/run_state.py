@@ -44,6 +44,8 @@ def capture(tr: Trainer) -> RunState | None:
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rollout.obs"] = torch.from_numpy(np.ascontiguousarray(tr.rollout.obs))
     tensors["rollout.starts"] = torch.from_numpy(tr.rollout.starts.copy())
+    if tr.learner.return_scale is not None:  # the running discounted return of every agent, and its statistics
+        tensors.update({f"return_scale.{k}": v for k, v in tr.learner.return_scale.state_dict().items()})
     meta = {
         "global_step": tr.global_step,
         "interrupted": tr.stop.signal,
@@ -83,6 +85,10 @@ def restore(tr: Trainer, ckpt: dict) -> str | None:
     tr.sample_gen.set_state(tensors["rng.sample"])
     tr.learner.generator.set_state(tensors["rng.shuffle"])
     torch.set_rng_state(tensors["rng.torch"])
+    if tr.learner.return_scale is not None:
+        tr.learner.return_scale.load_state_dict(
+            {k[len("return_scale.") :]: v for k, v in tensors.items() if k.startswith("return_scale.")}
+        )
     tr.iteration, tr.global_step = meta["iteration"], meta["global_step"]
     tr.monitor.returns.extend(meta["recent_returns"])
     tr.monitor.success.extend(meta["recent_success"])

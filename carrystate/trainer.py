@@ -44,8 +44,9 @@ class Trainer:
         self.policy = Policy(cfg.policy, self.env.single_observation_space, self.env.single_action_space)
         self.policy.to(self.device)
         self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
-        core = self.policy.core
-        self.store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size, self.device)
+        self.store = StateStore(
+            self.policy.num_state_tensors, self.policy.num_layers, self.policy.hidden_size, self.device
+        )
         self.rollout = Rollout(self.env, self.store, self.device, seed=seed)
         self.buffer = SegmentBuffer.for_spaces(
             self.env.num_agents,
@@ -133,6 +134,7 @@ class Trainer:
         d = self.cfg.diagnostics
         rollout_policy = copy.deepcopy(self.policy) if d.staleness_segments else None
         losses = self.learner.learn(self.iteration + 1, self.stop)
+        self.policy.update_obs_norm(self.buffer.obs[self.buffer.valid], self.dist)  # for the next rollout
         losses["perf/learn_seconds"] = time.perf_counter() - started
         if rollout_policy is not None:
             losses.update(

@@ -65,16 +65,19 @@ def make_policy(
     layers: int = 1,
     seed: int = 0,
     impl: str = "auto",
+    **settings,
 ) -> Policy:
+    """A small policy; `settings` are further PolicyConfig fields (critic, obs_norm, forget_bias, ...)."""
     torch.manual_seed(seed)
-    cfg = PolicyConfig(core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16], sequence_impl=impl)
+    cfg = PolicyConfig(
+        core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16], sequence_impl=impl, **settings
+    )
     return Policy(cfg, gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(num_actions))
 
 
 def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 1, seed: int = 0):
     """Run `rollouts` collection phases; returns (rollout, store, [buffer per phase])."""
-    core = policy.core
-    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
     rollout = Rollout(env, store)
     gen = torch.Generator().manual_seed(seed)
     buffers = []

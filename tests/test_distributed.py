@@ -162,6 +162,40 @@ def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resu
     assert {f"rank{r}.store.slice0.0" for r in range(WORLD)} <= ckpt["tensors"].keys()
 
 
+def test_two_ranks_with_normalisation_and_a_separate_critic_count_both_ranks_stay_identical_and_resume(tmp_path):
+    """Observation statistics and the return scale are summed over both ranks (so the ranks' weights and
+    statistics stay the same bits), the critic's carried state is per rank, and resume is exact."""
+    overrides = TINY + [
+        f"trainer.total_timesteps={128 * WORLD * 2}",
+        "policy.critic=separate",
+        "policy.obs_norm=true",
+        "trainer.norm_reward=true",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        str(ROOT / "tests" / "dist_worker.py"),
+        str(tmp_path),
+        *overrides,
+    ]
+    res = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    straight = [load_file(tmp_path / f"straight_rank{r}.safetensors") for r in range(WORLD)]
+    resumed = [load_file(tmp_path / f"resumed_rank{r}.safetensors") for r in range(WORLD)]
+    for k in straight[0]:
+        if k.startswith("w."):
+            assert torch.equal(straight[0][k], straight[1][k]), k
+    # every agent-step of both ranks in both iterations was counted (the tmaze has no padding)
+    assert straight[0]["w.obs_norm.stats.count"].item() == 128 * WORLD * 2
+    assert {"s.slice0.2", "s.slice0.3"} <= straight[0].keys(), "the critic's (h, c) are carried in the store"
+    for r in range(WORLD):
+        for k in straight[r]:
+            assert torch.equal(straight[r][k], resumed[r][k]), (r, k)
+
+
 LEAVE = """
 import json, os, sys
 from carrystate.config import load_config

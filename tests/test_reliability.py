@@ -43,6 +43,15 @@ def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
     [
         ["env.name=tmaze"],
         ["env.name=recall", "trainer.optimizer=muon", "trainer.learning_rate=0.02", "policy.core=gru"],
+        [
+            "env.name=tmaze",
+            "policy.critic=separate",
+            "policy.obs_norm=true",
+            "trainer.norm_reward=true",
+            "policy.forget_bias=1.0",
+            "trainer.clip_coef_final=0.1",
+            "trainer.ent_coef_final=0.0",
+        ],
     ],
 )
 def test_resume_equals_straight_run_bit_for_bit(tmp_path, extra):

@@ -79,8 +79,7 @@ def test_env_exception_in_worker_carries_its_traceback():
 
 def _rollout(env, double_buffer: bool, steps=24, horizon=8, seed=0):
     policy = make_policy(obs_dim=4, num_actions=2)
-    core = policy.core
-    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
     rollout = Rollout(env, store, seed=5, double_buffer=double_buffer)
     buf = SegmentBuffer.for_spaces(
         env.num_agents,
@@ -159,8 +158,7 @@ def test_config_builds_double_buffered_worker_batches():
 
 
 def _rollout_env(env, policy):
-    core = policy.core
-    store = StateStore(core.num_state_tensors, core.num_layers, core.hidden_size)
+    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
     rollout = Rollout(env, store)
     buf = SegmentBuffer.for_spaces(
         env.num_agents,

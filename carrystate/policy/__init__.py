@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from carrystate.normalize import ObsNorm
 from carrystate.policy.core import RecurrentCore
 from carrystate.policy.heads import make_head
-from carrystate.state import State
+from carrystate.state import State, zero_state
 
 if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
     from carrystate.config import PolicyConfig
@@ -96,31 +97,65 @@ ENCODERS = {"mlp": MLPEncoder, "token": TokenEncoder}
 
 
 class Policy(nn.Module):
+    """Weights only: the per-agent state is passed in and out. With `critic=separate` the state tuple holds the
+    actor core's tensors, then the critic core's."""
+
     def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
         super().__init__()
-        self.encoder = ENCODERS[cfg.encoder].from_config(tuple(obs_space.shape), cfg)
-        self.core = RecurrentCore(cfg.core, self.encoder.out_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl)
+        shape = tuple(obs_space.shape)
+        self.obs_norm = ObsNorm(shape, cfg.obs_clip) if cfg.obs_norm else None
+        self.encoder = ENCODERS[cfg.encoder].from_config(shape, cfg)
+        self.core = self._core(cfg, self.encoder.out_size)
         self.actor = make_head(cfg.hidden_size, action_space)
+        self.critic_encoder = self.critic_core = None
+        if cfg.critic == "separate":  # its own encoder and recurrent core, and so its own carried state
+            self.critic_encoder = ENCODERS[cfg.encoder].from_config(shape, cfg)
+            self.critic_core = self._core(cfg, self.critic_encoder.out_size)
         self.critic = nn.Linear(cfg.hidden_size, 1)
         nn.init.orthogonal_(self.critic.weight, 1.0)
         nn.init.zeros_(self.critic.bias)
+        cores = [c for c in (self.core, self.critic_core) if c is not None]
+        self.num_state_tensors = sum(c.num_state_tensors for c in cores)
+        self.num_layers, self.hidden_size = cfg.num_layers, cfg.hidden_size
+
+    @staticmethod
+    def _core(cfg: PolicyConfig, in_size: int) -> RecurrentCore:
+        return RecurrentCore(cfg.core, in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        return self.core.initial_state(batch, device)
+        return zero_state(self.num_state_tensors, self.num_layers, batch, self.hidden_size, device)
+
+    def _normalize(self, obs: Tensor) -> Tensor:
+        return obs if self.obs_norm is None else self.obs_norm(obs)
+
+    @torch.no_grad()
+    def update_obs_norm(self, obs: Tensor, dist=None) -> None:
+        """Add observations [n, *obs_shape] (a finished rollout's) to the running statistics (every rank's
+        under torchrun); nothing without obs_norm."""
+        if self.obs_norm is not None:
+            self.obs_norm.stats.update(obs, dist)
 
     def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
         [batch], new state."""
-        y, state = self.core.step(self.encoder(obs), state)
-        return self.actor(y), self.critic(y).squeeze(-1), state
+        x, n = self._normalize(obs), self.core.num_state_tensors
+        y, actor_state = self.core.step(self.encoder(x), state[:n])
+        if self.critic_core is None:
+            return self.actor(y), self.critic(y).squeeze(-1), actor_state
+        z, critic_state = self.critic_core.step(self.critic_encoder(x), state[n:])
+        return self.actor(y), self.critic(z).squeeze(-1), actor_state + critic_state
 
     def sequence(
         self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
     ) -> tuple[Tensor, Tensor, State]:
         """obs [batch, T, *obs_shape], resets [batch, T] → params [batch, T, P], values [batch, T], end state
         (() if `end_state` is false and the unroll can skip computing it)."""
-        y, state = self.core.sequence(self.encoder(obs), state, resets, end_state)
-        return self.actor(y), self.critic(y).squeeze(-1), state
+        x, n = self._normalize(obs), self.core.num_state_tensors
+        y, actor_state = self.core.sequence(self.encoder(x), state[:n], resets, end_state)
+        if self.critic_core is None:
+            return self.actor(y), self.critic(y).squeeze(-1), actor_state
+        z, critic_state = self.critic_core.sequence(self.critic_encoder(x), state[n:], resets, end_state)
+        return self.actor(y), self.critic(z).squeeze(-1), (actor_state + critic_state) if end_state else ()
 
     def chain(self, obs: Tensor, state: State, resets: Tensor) -> tuple[Tensor, Tensor]:
         """Consecutive segments with gradients flowing across their boundaries: obs [n, C, H, *obs_shape],

@@ -23,7 +23,16 @@ from carrystate.state import State, zero_state
 class RecurrentCore(nn.Module):
     """`kind` in {lstm, gru, none}: maps [batch, (T,) in_size] features to [batch, (T,) hidden] outputs."""
 
-    def __init__(self, kind: str, in_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
+    def __init__(
+        self,
+        kind: str,
+        in_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        impl: str = "auto",
+        forget_bias: float = 0.0,
+    ):
+        """Recurrent weights start orthogonal and biases at 0, except an LSTM's forget gates at `forget_bias`."""
         super().__init__()
         self.kind, self.hidden_size, self.num_layers = kind, hidden_size, num_layers
         unroll.check(impl, kind)
@@ -44,6 +53,10 @@ class RecurrentCore(nn.Module):
                 nn.init.zeros_(p)
             elif p.dim() >= 2:
                 nn.init.orthogonal_(p)
+        if kind == "lstm" and forget_bias:
+            with torch.no_grad():
+                for layer in range(num_layers):  # gates i, f, g, o: the forget gate's bias is the second quarter
+                    getattr(self.rnn, f"bias_ih_l{layer}")[hidden_size : 2 * hidden_size] = forget_bias
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return zero_state(self.num_state_tensors, self.num_layers, batch, self.hidden_size, device)
