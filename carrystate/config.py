@@ -166,11 +166,18 @@ class PolicyConfig(_Section):
     forget_bias: float = 0.0
     """Initial bias of the LSTM forget gates (the long-memory literature starts it at 1 or more: the cell then
     keeps its content by default); the other biases start at 0, recurrent weights orthogonal."""
-    obs_norm: bool = False
+    obs_norm: bool | None = None
     """Normalise observations by a running per-feature mean and variance, updated after each update from
-    that rollout's observations (never inside an update) and saved with the weights. Not for encoder=token."""
+    that rollout's observations (never inside an update) and saved with the weights. None (the default): on
+    for encoder=mlp, off for encoder=token (token ids and values are not intensities). Measured: CartPole
+    without velocity 477 against 353 without it (5 seeds, EXPERIMENTS.md)."""
     obs_clip: float = Field(10.0, gt=0)
     """With obs_norm: clip normalised observations to ±obs_clip."""
+
+    @property
+    def normalizes_obs(self) -> bool:
+        """Whether observations are normalised (obs_norm, resolved for the encoder)."""
+        return self.obs_norm if self.obs_norm is not None else self.encoder != "token"
 
     @model_validator(mode="after")
     def _check_obs_norm(self) -> PolicyConfig:
@@ -238,9 +245,11 @@ class TrainerConfig(_Section):
     """Weight of the entropy bonus."""
     ent_coef_final: float | None = Field(None, ge=0)
     """Anneal ent_coef linearly to this value over total_timesteps (None: constant)."""
-    norm_reward: bool = False
+    norm_reward: bool = True
     """Divide rewards by the running standard deviation of the discounted return (as sb3's VecNormalize), so
-    value losses have a similar size on every task; updated from each rollout, saved with the run."""
+    value losses have a similar size on every task and one vf_coef serves them; updated from each rollout,
+    saved with the run. Measured: default T-maze solved by 5 of 5 seeds (3 of 5 without), CartPole without
+    velocity 477 against 233 (EXPERIMENTS.md)."""
     reward_clip: float = Field(10.0, gt=0)
     """With norm_reward: clip scaled rewards to ±reward_clip."""
     max_grad_norm: float = Field(0.5, gt=0)

@@ -71,7 +71,7 @@ def sb3_run(steps: int, seed: int) -> dict:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     a = p.parse_args()
     rows = []
     for seed in a.seeds:

@@ -1,6 +1,8 @@
-"""Learning check: the LSTM policy solves CartPole-v1 without velocity (a memory task) within 150k steps.
+"""Learning check (issue 13's target): the LSTM policy of configs/cartpole_novel.yaml solves CartPole-v1 without
+velocity (a memory task) within 100k agent-steps on every seed of 1-5: mean return of the final policies over 100
+fresh episodes each at least 475, and none below 400.
 
-Slow (about 1-1.5 minutes on one CPU thread); excluded by default, run with `pytest -m slow`.
+Slow (about 4 minutes on one CPU thread); excluded by default, run with `pytest -m slow`.
 """
 
 from __future__ import annotations
@@ -10,39 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carrystate.config import load_config
-from carrystate.envs import make_env
-from carrystate.rollout import evaluate
-from carrystate.trainer import Trainer
+import carrystate
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole_novel.yaml"
-# A fixed training seed that passes, as the core issue allows ("on at least one fixed seed"). With the C++
-# scan (on an AVX-512 CPU) seeds 1-8 gave 416, 487, 337, 109, 332, 486, 490, 311: the task is not solved on
-# every seed at this budget, and EXPERIMENTS.md reports the spread. Rounding differs between unrolls and
-# CPUs, and trajectories with it: seed 5 gave 500 with the torch-op loop and 332 with the C++ kernels.
-SEED = 7
+SEEDS = (1, 2, 3, 4, 5)  # fixed before tuning; EXPERIMENTS.md reports each
 EVAL_SEED, EVAL_EPISODES = 10_000, 100
 
 
 @pytest.mark.slow
-def test_lstm_solves_cartpole_without_velocity_within_150k_steps():
-    cfg = load_config(CONFIG, [f"trainer.seed={SEED}", "trainer.torch_threads=1"])
-    assert cfg.env.gymnasium.hide_velocity and cfg.policy.core == "lstm"
-    assert cfg.trainer.total_timesteps == 150_000
-    trainer = Trainer(cfg, run_dir=None, quiet=True)
-    summary = trainer.train()
-    assert summary.global_step <= 150_000 + cfg.trainer.batch_size
-
-    # Measure: mean undiscounted return of the policy as it stands after 150k agent-steps, over 100
-    # fresh episodes (env seeds disjoint from training), sampling actions as in training. We do not
-    # use Summary.mean_return (last 200 *training* episodes): at ~500 steps per episode those 200
-    # episodes span ~70-100k steps, i.e. most of the learning phase, so it lags far behind the policy
-    # (for the seed-2 run before the sampler change, ~250 while its final policy scored ~496).
-    env = make_env(cfg.env, seed=EVAL_SEED)
-    try:
-        stats = evaluate(trainer.policy, env, EVAL_EPISODES, deterministic=False, seed=EVAL_SEED)
-    finally:
-        env.close()
-    mean_return = float(np.mean(stats.episode_returns))
-    assert len(stats.episode_returns) == EVAL_EPISODES
-    assert mean_return >= 400, f"eval mean return {mean_return:.1f}; {summary.text()}"
+def test_lstm_solves_cartpole_without_velocity_within_100k_steps_on_seeds_1_to_5():
+    scores = []
+    for seed in SEEDS:
+        trainer = carrystate.train(CONFIG, [f"trainer.seed={seed}", "diagnostics.staleness_segments=0"])
+        assert trainer.cfg.env.gymnasium.hide_velocity and trainer.summary.global_step <= 100_000 + 256
+        # the policy as it stands after training, on fresh episodes (env seeds disjoint from training), sampling
+        # actions as in training; not Summary.mean_return, which lags over the last 200 training episodes
+        stats = carrystate.evaluate(trainer.policy, trainer.cfg, EVAL_EPISODES, seed=EVAL_SEED + seed)
+        assert len(stats.episode_returns) == EVAL_EPISODES
+        scores.append(float(np.mean(stats.episode_returns)))
+    assert np.mean(scores) >= 475 and min(scores) >= 400, scores

@@ -103,7 +103,7 @@ class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
         super().__init__()
         shape = tuple(obs_space.shape)
-        self.obs_norm = ObsNorm(shape, cfg.obs_clip) if cfg.obs_norm else None
+        self.obs_norm = ObsNorm(shape, cfg.obs_clip) if cfg.normalizes_obs else None
         self.encoder = ENCODERS[cfg.encoder].from_config(shape, cfg)
         self.core = self._core(cfg, self.encoder.out_size)
         self.actor = make_head(cfg.hidden_size, action_space)
