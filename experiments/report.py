@@ -325,6 +325,121 @@ def mettagrid_section(rows) -> list[str]:
     return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curve")
 
 
+def settings_ablation_section(rows) -> list[str]:
+    lines = [
+        "## Learning settings, one change at a time (issue 13)",
+        "",
+        "Script: `python experiments/settings_ablation.py`. Seeds 1–5, fixed before any tuning, every seed shown. "
+        "T-maze: the default config (400k agent-steps), score = success rate on 300 fresh episodes. CartPole "
+        "without velocity: `configs/cartpole_novel.yaml` (100k agent-steps), score = mean return on 100 fresh "
+        "episodes (maximum 500). Each row changes one thing against the chosen settings.",
+        "",
+        "| task | setting | mean | min | per seed (1–5) |",
+        "|---|---|---|---|---|",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for setting in dict.fromkeys(r["setting"] for r in rows if r["task"] == task):
+            rs = sorted((r for r in rows if r["task"] == task and r["setting"] == setting), key=lambda r: r["seed"])
+            v = [r["score"] for r in rs]
+            fmt = ".2f" if task == "tmaze" else ".0f"
+            lines.append(
+                f"| {task} | {setting} | {np.mean(v):{fmt}} | {min(v):{fmt}} | "
+                + " / ".join(f"{x:{fmt}}" for x in v)
+                + " |"
+            )
+    return lines + [""]
+
+
+def tmaze_memory_section(rows) -> list[str]:
+    lines = [
+        "## Passive T-maze with long corridors at bptt_horizon 64 (issue 13)",
+        "",
+        "Script: `python experiments/tmaze_memory.py`. Corridors of exactly L steps between the cue and the "
+        "junction, 32 agents, 8,192-step rollouts (4 segments of 64 per agent), minibatches of 2,048, 4 epochs, "
+        "LSTM 64, γ 0.995, 2M agent-steps per run, seeds 1–5. Score: success on 300 fresh episodes (chance 50%). "
+        "Target: ≥ 95% on at least 4 of 5 seeds. `before issue 13` is the old defaults (no reward or observation "
+        "normalisation); `defaults` the current ones; the last row adds a forget-gate bias of 1 and gradients "
+        "through the whole rollout (`trainer.gradient_horizon=episode`).",
+        "",
+        "| setting | L | seeds ≥ 95% | mean success | per seed (1–5) | s per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    lengths = sorted(set(r["length"] for r in rows))
+    for setting in settings:
+        for L in lengths:
+            rs = sorted((r for r in rows if r["setting"] == setting and r["length"] == L), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            v = [r["eval_success"] for r in rs]
+            lines.append(
+                f"| {setting} | {L} | {sum(x >= 0.95 for x in v)} of {len(v)} | {np.mean(v):.2f} | "
+                + " / ".join(f"{x:.2f}" for x in v)
+                + f" | {np.mean([r['wall_s'] for r in rs]):.0f} |"
+            )
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.6), squeeze=False)
+    colours = dict(zip(settings, ("tab:grey", "tab:blue", "tab:orange", "tab:green")))
+    for ax, L in zip(axes[0], lengths):
+        for setting in settings:
+            for i, r in enumerate(r for r in rows if r["setting"] == setting and r["length"] == L):
+                ax.plot(
+                    [c[0] for c in r["curve"]],
+                    [c[1] for c in r["curve"]],
+                    color=colours[setting],
+                    lw=0.7,
+                    label=setting if i == 0 else None,
+                )
+        ax.set_title(f"T-maze, corridor L = {L}, bptt_horizon 64")
+        ax.set_xlabel("agent-steps")
+        ax.set_ylabel("success rate per batch")
+        ax.legend(fontsize=7)
+    return lines + _save_plot(fig, "tmaze_memory", "T-maze long-corridor learning curves")
+
+
+def popgym_5m_section(rows) -> list[str]:
+    envs = list(dict.fromkeys(r["env"] for r in rows))
+    ours = [r for r in rows if r["trainer"] == "carrystate"]
+    budget = max((r["budget"] for r in ours), default=0)
+    lines = [
+        "## POPGym Medium tasks at 5M agent-steps (issue 13)",
+        "",
+        "Script: `python experiments/popgym_vs_sb3.py --steps 5000000 --seeds 1 2 3 4 5 --envs RepeatPreviousMedium "
+        "RepeatFirstMedium --trainers carrystate --name popgym_5m` (and `--steps 200000 --trainers random` for the "
+        f"random policy). carrystate with `configs/popgym.yaml` at the current defaults, {budget:,} agent-steps per "
+        "run, seeds 1–5. Score: the mean of the per-batch mean episodic returns over the last 10% of training "
+        "(`last 10%`), beside MMER (the maximum over batches, POPGym's score). Returns lie in [-1, 1]; the random "
+        "row is uniformly random actions. Target: `last 10%` clearly above the random policy on every seed.",
+        "",
+        "| env | policy | last 10% per seed (1–5) | last 10% mean | MMER mean | steps/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    last = lambda r: float(np.mean([v for _, v in r["curve"][-max(1, len(r["curve"]) // 10) :]]))  # noqa: E731
+    for e in envs:
+        for t in ("carrystate", "random"):
+            rs = sorted((r for r in rows if r["env"] == e and r["trainer"] == t), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            v = [last(r) for r in rs]
+            lines.append(
+                f"| {e} | {t} | " + " / ".join(f"{x:.2f}" for x in v) + f" | {np.mean(v):.2f} | "
+                f"{np.mean([r['mmer'] for r in rs]):.2f} | {np.median([r['sps'] for r in rs]):,.0f} |"
+            )
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.4), squeeze=False)
+    for ax, e in zip(axes[0], envs):
+        for r in (r for r in ours if r["env"] == e):
+            ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], lw=0.6, label=f"seed {r['seed']}")
+        rand = [last(r) for r in rows if r["env"] == e and r["trainer"] == "random"]
+        if rand:
+            ax.axhline(np.mean(rand), color="k", ls=":", lw=1, label="random policy")
+        ax.set_title(f"POPGym {e}")
+        ax.set_xlabel("agent-steps")
+        ax.set_ylabel("mean episodic return per batch")
+        ax.legend(fontsize=6)
+    return lines + _save_plot(fig, "popgym_5m", "POPGym 5M learning curves")
+
+
 def staleness_with_seeds_section(rows) -> list[str]:
     seeds = load("staleness_seeds")
     return staleness_section(rows) + (seeds_section(seeds) if seeds else [])
@@ -335,7 +450,10 @@ SECTIONS = [
     ("staleness", "staleness.py", staleness_with_seeds_section),
     ("long_reach", "long_reach.py", long_reach_section),
     ("tmaze_sweep", "tmaze_sweep.py", sweep_section),
+    ("settings_ablation", None, settings_ablation_section),
+    ("tmaze_memory", None, tmaze_memory_section),
     ("cartpole_vs_sb3", None, cartpole_section),
+    ("popgym_5m", None, popgym_5m_section),
     ("popgym_vs_sb3", None, popgym_section),
     ("mettagrid_arena", None, mettagrid_section),
 ]

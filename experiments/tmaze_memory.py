@@ -21,9 +21,8 @@ BASE = [
     "diagnostics.staleness_segments=0",
 ]
 SETTINGS = {
-    "baseline": [],
-    "forget_bias": ["policy.forget_bias=1.0"],
-    "episode_gradients": ["trainer.gradient_horizon=episode"],
+    "before issue 13": ["trainer.norm_reward=false", "policy.obs_norm=false"],  # the defaults until issue 13
+    "defaults": [],  # rewards scaled by the return's running std, observations normalised
     "forget_bias+episode_gradients": ["policy.forget_bias=1.0", "trainer.gradient_horizon=episode"],
 }
 

@@ -13,6 +13,17 @@ from carrystate.policy import Policy
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
 
+# a small T-maze run: 8 agents, 512-step rollouts of 16-step segments, 2 epochs of 128-step minibatches
+SMALL_TMAZE = [
+    "env.num_envs=8",
+    "trainer.batch_size=512",
+    "trainer.bptt_horizon=16",
+    "trainer.minibatch_size=128",
+    "trainer.update_epochs=2",
+    "env.tmaze.length_min=3",
+    "env.tmaze.length_max=20",
+]
+
 
 class ScriptedEnv:
     """Observations come from a table (independent of actions); `ends[(agent, step)]` is 'term' or

@@ -122,8 +122,9 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
     return union
 
 
-def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resume_exactly(tmp_path):
-    overrides = TINY + [f"trainer.total_timesteps={128 * WORLD * 2}"]
+def _straight_and_resumed_ranks(tmp_path, overrides: list[str]) -> tuple[list[dict], list[dict]]:
+    """Run tests/dist_worker.py on WORLD gloo ranks: each rank's snapshot after a straight run and after a run
+    checkpointed at iteration 1 and resumed."""
     cmd = [
         sys.executable,
         "-m",
@@ -138,6 +139,12 @@ def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resu
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     straight = [load_file(tmp_path / f"straight_rank{r}.safetensors") for r in range(WORLD)]
     resumed = [load_file(tmp_path / f"resumed_rank{r}.safetensors") for r in range(WORLD)]
+    return straight, resumed
+
+
+def test_two_gloo_ranks_stay_identical_equal_one_process_on_their_union_and_resume_exactly(tmp_path):
+    overrides = TINY + [f"trainer.total_timesteps={128 * WORLD * 2}"]
+    straight, resumed = _straight_and_resumed_ranks(tmp_path, overrides)
     weights = [k for k in straight[0] if k.startswith("w.")]
 
     for k in weights:  # (a) the ranks' weights are the same bits
@@ -172,20 +179,7 @@ def test_two_ranks_with_normalisation_and_a_separate_critic_count_both_ranks_sta
         "policy.obs_norm=true",
         "trainer.norm_reward=true",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={WORLD}",
-        str(ROOT / "tests" / "dist_worker.py"),
-        str(tmp_path),
-        *overrides,
-    ]
-    res = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    straight = [load_file(tmp_path / f"straight_rank{r}.safetensors") for r in range(WORLD)]
-    resumed = [load_file(tmp_path / f"resumed_rank{r}.safetensors") for r in range(WORLD)]
+    straight, resumed = _straight_and_resumed_ranks(tmp_path, overrides)
     for k in straight[0]:
         if k.startswith("w."):
             assert torch.equal(straight[0][k], straight[1][k]), k

@@ -19,17 +19,8 @@ from carrystate.config import load_config
 from carrystate.envs.base import EnvError
 from carrystate.learner import NumericalError
 from carrystate.trainer import Trainer
+from tests.helpers import SMALL_TMAZE as SMALL
 from tests.helpers import ScriptedEnv, collect, make_policy
-
-SMALL = [
-    "env.num_envs=8",
-    "trainer.batch_size=512",
-    "trainer.bptt_horizon=16",
-    "trainer.minibatch_size=128",
-    "trainer.update_epochs=2",
-    "env.tmaze.length_min=3",
-    "env.tmaze.length_max=20",
-]
 
 
 def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:

@@ -41,12 +41,14 @@ def test_store_never_holds_a_graph():
     assert store.get(0)[0].grad_fn is None and not store.get(0)[0].requires_grad
 
 
-def test_state_zeroed_at_first_step_of_next_episode_without_offset():
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_state_zeroed_at_first_step_of_next_episode_without_offset(critic):
     """Agent 1 ends its episode at step 5 while agents 0 and 2 continue: agent 1's step 6 is computed from
-    zero state (not step 7), its step 5 still from its carried state, and the others are untouched."""
+    zero state (not step 7), its step 5 still from its carried state, and the others are untouched. With a
+    separate critic the values come from the critic's own core, whose state is carried and zeroed alike."""
     steps = 12
     env = ScriptedEnv(3, steps, ends={(1, 5): "term"})
-    policy = make_policy("lstm")
+    policy = make_policy("lstm", critic=critic)
     _, _, (buf,) = collect(policy, env, 3 * steps, steps)
     values = buf.timeline(buf.values)
     for agent in range(3):
