@@ -170,7 +170,7 @@ class PolicyConfig(_Section):
     """Normalise observations by a running per-feature mean and variance, updated after each update from
     that rollout's observations (never inside an update) and saved with the weights. None (the default): on
     for encoder=mlp, off for encoder=token (token ids and values are not intensities). Measured: CartPole
-    without velocity 477 against 353 without it (5 seeds, EXPERIMENTS.md)."""
+    without velocity 477 against 352 without it (5 seeds, EXPERIMENTS.md)."""
     obs_clip: float = Field(10.0, gt=0)
     """With obs_norm: clip normalised observations to ±obs_clip."""
 
