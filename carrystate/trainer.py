@@ -134,7 +134,7 @@ class Trainer:
         d = self.cfg.diagnostics
         rollout_policy = copy.deepcopy(self.policy) if d.staleness_segments else None
         losses = self.learner.learn(self.iteration + 1, self.stop)
-        self.policy.update_obs_norm(self.buffer.obs[self.buffer.valid], self.dist)  # for the next rollout
+        self.policy.update_obs_norm(self.buffer.obs, self.buffer.valid, self.dist)  # for the next rollout
         losses["perf/learn_seconds"] = time.perf_counter() - started
         if rollout_policy is not None:
             losses.update(

@@ -118,7 +118,7 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
             dst.copy_(torch.cat([sh.buffer.start_state[i] for sh in shards], dim=1))
         union.learner.compute_advantages()
         union.learner.learn(1)
-        union.policy.update_obs_norm(ub.obs[ub.valid])  # as Trainer.update does, on the union's observations
+        union.policy.update_obs_norm(ub.obs, ub.valid)  # as Trainer.update does, on the union's observations
     return union
 
 

@@ -129,11 +129,11 @@ class Policy(nn.Module):
         return obs if self.obs_norm is None else self.obs_norm(obs)
 
     @torch.no_grad()
-    def update_obs_norm(self, obs: Tensor, dist=None) -> None:
-        """Add observations [n, *obs_shape] (a finished rollout's) to the running statistics (every rank's
-        under torchrun); nothing without obs_norm."""
+    def update_obs_norm(self, obs: Tensor, valid: Tensor | None = None, dist=None) -> None:
+        """Add observations obs [..., *obs_shape] (a finished rollout's; where `valid` [...] is true) to the
+        running statistics (every rank's under torchrun); nothing, not even the selection, without obs_norm."""
         if self.obs_norm is not None:
-            self.obs_norm.stats.update(obs, dist)
+            self.obs_norm.stats.update(obs if valid is None else obs[valid], dist)
 
     def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
