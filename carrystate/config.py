@@ -152,6 +152,9 @@ class PolicyConfig(_Section):
     """Hidden layer widths of the MLP encoder (with encoder=token: of the MLP after pooling)."""
     token_embed_size: int = Field(64, ge=1)
     """With encoder=token: width of each token's embedding before pooling."""
+    token_features: int = Field(64, ge=1)
+    """With encoder=token: feature ids lie below this (MettaGrid's arena emits ids up to 51); the table holds
+    two rows per (location, feature) pair."""
     core: Literal["lstm", "gru", "none"] = "lstm"
     """Recurrent core; `none` is a feed-forward control that shows whether a task needs memory."""
     hidden_size: int = Field(64, ge=1)

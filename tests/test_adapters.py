@@ -256,23 +256,28 @@ def test_token_encoder_ignores_order_and_empty_tokens():
         TokenEncoder((4,), 8, [16])
 
 
-def test_token_encoder_packed_pooling_equals_dense_formula_with_gradients():
-    """The encoder embeds only present tokens; a dense per-slot computation of the documented formula (embed every
-    slot, zero the empty ones, mean and max over slots) must give the same features and parameter gradients,
-    including for a row with no tokens at all."""
+def test_token_encoder_equals_linear_layer_on_dense_location_feature_grid_with_gradients():
+    """The encoder sums table rows over present tokens only; building the dense [location, feature] grid of
+    presence and value/255 and multiplying it by the table must give the same features and parameter
+    gradients, including for a row with no tokens at all."""
     torch.manual_seed(1)
-    enc = TokenEncoder((12, 3), embed_size=8, sizes=[16])
+    features = 6
+    enc = TokenEncoder((12, 3), embed_size=8, sizes=[16], features=features)
     obs = torch.randint(0, 255, (4, 5, 12, 3), dtype=torch.uint8)
+    obs[..., 1] %= features
     obs[torch.rand(4, 5, 12) < 0.6] = 255  # about 60% empty slots
     obs[0, 0] = 255  # a row with no token
 
     def dense(tokens):
-        loc, feat, val = tokens[..., 0].long(), tokens[..., 1].long(), tokens[..., 2].float().unsqueeze(-1) / 255
-        h = torch.relu(enc.location(loc) + enc.feature(feat) + val * enc.value_scale(feat))
-        present = (loc != 255).unsqueeze(-1)
-        h = torch.where(present, h, 0.0)
-        mean = h.sum(-2) / present.sum(-2).clamp(min=1)
-        return enc.mlp(torch.cat([mean, h.amax(-2)], -1))
+        rows = tokens.reshape(-1, 12, 3).long()
+        grid = torch.zeros(rows.shape[0], 2, 256, features)
+        for r, row in enumerate(rows):
+            for loc, feat, val in row.tolist():
+                if loc != 255:
+                    grid[r, 0, loc, feat] += 1.0
+                    grid[r, 1, loc, feat] += val / 255.0
+        pooled = grid.reshape(rows.shape[0], -1) @ enc.table.weight
+        return enc.mlp(torch.relu(pooled)).reshape(4, 5, -1)
 
     want = dense(obs)
     want.square().sum().backward()
@@ -284,6 +289,16 @@ def test_token_encoder_packed_pooling_equals_dense_formula_with_gradients():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for g, w in zip([p.grad for p in enc.parameters()], want_grads):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_token_encoder_tells_where_a_feature_is_and_rejects_feature_ids_beyond_its_table():
+    torch.manual_seed(2)
+    enc = TokenEncoder((2, 3), embed_size=8, sizes=[16], features=4)
+    here = torch.tensor([[[3, 1, 10], [17, 2, 200]]], dtype=torch.uint8)
+    swapped = torch.tensor([[[17, 1, 10], [3, 2, 200]]], dtype=torch.uint8)  # same features, places exchanged
+    assert not torch.allclose(enc(here), enc(swapped))
+    with pytest.raises(ValueError, match="feature id 9, but policy.token_features=4"):
+        enc(torch.tensor([[[3, 9, 10], [255, 255, 255]]], dtype=torch.uint8))
 
 
 # ---- MettaGrid -----------------------------------------------------------------------------------------------
@@ -363,8 +378,9 @@ def test_policy_config_builds_token_encoder():
 
     cfg = PolicyConfig(encoder="token", token_embed_size=8, encoder_sizes=[16], hidden_size=8)
     policy = Policy(cfg, gym.spaces.Box(0, 255, (10, 3), np.uint8), gym.spaces.Discrete(5))
-    obs = torch.randint(0, 256, (4, 10, 3)).float()
-    params, value, _ = policy.step(obs, policy.initial_state(4))
+    obs = torch.randint(0, 256, (4, 10, 3))
+    obs[..., 1] %= cfg.token_features
+    params, value, _ = policy.step(obs.float(), policy.initial_state(4))
     assert params.shape == (4, 5) and value.shape == (4,)
 
 

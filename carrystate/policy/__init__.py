@@ -50,47 +50,53 @@ class TokenEncoder(nn.Module):
     """Token-list observations [..., tokens, 3] → features [..., out_size].
 
     Each token is three bytes (location, feature id, value), as MettaGrid emits them; a token whose location
-    byte is 255 is empty. A token embeds as `location[loc] + feature[id] + value/255 * value_scale[id]`
-    (ReLU); the present tokens are pooled (mean and max, concatenated) and an MLP follows. The result does
-    not depend on the order of the tokens or on how many empty tokens pad the list.
+    byte is 255 is empty. A token's (location, feature) pair picks two rows of one table: a presence row, added
+    as it is, and a value row, scaled by value / 255. A row's features are ReLU of the sum over its present
+    tokens, then an MLP: a linear layer on the dense [location, feature] grid of presence and value, computed
+    by one `nn.EmbeddingBag` call over the present tokens without building the grid. The sum does not depend
+    on the order of the tokens or on how many empty tokens pad the list, and it keeps which feature is where.
     """
 
     EMPTY = 255
+    LOCATIONS = 256  # the location byte
 
-    def __init__(self, obs_shape: tuple[int, ...], embed_size: int, sizes: list[int]):
+    def __init__(self, obs_shape: tuple[int, ...], embed_size: int, sizes: list[int], features: int = 64):
         super().__init__()
         if len(obs_shape) != 2 or obs_shape[1] != 3:
             raise ValueError(
                 f"policy.encoder=token needs observations of shape [tokens, 3], got {tuple(obs_shape)}; "
                 "use policy.encoder=mlp for flat observations"
             )
-        self.location = nn.Embedding(256, embed_size)
-        self.feature = nn.Embedding(256, embed_size)
-        self.value_scale = nn.Embedding(256, embed_size)
-        self.mlp = MLPEncoder((2 * embed_size,), sizes)
+        self.features = features
+        self.table = nn.EmbeddingBag(2 * self.LOCATIONS * features, embed_size, mode="sum")
+        nn.init.normal_(self.table.weight, std=0.1)  # ~30 present tokens sum to features of order 1
+        self.mlp = MLPEncoder((embed_size,), sizes)
         self.out_size = self.mlp.out_size
 
     @classmethod
     def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> TokenEncoder:
-        return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes)
+        return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes, cfg.token_features)
 
     def forward(self, obs: Tensor) -> Tensor:
-        # Only the present tokens are embedded (MettaGrid fills ~30 of 200 slots), then pooled per row with
-        # index_add / scatter amax: 7-8x less work than embedding the padded list (measured on arena obs).
+        # Only the present tokens enter the bag (MettaGrid fills ~30 of 200 slots); their order in `flat` is
+        # row-major, so each row's entries are contiguous and `offsets` marks where each row's bag starts.
         lead, slots = obs.shape[:-2], obs.shape[-2]
         flat = obs.reshape(-1, 3)  # [rows * slots, 3]
         rows = flat.shape[0] // slots
-        keep = (flat[:, 0] != self.EMPTY).nonzero().squeeze(1)  # indices of present tokens
-        row = keep // slots  # the row each present token belongs to
-        tok = flat[keep]
-        loc, feat = tok[:, 0].long(), tok[:, 1].long()
-        value = tok[:, 2:3].float() / 255.0
-        h = torch.relu(self.location(loc) + self.feature(feat) + value * self.value_scale(feat))  # [present, E]
-        count = torch.bincount(row, minlength=rows).clamp(min=1).unsqueeze(1).to(h.dtype)  # [rows, 1]
-        mean = h.new_zeros(rows, h.shape[1]).index_add_(0, row, h) / count  # [rows, E]
-        # h >= 0, so a zero start loses to every present token and an empty row pools to zeros
-        peak = h.new_zeros(rows, h.shape[1]).scatter_reduce(0, row.unsqueeze(1).expand_as(h), h, "amax")
-        return self.mlp(torch.cat([mean, peak], -1)).reshape(*lead, -1)
+        present = flat[:, 0] != self.EMPTY
+        loc, feat, value = flat[present].long().unbind(1)
+        if not feat.is_cuda and feat.numel() and int(feat.max()) >= self.features:  # (no device sync on CUDA)
+            raise ValueError(
+                f"a token has feature id {int(feat.max())}, but policy.token_features={self.features}: "
+                "raise policy.token_features above the largest feature id the env emits"
+            )
+        cell = loc * self.features + feat
+        index = torch.stack([cell, cell + self.LOCATIONS * self.features], 1).reshape(-1)
+        weight = torch.stack([torch.ones_like(value, dtype=torch.float32), value.float() / 255.0], 1).reshape(-1)
+        count = present.view(rows, slots).sum(1)
+        offsets = 2 * (torch.cumsum(count, 0) - count)
+        pooled = self.table(index, offsets, per_sample_weights=weight.to(self.table.weight.dtype))
+        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
 
 
 ENCODERS = {"mlp": MLPEncoder, "token": TokenEncoder}
