@@ -30,6 +30,16 @@ def action_layout(space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
     return tuple(space.shape), torch.float32
 
 
+def obs_dtype(space: gym.Space) -> torch.dtype:
+    """How observations of `space` are stored: integer and bool boxes in the dtype the env emits (MettaGrid's
+    uint8 tokens take a quarter of float32's memory and copying), everything else as float32. The encoders
+    convert on the way in."""
+    dtype = np.dtype(getattr(space, "dtype", None) or np.float32)
+    if isinstance(space, gym.spaces.Box) and (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+        return torch.from_numpy(np.zeros(0, dtype)).dtype
+    return torch.float32
+
+
 class SegmentBuffer:
     @classmethod
     def for_spaces(
@@ -44,14 +54,14 @@ class SegmentBuffer:
         burn_in: int = 0,
         device: torch.device | str = "cpu",
     ) -> SegmentBuffer:
-        """The buffer for agents with these observation and action spaces (observations stored as float32)."""
+        """The buffer for agents with these observation and action spaces (observations stored as `obs_dtype`)."""
         action_shape, action_dtype = action_layout(action_space)
         return cls(
             num_agents,
             batch_size,
             horizon,
             obs_shape=tuple(obs_space.shape),
-            obs_dtype=torch.float32,
+            obs_dtype=obs_dtype(obs_space),
             action_shape=action_shape,
             action_dtype=action_dtype,
             state_template=state_template,

@@ -323,6 +323,23 @@ def test_mettagrid_token_shapes_and_truncation_reset():
         env.close()
 
 
+SMALL_METTAGRID = [
+    "env.num_envs=2",
+    "env.mettagrid.agents=4",
+    "env.mettagrid.size=12",
+    "env.mettagrid.max_steps=40",
+    "env.mettagrid.obs_tokens=64",
+    "trainer.batch_size=256",
+    "trainer.bptt_horizon=16",
+    "trainer.minibatch_size=128",
+    "trainer.total_timesteps=512",
+    "trainer.update_epochs=1",
+    "policy.hidden_size=16",
+    "policy.token_embed_size=8",
+    "policy.encoder_sizes=[16]",
+]
+
+
 def test_mettagrid_short_training_run(tmp_path):
     pytest.importorskip("mettagrid")
     from carrystate.trainer import Trainer
@@ -350,6 +367,43 @@ def test_mettagrid_short_training_run(tmp_path):
     summary = Trainer(cfg, run_dir=tmp_path / "run", quiet=True).train()
     assert summary is not None
     assert (tmp_path / "run" / "summary.json").exists() or any((tmp_path / "run").iterdir())
+
+
+def test_mettagrid_buffer_keeps_uint8_tokens_and_replay_reproduces_the_rollout():
+    """The segment buffer stores MettaGrid's tokens as the uint8 the env emits (a quarter of float32), and
+    replaying the stored rows from their start states gives the rollout's values and log-probabilities."""
+    pytest.importorskip("mettagrid")
+    from carrystate.buffer import SegmentBuffer, obs_dtype
+    from carrystate.trainer import Trainer
+
+    cfg = load_config(
+        "configs/mettagrid_arena.yaml",
+        [*SMALL_METTAGRID, "env.mettagrid.max_steps=20", "env.workers=0", "env.double_buffer=false"],
+    )
+    tr = Trainer(cfg, quiet=True)
+    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+    buf = tr.buffer
+    assert buf.obs.dtype == torch.uint8 and buf.obs.shape[-2:] == (64, 3)
+    assert (buf.obs[..., 0] != 255).any() and buf.starts[:, 1:].any()
+    with torch.no_grad():
+        params, values, _ = tr.policy.sequence(buf.obs, buf.start_state, buf.starts)
+        logprobs, _ = tr.policy.actor.log_prob_entropy(params, buf.actions)
+    torch.testing.assert_close(values, buf.values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logprobs, buf.logprobs, atol=1e-5, rtol=0)
+    tr.env.close()
+    assert obs_dtype(gym.spaces.Box(-1, 1, (3,), np.float64)) == torch.float32
+    assert obs_dtype(gym.spaces.Box(0, 9, (3,), np.int16)) == torch.int16
+    assert (
+        SegmentBuffer.for_spaces(
+            2,
+            gym.spaces.Box(0, 255, (4, 3), np.uint8),
+            gym.spaces.Discrete(3),
+            (torch.zeros(1, 2, 4),),
+            batch_size=8,
+            horizon=4,
+        ).obs.dtype
+        == torch.uint8
+    )
 
 
 def test_mettagrid_env_counts_its_agents_and_the_run_checks_the_batch_against_them():
