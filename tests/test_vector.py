@@ -29,21 +29,48 @@ class FailingTMaze(TMaze):
         raise RuntimeError("boom in the env")
 
 
-def test_worker_batch_equals_the_same_env_in_process():
-    remote = ProcessVecEnv([lambda: TMaze(3, 2, 5, seed=3), lambda: TMaze(3, 2, 5, seed=3)], timeout=10)
+class PaddedTMaze(TMaze):
+    """A T-maze whose odd rows are padding on every other step (to carry `valid` through the workers)."""
+
+    def step(self, actions):
+        res = super().step(actions)
+        self._t = getattr(self, "_t", 0) + 1
+        res.valid = (np.arange(self.num_agents) % 2 == 0) | (self._t % 2 == 0)
+        return res
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_worker_batch_equals_the_same_env_in_process(shared_memory):
+    """Every field of every step result, through shared memory or the pipe, equals the in-process env's; the
+    shared block's file is unlinked once the workers have mapped it."""
+    remote = ProcessVecEnv(
+        [lambda: PaddedTMaze(3, 2, 5, seed=3), lambda: TMaze(3, 2, 5, seed=3)],
+        timeout=10,
+        shared_memory=shared_memory,
+    )
     try:
         assert remote.num_agents == 6
-        reference = [TMaze(3, 2, 5, seed=3), TMaze(3, 2, 5, seed=3)]
+        assert (remote.shared is not None) == shared_memory
+        if shared_memory:
+            assert not os.path.exists(remote.shared.path)
+        reference = [PaddedTMaze(3, 2, 5, seed=3), TMaze(3, 2, 5, seed=3)]
         obs = remote.reset()
         assert np.array_equal(obs, np.concatenate([e.reset() for e in reference]))
         rng = np.random.default_rng(0)
+        ended = 0
         for _ in range(20):
             a = rng.integers(0, 2, 6)
             res = remote.step(a)
             ref = [reference[0].step(a[:3]), reference[1].step(a[3:])]
-            assert np.array_equal(res.obs, np.concatenate([r.obs for r in ref]))
-            assert np.array_equal(res.reward, np.concatenate([r.reward for r in ref]))
+            for name in ("obs", "reward", "terminated", "truncated"):
+                assert np.array_equal(getattr(res, name), np.concatenate([getattr(r, name) for r in ref])), name
+            done = np.concatenate([r.terminated | r.truncated for r in ref])
+            assert np.array_equal(res.final_obs[done], np.concatenate([r.final_obs for r in ref])[done])
+            assert np.array_equal(res.valid, np.concatenate([ref[0].valid, np.ones(3, bool)]))
             assert res.episode_returns == ref[0].episode_returns + ref[1].episode_returns
+            assert res.episode_lengths == ref[0].episode_lengths + ref[1].episode_lengths
+            ended += int(done.sum())
+        assert ended > 0
     finally:
         remote.close()
 

@@ -3,11 +3,15 @@ in turn (`EnvBatches`, for double buffering).
 
 `ProcessVecEnv` runs one sub-batch (any `VecEnv`, built by a factory inside the worker) per process and
 talks to each over a pipe. It is a `VecEnv` whose rows are the workers' rows in order, plus `step_async`
-(send the actions, return at once) and `step_wait` (collect the results). Every wait has a deadline
-(`timeout`, the setting `env.worker_timeout`): a worker that dies is reported as soon as it is seen dead, one
-that does not answer in time is reported when the deadline passes; either way every worker is stopped and an
-`EnvWorkerError` names the worker, its process and the setting, so training never hangs. An exception
-inside a worker's env comes back as an `EnvWorkerError` carrying the worker's traceback.
+(send the actions, return at once) and `step_wait` (collect the results). Where the observation space is a
+Box, the workers write observations, final observations, rewards and episode-end flags into one block of
+shared memory (`SharedResults`) and the pipe carries only the actions and the few ended-episode numbers; the
+arrays `reset` and `step_wait` return are views of that block, valid until the next `step_async` or `reset`.
+Every wait has a deadline (`timeout`, the setting `env.worker_timeout`): a worker that dies is reported as
+soon as it is seen dead, one that does not answer in time is reported when the deadline passes; either way
+every worker is stopped and an `EnvWorkerError` names the worker, its process and the setting, so training
+never hangs. An exception inside a worker's env comes back as an `EnvWorkerError` carrying the worker's
+traceback.
 
 `EnvBatches` holds several batches over consecutive row ranges; `Rollout` sees its `batches` attribute and
 alternates them, computing one batch's actions while the other steps. Stepped as a plain `VecEnv`, it steps
@@ -20,10 +24,12 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 
 from carrystate.envs.base import EnvError, StepResult, VecEnv
@@ -34,6 +40,68 @@ BATCH_SEED_STRIDE = 10_000_019  # batch b of a double-buffered env with seed + b
 
 class EnvWorkerError(EnvError):
     """A worker process died, did not answer within the timeout, or its env raised."""
+
+
+class SharedResults:
+    """One memory-mapped file holding every row's step result: `obs`, `final_obs` [rows, *obs_shape] in the
+    space's dtype, `reward` [rows] float32, `terminated`, `truncated` [rows] bool. The parent creates it in
+    /dev/shm (where there is one), every worker maps it and writes its own rows, and the parent unlinks the
+    name once all have mapped it, so nothing is left behind whatever way the processes end."""
+
+    def __init__(self, path: str, rows: int, obs_shape: tuple[int, ...], obs_dtype: str, create: bool = False):
+        self.path, self.rows, self.obs_shape, self.obs_dtype = path, rows, tuple(obs_shape), obs_dtype
+        fields = [
+            ("obs", (rows, *obs_shape), obs_dtype),
+            ("final_obs", (rows, *obs_shape), obs_dtype),
+            ("reward", (rows,), "float32"),
+            ("terminated", (rows,), "bool"),
+            ("truncated", (rows,), "bool"),
+        ]
+        offsets, size = [], 0
+        for _, shape, dtype in fields:
+            offsets.append(size)
+            size += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64  # 64-byte aligned
+        self.memory = np.memmap(path, np.uint8, "w+" if create else "r+", shape=(max(size, 1),))
+        for (name, shape, dtype), offset in zip(fields, offsets):
+            n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            setattr(self, name, self.memory[offset : offset + n].view(dtype).reshape(shape))
+
+    @classmethod
+    def create(cls, rows: int, space: gym.spaces.Box) -> SharedResults:
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="carrystate-env-", dir=folder)
+        os.close(fd)
+        return cls(path, rows, space.shape, np.dtype(space.dtype).name, create=True)
+
+    def spec(self) -> tuple:
+        return self.path, self.rows, self.obs_shape, self.obs_dtype
+
+    def write(self, rows: slice, res: StepResult) -> tuple:
+        """Write a step result into `rows`; returns what the pipe still carries."""
+        self.obs[rows], self.final_obs[rows], self.reward[rows] = res.obs, res.final_obs, res.reward
+        self.terminated[rows], self.truncated[rows] = res.terminated, res.truncated
+        return res.episode_returns, res.episode_lengths, res.success, res.valid
+
+    def result(self, parts: list[tuple], bounds: np.ndarray) -> StepResult:
+        """The step result of all rows: the shared arrays plus each worker's ended episodes, worker k's rows
+        being `bounds[k]:bounds[k + 1]`."""
+        valid = None
+        if any(p[3] is not None for p in parts):
+            valid = np.ones(self.rows, bool)
+            for k, p in enumerate(parts):
+                if p[3] is not None:
+                    valid[bounds[k] : bounds[k + 1]] = p[3]
+        return StepResult(
+            self.obs,
+            self.reward,
+            self.terminated,
+            self.truncated,
+            self.final_obs,
+            [x for p in parts for x in p[0]],
+            [x for p in parts for x in p[1]],
+            [x for p in parts for x in p[2]],
+            valid,
+        )
 
 
 def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
@@ -58,6 +126,7 @@ def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
     except Exception:  # noqa: BLE001 - whatever the env raised goes to the parent, which names it
         conn.send(("error", traceback.format_exc()))
         return
+    shared, rows = None, None  # after "attach": results go to shared memory, rows `rows` of it
     while True:
         try:
             while not conn.poll(1.0):
@@ -68,9 +137,17 @@ def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
             return
         try:
             if command == "step":
-                conn.send(("ok", env.step(arg)))
+                res = env.step(arg)
+                conn.send(("ok", res if shared is None else shared.write(rows, res)))
             elif command == "reset":
-                conn.send(("ok", env.reset(seed=arg)))
+                obs = env.reset(seed=arg)
+                if shared is not None:
+                    shared.obs[rows] = obs
+                conn.send(("ok", obs if shared is None else None))
+            elif command == "attach":
+                spec, (start, stop) = arg
+                shared, rows = SharedResults(*spec), slice(start, stop)
+                conn.send(("ok", None))
             elif command == "close":
                 env.close()
                 conn.send(("ok", None))
@@ -111,6 +188,7 @@ class ProcessVecEnv:
         timeout: float = 60.0,
         name: str = "env",
         start_method: str | None = None,
+        shared_memory: bool = True,
     ):
         if not factories:
             raise ValueError("ProcessVecEnv needs at least one worker factory (env.workers >= 1)")
@@ -118,6 +196,7 @@ class ProcessVecEnv:
         method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
         ctx = mp.get_context(method)
         self.conns, self.procs = [], []
+        self.shared: SharedResults | None = None
         self._pending = False
         self._closed = False
         for k, factory in enumerate(factories):
@@ -140,6 +219,16 @@ class ProcessVecEnv:
                     f"worker {k} of {name} has spaces {spec[1]}, {spec[2]} but worker 0 has "
                     f"{self.single_observation_space}, {self.single_action_space}"
                 )
+        if shared_memory and isinstance(self.single_observation_space, gym.spaces.Box):
+            self.shared = SharedResults.create(self.num_agents, self.single_observation_space)
+            try:
+                for k in range(len(self.procs)):
+                    self._send(k, ("attach", (self.shared.spec(), (self.bounds[k], self.bounds[k + 1]))))
+                deadline = time.monotonic() + timeout
+                for k in range(len(self.procs)):
+                    self._receive(k, deadline, "mapping the shared results")
+            finally:
+                os.unlink(self.shared.path)  # every worker has it mapped (or has been stopped)
 
     # ---- messages ---------------------------------------------------------------------------------
     def _fail(self, message: str) -> EnvWorkerError:
@@ -195,7 +284,8 @@ class ProcessVecEnv:
         for k in range(len(self.procs)):
             self._send(k, ("reset", None if seed is None else seed + k * WORKER_SEED_STRIDE))
         deadline = time.monotonic() + self.timeout
-        return np.concatenate([np.asarray(self._receive(k, deadline, "resetting")) for k in range(len(self.procs))])
+        obs = [self._receive(k, deadline, "resetting") for k in range(len(self.procs))]
+        return self.shared.obs if self.shared is not None else np.concatenate([np.asarray(o) for o in obs])
 
     def step_async(self, actions: np.ndarray) -> None:
         """Send each worker its rows' actions and return at once."""
@@ -217,7 +307,7 @@ class ProcessVecEnv:
         deadline = time.monotonic() + self.timeout
         results = [self._receive(k, deadline, "stepping") for k in range(len(self.procs))]
         self._pending = False
-        return concat_results(results)
+        return concat_results(results) if self.shared is None else self.shared.result(results, self.bounds)
 
     def step(self, actions: np.ndarray) -> StepResult:
         self.step_async(actions)
