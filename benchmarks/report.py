@@ -11,7 +11,15 @@ from pathlib import Path
 
 from carrystate.policy import unroll
 
-OWN = ("## Learner", "## Learner memory", "## Rollout step", "## End to end", "## Targets", "## How to run")
+OWN = (
+    "## Learner",
+    "## Learner memory",
+    "## Rollout step",
+    "## End to end",
+    "## MettaGrid",
+    "## Targets",
+    "## How to run",
+)
 IMPLS = [*unroll.names(), "loop_graphed", "torchrl"]  # the learner table's columns, after `fused`
 
 
@@ -58,6 +66,52 @@ def _best_exact(rows: list[dict]) -> list[tuple[dict, str, float]]:
         name = min(ratios, key=ratios.get)
         best.append((r, name, ratios[name]))
     return best
+
+
+def _mettagrid_section(mg: dict) -> list[str]:
+    """Whole MettaGrid training beside PufferLib, its time split and floors, and the env-stepping layouts."""
+    rows = mg["settings"]
+    lines = [
+        "## MettaGrid: whole training beside PufferLib",
+        "",
+        "`configs/mettagrid_arena.yaml` (arena maps of 25×25 with 24 agents each, token encoder, LSTM 128, 64-step "
+        "segments, 256 steps per agent per rollout, 6,144-step minibatches) at 4 and 8 maps and 1 and 2 epochs, "
+        f"with the config's env layout (workers {rows[0]['workers']}, double buffer "
+        f"{str(rows[0]['double_buffer']).lower()}). One torch thread. Per setting, {rows[0]['rounds']} "
+        "alternating rounds of two carrystate iterations, PufferLib training for as long in its own process "
+        "(`benchmarks/pufferlib_mettagrid.py`, when it is installed), and each floor part; medians over rounds. "
+        "The split of a carrystate iteration: env = waiting for the env, encoder and core = their forward at "
+        "rollout shapes timed alone, learner = the whole update, glue = the rest (sampling, buffer and state "
+        "writes, bookkeeping). Floors: env stepping alone, and env stepping with one policy forward per step. "
+        "Encoder fwd+bwd: one minibatch through the token encoder against an MLP encoder of the same widths "
+        "on the same observations.",
+        "",
+        "| maps (agents) | epochs | carrystate SPS | PufferLib SPS | ratio | s/iteration: env / encoder / core / "
+        "learner / glue | floor SPS: env / env + forward | encoder fwd+bwd: token / MLP (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sp, e = r["split"], r["encoder_minibatch"]
+        lines.append(
+            f"| {r['maps']} ({r['agents']}) | {r['update_epochs']} | {r['carrystate_sps']:,.0f} | "
+            f"{_fmt(r['pufferlib_sps'], ',.0f')} | {_fmt(r['ratio_to_pufferlib'])}× | "
+            f"{r['seconds_per_iteration']:.2f}: {sp['env']:.2f} / {sp['encoder']:.2f} / {sp['core']:.2f} / "
+            f"{sp['learner']:.2f} / {sp['glue']:.2f} | {r['floor_sps']['env']:,.0f} / "
+            f"{r['floor_sps']['env_forward']:,.0f} | {1e3 * e['token_seconds']:.0f} / {1e3 * e['mlp_seconds']:.0f} "
+            f"({e['ratio']:.2f}×) |"
+        )
+    if mg.get("layouts"):
+        lay = mg["layouts"]
+        lines += [
+            "",
+            f"Env layouts at {lay[0]['maps']} maps, {lay[0]['update_epochs']} epoch, one iteration of each per "
+            f"round in alternation ({lay[0]['rounds']} rounds, medians):",
+            "",
+            "| env.workers | env.double_buffer | SPS |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['workers']} | {str(r['double_buffer']).lower()} | {r['sps']:,.0f} |" for r in lay]
+    return lines + [""]
 
 
 def write(markdown: Path, results: Path) -> None:
@@ -178,6 +232,9 @@ def write(markdown: Path, results: Path) -> None:
                 f"{fl['learn']:.3f}) | {c['over_floor']:.2f}× | {_fmt(c.get('over_floor_without_diagnostics'))}× |"
             )
         lines.append("")
+    mg = json.loads((results / "mettagrid_cpu.json").read_text()) if (results / "mettagrid_cpu.json").exists() else None
+    if mg:
+        lines += _mettagrid_section(mg)
     lines += ["## Targets", ""]
     for label, data in ([("CPU", cpu)] if cpu else []) + [
         (_label(json.loads(p.read_text())), json.loads(p.read_text())) for p in cuda
@@ -200,6 +257,16 @@ def write(markdown: Path, results: Path) -> None:
         lines.append(
             f"- Trainer ≤ 1.5× the floor: measured {', '.join(f'{x:.3f}×' for x in of)} "
             f"({'met' if max(of) <= 1.5 else 'missed'})."
+        )
+    if mg:
+        ratios = [r["ratio_to_pufferlib"] for r in mg["settings"] if r["ratio_to_pufferlib"]]
+        lines.append(
+            "- MettaGrid with the token encoder ≥ 1.2× PufferLib at every setting: "
+            + (
+                f"measured {', '.join(f'{x:.2f}×' for x in ratios)} ({'met' if min(ratios) >= 1.2 else 'missed'})."
+                if len(ratios) == len(mg["settings"])
+                else "not measured (PufferLib not installed beside the bench)."
+            )
         )
     lines += [
         "",

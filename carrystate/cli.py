@@ -142,7 +142,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.report_only:
         report.write(md, out)
     else:
-        benchmarks.run(out, quick=args.quick, markdown=md)
+        benchmarks.run(out, quick=args.quick, markdown=md, only=args.only, pufferlib_python=args.pufferlib_python)
     print(f"wrote {md} (results in {out})")
     return 0
 
@@ -217,10 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure the learner, memory and whole training; write BENCHMARKS.md",
         description="Run the CPU benchmarks (learner unrolls vs the fused call and torchrl, learner "
-        "memory vs horizon, end-to-end SPS vs sb3-contrib RecurrentPPO and vs the floor) "
-        "and write BENCHMARKS.md. CUDA results saved in RESULTS are included.",
+        "memory vs horizon, end-to-end SPS vs sb3-contrib RecurrentPPO and vs the floor, MettaGrid training vs "
+        "PufferLib when mettagrid is installed) and write BENCHMARKS.md. CUDA results saved in RESULTS are "
+        "included.",
     )
     p.add_argument("--quick", action="store_true", help="a smaller grid and fewer repeats")
+    p.add_argument(
+        "--only",
+        choices=["learner", "end_to_end", "mettagrid"],
+        default=None,
+        help="run one part only (the report keeps the other parts' saved results)",
+    )
+    p.add_argument(
+        "--pufferlib-python",
+        default=None,
+        help="a Python with PufferLib installed, for the MettaGrid comparison (default: this one, if it has it)",
+    )
     p.add_argument(
         "--results", default="benchmarks/results", help="folder of JSON results (default benchmarks/results)"
     )
