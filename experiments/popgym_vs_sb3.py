@@ -23,7 +23,7 @@ ENVS = ("RepeatPreviousEasy", "RepeatPreviousMedium", "RepeatFirstMedium", "Posi
 CONFIG = "configs/popgym.yaml"
 
 
-def carrystate_run(env_id: str, steps: int, seed: int) -> dict:
+def carrystate_run(env_id: str, steps: int, seed: int, overrides: list[str] = ()) -> dict:
     r = train(
         CONFIG,
         [
@@ -31,6 +31,7 @@ def carrystate_run(env_id: str, steps: int, seed: int) -> dict:
             f"trainer.total_timesteps={steps}",
             f"trainer.seed={seed}",
             "diagnostics.staleness_segments=0",
+            *overrides,
         ],
         episodes=100,
     )
@@ -109,18 +110,22 @@ def main():
         "--trainers", nargs="+", default=["carrystate", "sb3", "random"], choices=["carrystate", "sb3", "random"]
     )
     p.add_argument("--name", default="popgym_vs_sb3", help="results file (rows are appended to it)")
+    p.add_argument("--set", nargs="*", default=[], help="config overrides for carrystate on top of " + CONFIG)
     a = p.parse_args()
     rows = load(a.name, [])
     for env_id in a.envs:
         for seed in a.seeds:
             for trainer in a.trainers:
-                run = {"carrystate": carrystate_run, "sb3": sb3_run, "random": random_run}[trainer]
-                out = run(env_id, a.steps, seed)
+                if trainer == "carrystate":
+                    out = carrystate_run(env_id, a.steps, seed, a.set)
+                else:
+                    out = {"sb3": sb3_run, "random": random_run}[trainer](env_id, a.steps, seed)
                 row = {
                     "env": env_id,
                     "trainer": trainer,
                     "seed": seed,
                     "budget": a.steps,
+                    "overrides": a.set if trainer == "carrystate" else [],
                     "mmer": max((r for _, r in out["curve"]), default=float("nan")),
                     **out,
                 }

@@ -277,52 +277,68 @@ def popgym_section(rows) -> list[str]:
     return lines + _save_plot(fig, "popgym", "popgym learning curves")
 
 
+# MettaGrid result sets, oldest first: (results name, what was run)
+METTAGRID_RUNS = [
+    ("mettagrid_arena", "mean/max-pooled token encoder (before issue 16), norm_reward off"),
+    ("mettagrid_arena_bag", "EmbeddingBag token encoder (issue 16), norm_reward off"),
+    ("mettagrid_arena_bag_normrew", "EmbeddingBag token encoder, norm_reward on (--set trainer.norm_reward=true)"),
+]
+
+
 def mettagrid_section(rows) -> list[str]:
+    runs = [(name, label, load(name)) for name, label in METTAGRID_RUNS]
+    runs = [(name, label, data) for name, label, data in runs if data]
     lines = [
         "## MettaGrid arena, 24 agents per map",
         "",
-        "Script: `python experiments/mettagrid_arena.py` with `configs/mettagrid_arena.yaml`: 8 maps of 25×25 with "
+        "Script: `python experiments/mettagrid_arena.py [--name NAME] [--set key=value ...]` with "
+        "`configs/mettagrid_arena.yaml`: 8 maps of 25×25 with "
         "24 agents each (192 agent rows), token observations through the token encoder, LSTM 128, 49,152-step "
         "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate, each stepped in 2 worker "
         "processes. `return` is the mean episodic return per agent (1,000-step episodes) of a policy on 192 "
         "fresh agent-episodes: the untrained policy first, then the trained one. The curve shows the mean reward "
         "per agent-step of each rollout batch (×1,000 = a per-episode rate); all maps reset together every "
         "1,000 steps, so consecutive batches see different phases of an episode and the raw curve cycles, "
-        "which the 4-batch mean (one episode) smooths. There is no published arena "
+        "which the 4-batch mean (one episode) smooths. Seeds 1–3 in every run; the runs differ only in what "
+        "the first column says. agent-steps/s are of runs made beside other work on this 2-core machine (the "
+        "benchmark in BENCHMARKS.md measures speed). There is no published arena "
         "number to compare with at this map size: Metta's own runs use its own maps and billions of steps.",
         "",
-        "| seed | agent-steps | untrained return | trained return | reward/agent-step, first 5 batches | "
-        "last 5 batches | wall s | agent-steps/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seed | agent-steps | untrained return | trained return | trained / untrained | reward/agent-step, "
+        "first 5 batches | last 5 batches | wall s | agent-steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        c = [p["charts/reward_per_agent_step"] for p in r.get("curve", [])]
-        if not c:
-            continue
-        lines.append(
-            f"| {r['seed']} | {r['steps']:,} | {r['untrained_return']:.2f} | "
-            f"{r.get('final_return', float('nan')):.2f} | {np.mean(c[:5]):.4f} | {np.mean(c[-5:]):.4f} | "
-            f"{r['wall_s']:.0f} | {r['sps']:,.0f} |"
-        )
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for r, colour in zip(rows, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
-        steps = np.array([p["step"] for p in r.get("curve", [])])
-        vals = np.array([p["charts/reward_per_agent_step"] for p in r.get("curve", [])])
-        ax.plot(steps, vals, lw=0.5, alpha=0.35, color=colour)
-        if len(vals) >= 4:  # 4 batches = one 1,000-step episode: the maps reset together, so batches cycle
-            ax.plot(
-                steps[3:],
-                np.convolve(vals, np.ones(4) / 4, "valid"),
-                lw=1.2,
-                color=colour,
-                label=f"seed {r['seed']} (mean over 4 batches = one episode)",
+    for _, label, data in runs:
+        for r in data:
+            c = [p["charts/reward_per_agent_step"] for p in r.get("curve", [])]
+            if not c:
+                continue
+            final = r.get("final_return", float("nan"))
+            lines.append(
+                f"| {label} | {r['seed']} | {r['steps']:,} | {r['untrained_return']:.2f} | {final:.2f} | "
+                f"{final / r['untrained_return']:.1f}× | {np.mean(c[:5]):.4f} | {np.mean(c[-5:]):.4f} | "
+                f"{r['wall_s']:.0f} | {r['sps']:,.0f} |"
             )
-    ax.set_xlabel("agent-steps")
-    ax.set_ylabel("mean reward per agent-step (rollout batch)")
-    ax.set_title("MettaGrid arena, 24 agents × 8 maps")
-    ax.legend(fontsize=7)
-    return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curve")
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), sharey=True, squeeze=False)
+    for ax, (_, label, data) in zip(axes[0], runs):
+        for r, colour in zip(data, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+            steps = np.array([p["step"] for p in r.get("curve", [])])
+            vals = np.array([p["charts/reward_per_agent_step"] for p in r.get("curve", [])])
+            ax.plot(steps, vals, lw=0.5, alpha=0.35, color=colour)
+            if len(vals) >= 4:  # 4 batches = one 1,000-step episode: the maps reset together, so batches cycle
+                ax.plot(
+                    steps[3:],
+                    np.convolve(vals, np.ones(4) / 4, "valid"),
+                    lw=1.2,
+                    color=colour,
+                    label=f"seed {r['seed']}",
+                )
+        ax.set_xlabel("agent-steps")
+        ax.set_title(label, fontsize=8)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("reward per agent-step (4-batch mean bold)")
+    return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curves, before and after")
 
 
 def settings_ablation_section(rows) -> list[str]:
