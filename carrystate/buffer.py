@@ -9,6 +9,10 @@ advantages are computed on that view, and a row's last step bootstraps from the 
 `starts[s, t]` marks a step that is the first of an episode (the state was zeroed before it);
 `start_state` is the state row s held at its first step, detached. Replaying row s from `start_state[:, s]`
 with `starts[s]` reproduces the rollout exactly.
+
+`position` counts the steps of the current rollout written so far (0 ≤ position ≤ steps): a rollout that a
+stop cut short continues from there, and `state_dict`/`load_state_dict` carry the written part through a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ def obs_dtype(space: gym.Space) -> torch.dtype:
 
 
 class SegmentBuffer:
+    # the [segments, horizon, ...] tensors a rollout writes step by step (advantages and returns are derived)
+    STEP_FIELDS = (
+        "obs",
+        "actions",
+        "logprobs",
+        "values",
+        "rewards",
+        "terminated",
+        "truncated",
+        "starts",
+        "valid",
+        "final_values",
+    )
+
     @classmethod
     def for_spaces(
         cls,
@@ -110,6 +128,7 @@ class SegmentBuffer:
         self.start_state: State = tuple(torch.zeros(s.shape[0], S, *s.shape[2:], device=device) for s in state_template)
         self.last_value = z(num_agents)  # [agents] value after the rollout's last step
         self._timelines: dict[str, Tensor] = {}  # write's views, of tensors allocated here once
+        self.position = 0  # steps of the current rollout written (every agent's first `position` steps)
         # Burn-in (R2D2): the state at column H - burn_in of every row, and the previous rollout's last
         # burn_in steps per agent, so that every segment can be warmed up from the steps that precede it.
         self.burn_in = burn_in
@@ -123,7 +142,6 @@ class SegmentBuffer:
                 torch.zeros(s.shape[0], num_agents, *s.shape[2:], device=device) for s in state_template
             )
             self.tail_ready = False  # true once a previous rollout left its tail
-            self.filled = False
 
     def timeline(self, t: Tensor) -> Tensor:
         """View a [segments, horizon, ...] tensor as [agents, steps, ...]: each agent's consecutive steps."""
@@ -156,18 +174,79 @@ class SegmentBuffer:
 
     def begin_rollout(self) -> None:
         """Before a rollout overwrites the buffer: zero `final_values` (the rollout writes only its truncated
-        steps), and keep the last burn_in steps of every agent."""
+        steps), and where the buffer holds a whole rollout, keep its last burn_in steps of every agent as the
+        new rollout's tail."""
         self.final_values.zero_()
-        if not self.burn_in:
-            return
-        if self.filled:
+        if self.burn_in and self.position == self.steps:
             last = torch.arange(self.num_agents, device=self.obs.device) * self.rows_per_agent + self.rows_per_agent - 1
             self.tail_obs[:] = self.obs[last, -self.burn_in :]
             self.tail_starts[:] = self.starts[last, -self.burn_in :]
             for dst, src in zip(self.tail_state, self.burn_in_state):
                 dst[:] = src[:, last]
             self.tail_ready = True
-        self.filled = True
+        self.position = 0
+
+    def state_dict(self, first: int = 0) -> dict[str, Tensor]:
+        """Steps [first, position) of every agent, what the rollout recorded at them, and the burn-in tail:
+        the part of the buffer a checkpoint must hold for the run to go on exactly. `first` = 0 while a rollout
+        is in progress or its update is still to come (a checkpoint then holds `position` × agents steps of
+        observations and the rest, up to the whole buffer: batch_size × (obs + 5 numbers) plus a start state
+        per segment); `first` = steps - burn_in once the rollout is trained, as the next rollout's burn-in reads
+        only those steps (nothing without burn-in). Views, not copies: `{name: tensor}` with the per-step
+        fields as [agents, steps, ...], the start and burn-in states as [layers, agents, rows, hidden]."""
+        if not 0 <= first <= self.position <= self.steps:
+            raise ValueError(f"steps [{first}, {self.position}) are not a part of this buffer's {self.steps}")
+        out = {f: self.timeline(getattr(self, f))[:, first : self.position] for f in self.STEP_FIELDS}
+        starts, burn_ins = self._rows(first)
+        for i, s in enumerate(self.start_state):
+            out[f"start_state.{i}"] = self._by_agent(s)[:, :, starts]
+        if self.position == self.steps and first == 0:
+            out["last_value"] = self.last_value
+        if self.burn_in:
+            for i, s in enumerate(self.burn_in_state):
+                out[f"burn_in_state.{i}"] = self._by_agent(s)[:, :, burn_ins]
+            out["tail.obs"], out["tail.starts"] = self.tail_obs, self.tail_starts
+            for i, s in enumerate(self.tail_state):
+                out[f"tail.state.{i}"] = s
+            out["tail.ready"] = torch.tensor(self.tail_ready)
+        return out
+
+    def load_state_dict(self, tensors: dict[str, Tensor], position: int, first: int = 0) -> None:
+        """Put back what `state_dict(first)` returned when the buffer's position was `position` (the caller has
+        checked names and shapes)."""
+        self.position = position
+        self.final_values.zero_()  # as begin_rollout left it: the steps still to come write only truncated ones
+        for f in self.STEP_FIELDS:
+            self.timeline(getattr(self, f))[:, first:position] = tensors[f]
+        starts, burn_ins = self._rows(first)
+        for i, s in enumerate(self.start_state):
+            self._by_agent(s)[:, :, starts] = tensors[f"start_state.{i}"]
+        if "last_value" in tensors:
+            self.last_value[:] = tensors["last_value"]
+        if self.burn_in:
+            for i, s in enumerate(self.burn_in_state):
+                self._by_agent(s)[:, :, burn_ins] = tensors[f"burn_in_state.{i}"]
+            self.tail_obs[:], self.tail_starts[:] = tensors["tail.obs"], tensors["tail.starts"]
+            for i, s in enumerate(self.tail_state):
+                s[:] = tensors[f"tail.state.{i}"]
+            self.tail_ready = bool(tensors["tail.ready"])
+
+    def _rows(self, first: int) -> tuple[slice, slice]:
+        """Of each agent's rows: those whose start state, and those whose burn-in state, the rollout recorded
+        at a step in [first, position)."""
+        H, N = self.horizon, self.burn_in
+
+        def written_before(step: int, offset: int) -> int:  # rows k with k * H + offset < step
+            return min(self.rows_per_agent, max(0, -(-(step - offset) // H)))
+
+        return (
+            slice(written_before(first, 0), written_before(self.position, 0)),
+            slice(written_before(first, H - N), written_before(self.position, H - N)),
+        )
+
+    def _by_agent(self, s: Tensor) -> Tensor:
+        """A [layers, segments, hidden] state tensor viewed as [layers, agents, rows, hidden]."""
+        return s.view(s.shape[0], self.num_agents, self.rows_per_agent, *s.shape[2:])
 
     def burn_in_inputs(self, idx: Tensor) -> tuple[Tensor, Tensor, State, Tensor]:
         """For segments `idx` [n]: the burn_in steps before each (obs [n, N, ...], starts [n, N]), the state at

@@ -3,7 +3,8 @@
 A checkpoint is a folder `<run>/checkpoints/iter_<NNNNNN>/` with
 - `model.safetensors`: the policy weights;
 - `tensors.safetensors`: the carried recurrent state (`store.*`), RNG states (`rng.*`), the rollout's
-  current observation (`rollout.*`) and the built-in env's arrays (`env.*`);
+  current observation (`rollout.*`), the built-in env's arrays (`env.*`) and the part of the segment buffer
+  the run still needs (`buffer.*`; what each entry must be is `run_state.check`'s);
 - `optimizer.pt`: the optimizer state, read back with `torch.load(weights_only=True)` (no arbitrary
   unpickling: a crafted file cannot run code);
 - `meta.json`: counters, the config, JSON-able extras, and the SHA-256 of every other file.

@@ -4,6 +4,8 @@ optimizer step. Numerical checks stop a run at the first non-finite loss or grad
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -68,10 +70,11 @@ class Learner:
         b.timeline(b.advantages)[:] = adv
         b.timeline(b.returns)[:] = ret
 
-    def learn(self, iteration: int, should_stop=lambda: False) -> dict[str, float]:
+    def learn(self, iteration: int, should_stop=lambda: False) -> dict[str, float] | None:
         """`update_epochs` passes; each shuffles all segments into minibatches, one optimizer step each.
-        If `should_stop()` turns true, return after the current optimizer step. `iteration` names the
-        place in error messages."""
+        `should_stop()` is asked before every optimizer step; once it turns true, the update is left unfinished
+        and None is returned (`snapshot`/`rollback` undo what it did). `iteration` names the place in error
+        messages."""
         t, policy, buffer = self.cfg, self.policy, self.buffer
         mb_segments = t.minibatch_size // t.bptt_horizon
         totals: dict[str, list[float]] = {}
@@ -84,7 +87,7 @@ class Learner:
             )
             for m, idx in enumerate(plan):
                 if should_stop():
-                    break
+                    return None
                 mb = buffer.minibatch(idx.flatten())
                 params, values = replay.replay(policy, buffer, idx, start_states, mb["obs"], mb["starts"])
                 logprobs, entropy = policy.actor.log_prob_entropy(params, mb["actions"])
@@ -110,8 +113,6 @@ class Learner:
             if t.target_kl is not None and totals:  # the epoch's mean KL, agreed by all ranks
                 if self.dist.mean(np.mean(totals["approx_kl"][-(m + 1) :])) > t.target_kl:
                     break
-            if should_stop():
-                break
         out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
         if t.clip_coef_final is not None:
             out["charts/clip_coef"] = self.clip_coef
@@ -119,6 +120,29 @@ class Learner:
             out["charts/ent_coef"] = self.ent_coef
         out["losses/explained_variance"] = ppo.explained_variance(buffer.values.flatten(), buffer.returns.flatten())
         return out
+
+    def snapshot(self) -> dict:
+        """Copies of everything an update changes: the weights, the optimizer state, the shuffling RNG, the
+        return scale and torch's global RNG (one copy of the weights and of the optimizer state per update)."""
+        return {
+            "model": {k: v.clone() for k, v in self.policy.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "shuffle": self.generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "return_scale": (
+                None if self.return_scale is None else {k: v.clone() for k, v in self.return_scale.state_dict().items()}
+            ),
+        }
+
+    def rollback(self, snapshot: dict) -> None:
+        """Back to the `snapshot` taken before an update that a stop cut short, bit for bit, so that the
+        update can be done again from its start."""
+        self.policy.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.generator.set_state(snapshot["shuffle"])
+        torch.set_rng_state(snapshot["torch"])
+        if self.return_scale is not None:
+            self.return_scale.load_state_dict(snapshot["return_scale"])
 
     def _step(self, parts: ppo.LossParts, where: str) -> None:
         """One optimizer step on `parts.loss`, gradients averaged over ranks and clipped; a non-finite loss

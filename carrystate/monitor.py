@@ -75,10 +75,8 @@ class Monitor:
         sps: float,
         learning_rate: float,
         buffer=None,
-        write: bool = True,
     ) -> None:
-        """One iteration: `stats` of its rollout, the learner's `losses`, and (when the rollout completed) the
-        `buffer` it filled. `write`: also to TensorBoard (not for an iteration a signal cut short)."""
+        """One completed iteration: `stats` of its rollout, the learner's `losses`, and the `buffer` it filled."""
         self.returns.extend(stats.episode_returns)
         self.success.extend(stats.success)
         scalars = dict(losses)
@@ -95,7 +93,7 @@ class Monitor:
         if stats.success:
             scalars["charts/success_rate"] = float(np.mean(stats.success))
         self.history.append({"step": step, **scalars})
-        if write and self.writer is not None:
+        if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
         self.progress(step, sps, scalars)

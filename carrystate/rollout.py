@@ -83,19 +83,11 @@ class Rollout:
         the env as one batch."""
         self.env, self.store, self.slice_start = env, store, slice_start
         self.device = torch.device(device)
-        batches = getattr(env, "batches", None)
-        self.double_buffer = bool(batches) if double_buffer is None else double_buffer
-        if self.double_buffer:
-            if not batches:
-                raise ValueError(
-                    f"a double-buffered rollout needs an env with batches (env.double_buffer=true "
-                    f"builds one); {type(env).__name__} has none"
-                )
-            self.lanes = [
-                _Lane(sub, slice(start, start + sub.num_agents), slice_start + start) for start, sub in batches
-            ]
-        else:
-            self.lanes = [_Lane(env, slice(0, env.num_agents), slice_start)]
+        self.double_buffer = bool(getattr(env, "batches", None)) if double_buffer is None else double_buffer
+        self.lanes = [
+            _Lane(sub, slice(start, start + sub.num_agents), slice_start + start)
+            for start, sub in lane_slices(env, self.double_buffer)
+        ]
         for lane in self.lanes:
             if lane.key not in store.sizes:
                 store.register(lane.key, lane.env.num_agents)
@@ -215,20 +207,31 @@ class Rollout:
 
     @torch.no_grad()
     def collect(
-        self, policy: Policy, buffer: SegmentBuffer, generator: torch.Generator, should_stop=lambda: False
+        self,
+        policy: Policy,
+        buffer: SegmentBuffer,
+        generator: torch.Generator,
+        should_stop=lambda: False,
+        stats: RolloutStats | None = None,
     ) -> RolloutStats:
-        """Fill `buffer`; if `should_stop()` turns true, return early with `interrupted` set (the buffer is
-        then incomplete and must not be trained on). Steps already sent to the env are always finished.
+        """Fill `buffer`: from its first step, or, where a stop cut its rollout short (0 < buffer.position <
+        steps), from `buffer.position` on, adding to `stats` (that rollout's statistics so far). `should_stop()`
+        is asked before every step; once it turns true, collection returns with `interrupted` set and
+        `buffer.position` at the first step not taken (steps already sent to the env are always finished, so
+        the buffer, the carried state and the env all stand at that step, and a later call continues exactly).
 
         Order per step t, lane by lane: finish the lane's step t-1 (wait for its env), then compute and send
         its actions for step t. With two lanes, lane 1's env steps while lane 0 is finished and acted on."""
-        stats = RolloutStats()
-        buffer.begin_rollout()
+        if stats is None or not 0 < buffer.position < buffer.steps:
+            stats = RolloutStats()
+        if not 0 < buffer.position < buffer.steps:
+            buffer.begin_rollout()
+        stats.interrupted = False
         self._env_seconds, started = 0.0, time.perf_counter()
+        t = buffer.position
         try:
-            for t in range(buffer.steps):
-                if should_stop():
-                    stats.interrupted = True
+            for t in range(buffer.position, buffer.steps + 1):
+                if t == buffer.steps or should_stop():
                     break
                 for lane in self.lanes:
                     if lane.pending is not None:
@@ -245,8 +248,10 @@ class Rollout:
         finally:
             for lane in self.lanes:  # after an error the pending step is lost; never finish it twice
                 lane.pending = None
-        stats.steps = t if stats.interrupted else buffer.steps
-        stats.env_seconds, stats.seconds = self._env_seconds, time.perf_counter() - started
+        buffer.position = stats.steps = t
+        stats.interrupted = t < buffer.steps
+        stats.env_seconds += self._env_seconds
+        stats.seconds += time.perf_counter() - started
         if stats.interrupted:
             return stats
         for lane in self.lanes:
@@ -279,6 +284,20 @@ class Rollout:
         for name in ("episode_returns", "episode_lengths", "success"):
             setattr(stats, name, getattr(stats, name)[:episodes])
         return stats
+
+
+def lane_slices(env: VecEnv, double_buffer: bool | None = None) -> list[tuple[int, VecEnv]]:
+    """The env batches a rollout steps in turn, each with the first row it owns: the env's `batches` when
+    double buffered (by default whenever it has them), else the env as one batch at row 0."""
+    batches = getattr(env, "batches", None)
+    if double_buffer is None:
+        double_buffer = bool(batches)
+    if double_buffer and not batches:
+        raise ValueError(
+            f"a double-buffered rollout needs an env with batches (env.double_buffer=true "
+            f"builds one); {type(env).__name__} has none"
+        )
+    return list(batches) if double_buffer else [(0, env)]
 
 
 def episode_starts(res: StepResult, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
-"""Graceful stops: the first SIGINT/SIGTERM asks the run to stop at the next safe point (after the current env
-or optimizer step) and checkpoint; a second stops at once (checkpoints are written atomically, so the last
-good one stays intact). Under torchrun every rank agrees to stop at the same step."""
+"""Graceful stops: the first SIGINT/SIGTERM asks the run to stop at the next safe point (before the next env
+step or optimizer step) and checkpoint where it stands, so that the resumed run goes on exactly (`run_state`);
+a second stops at once (checkpoints are written atomically, so the last good one stays intact). Under torchrun
+every rank agrees to stop at the same step."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class GracefulStop:
             self.signal = "a signal to another rank"
         return self.signal is not None
 
+    def request(self, name: str) -> None:
+        """Ask the run to stop at the next safe point, as the signal `name` does (the handler calls this)."""
+        self.signal = name
+        if not self.quiet:
+            print(
+                f"\n{name}: finishing the current step and writing a checkpoint (signal again to stop at once)",
+                flush=True,
+            )
+
     @contextmanager
     def installed(self):
         """SIGINT and SIGTERM handled as above while the block runs (the previous handlers come back after)."""
@@ -30,13 +40,7 @@ class GracefulStop:
         def handler(signum, frame):
             if self.signal is not None:
                 raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
-            self.signal = signal.Signals(signum).name
-            if not self.quiet:
-                print(
-                    f"\n{self.signal}: finishing the current step and writing a checkpoint "
-                    "(signal again to stop at once)",
-                    flush=True,
-                )
+            self.request(signal.Signals(signum).name)
 
         try:
             previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

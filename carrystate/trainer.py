@@ -61,7 +61,9 @@ class Trainer:
         self.learner = Learner(self.policy, self.buffer, t, self.dist, seed)
         self.diag_gen = torch.Generator().manual_seed(seed + 2)  # staleness samples
         self.sample_gen = torch.Generator(self.device).manual_seed(seed)  # action sampling
-        self.iteration, self.global_step = 0, 0
+        self.iteration, self.global_step = 0, 0  # completed iterations and their agent-steps
+        self.rollout_stats = None  # the statistics of the rollout in the buffer, until its update is done
+        self.update_pending = False  # the buffer holds a whole rollout whose update a stop cut short
         self.num_iterations = -(-t.total_timesteps // (t.batch_size * self.dist.world_size))
         self.run_dir = self.dist.broadcast_object(Path(run_dir) if run_dir is not None else None)  # rank 0's
         self.quiet = quiet or not self.dist.is_main
@@ -83,23 +85,23 @@ class Trainer:
         with stop.installed():
             while self.iteration < self.num_iterations and not stop() and not batch_done():
                 self.learner.anneal(self.iteration / self.num_iterations)
-                stats = self.rollout.collect(
-                    self.policy, self.buffer, self.sample_gen, self.dist.every(32, stop)
-                )  # ranks agree every 32 steps
+                if not self.update_pending:  # else a stop cut the update short: its rollout is in the buffer
+                    self.rollout_stats = self.rollout.collect(
+                        self.policy, self.buffer, self.sample_gen, self.dist.every(32, stop), self.rollout_stats
+                    )  # ranks agree every 32 steps
+                    if self.rollout_stats.interrupted:  # the checkpoint keeps the steps taken; resume goes on
+                        break
+                    self.update_pending = True
+                losses = self.update()
+                if losses is None:  # a stop cut the update short: undone, the checkpoint redoes it on resume
+                    break
+                stats, self.rollout_stats, self.update_pending = self.rollout_stats, None, False
                 self.dist.share_episodes(stats)
-                losses = {} if stats.interrupted else self.update()  # an interrupted rollout is not trained on
-                self.iteration += 1
-                self.global_step += stats.steps * self.env.num_agents * self.dist.world_size
+                self.iteration += 1  # the counters count completed iterations only
+                self.global_step += self.buffer.steps * self.env.num_agents * self.dist.world_size
                 sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
-                self.monitor.record(
-                    self.global_step,
-                    stats,
-                    losses,
-                    sps,
-                    self.learner.optimizer.param_groups[0]["lr"],
-                    None if stats.interrupted else self.buffer,
-                    write=stop.signal is None,
-                )
+                lr = self.learner.optimizer.param_groups[0]["lr"]
+                self.monitor.record(self.global_step, stats, losses, sps, lr, self.buffer)
                 if self.run_dir and (
                     self.iteration % self.cfg.trainer.checkpoint_interval == 0
                     or self.iteration == self.num_iterations
@@ -107,8 +109,8 @@ class Trainer:
                     or batch_done()
                 ):
                     self.save()
-            # A signal that arrived while the last checkpoint was being written (after its meta was taken)
-            # stopped the loop without a checkpoint that says so: write that iteration's again, marked.
+            # A stop in the middle of a rollout or an update, or one that arrived while the last checkpoint was
+            # being written (after its meta was taken): write a checkpoint of where the run stands, marked.
             if self.run_dir and self.dist.any_rank(stop.signal is not None and stop.saved != stop.signal):
                 self.save()
         self.monitor.close()
@@ -127,13 +129,20 @@ class Trainer:
             )
         return summary
 
-    def update(self) -> dict[str, float]:
-        """Advantages, the learner's epochs, and the staleness of carried state that the update caused."""
+    def update(self) -> dict[str, float] | None:
+        """Advantages, the learner's epochs, and the staleness of carried state that the update caused. If a
+        stop comes before the last optimizer step, everything the update changed (weights, optimizer, shuffling
+        RNG, return scale) goes back to what it was before it and None is returned: the buffer still holds the
+        whole rollout, so a checkpoint taken then lets the resumed run do this update from its start."""
         started = time.perf_counter()
+        before = self.learner.snapshot()
         self.learner.compute_advantages()
         d = self.cfg.diagnostics
         rollout_policy = copy.deepcopy(self.policy) if d.staleness_segments else None
         losses = self.learner.learn(self.iteration + 1, self.stop)
+        if losses is None:
+            self.learner.rollback(before)
+            return None
         self.policy.update_obs_norm(self.buffer.obs, self.buffer.valid, self.dist)  # for the next rollout
         losses["perf/learn_seconds"] = time.perf_counter() - started
         if rollout_policy is not None:

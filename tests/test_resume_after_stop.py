@@ -1,0 +1,247 @@
+"""A run stopped at any moment, in the middle of a rollout or of an update, and resumed is the run that was never
+stopped, bit for bit; the checkpoint written at the stop counts completed iterations only (issue 17)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from carrystate.checkpoint import _sha256, checkpoints, load_checkpoint
+from carrystate.config import load_config
+from carrystate.trainer import Trainer
+from tests.helpers import SMALL_TMAZE as SMALL
+
+ITERATIONS = 5  # of SMALL's 512 agent-steps: 8 agents × 64 rollout steps, 2 epochs × 4 minibatches
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(extra) -> list[str]:
+    return SMALL + list(extra) + [f"trainer.total_timesteps={512 * ITERATIONS}", "trainer.anneal_lr=true"]
+
+
+def _stop_at(tr: Trainer, phase: str, iteration: int, index: int) -> None:
+    """Ask `tr` to stop, as a SIGINT does, just before rollout step `index` (phase collect) or optimizer step
+    `index` (phase update) of the iteration that follows `iteration` completed ones: the seam is the
+    `should_stop` that each phase asks before every step."""
+
+    def stopping(should_stop):
+        calls = itertools.count()
+
+        def ask() -> bool:
+            if tr.iteration == iteration and next(calls) == index:
+                tr.stop.request("SIGINT")
+            return should_stop()
+
+        return ask
+
+    if phase == "collect":
+        collect = tr.rollout.collect
+        tr.rollout.collect = lambda policy, buffer, gen, should_stop, stats=None: collect(
+            policy, buffer, gen, stopping(should_stop), stats
+        )
+    else:
+        learn = tr.learner.learn
+        tr.learner.learn = lambda number, should_stop: learn(number, stopping(should_stop))
+
+
+def _flat(obj, prefix: str = "") -> dict[str, object]:
+    """Every tensor and number in a nest of dicts and lists, by path (optimizer states)."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in _flat(value, f"{prefix}{i}.").items()}
+    return {prefix: obj}
+
+
+def _run_state(tr: Trainer) -> dict[str, object]:
+    """What the next iteration of `tr` depends on: weights, carried state, optimizer, RNGs, the env, the
+    rollout's observation, counters and recent episodes."""
+    out: dict[str, object] = {f"weight.{k}": v for k, v in tr.policy.state_dict().items()}
+    out.update({f"carried.{k}": v for k, v in tr.store.state_dict().items()})
+    out.update({f"optimizer.{k}": v for k, v in _flat(tr.learner.optimizer.state_dict()).items()})
+    out["rng.sample"], out["rng.shuffle"] = tr.sample_gen.get_state(), tr.learner.generator.get_state()
+    out.update({f"env.{k}": v for k, v in _flat(tr.env.state_dict()).items()})
+    out["rollout.obs"] = torch.from_numpy(tr.rollout.obs)
+    out["counters"] = (tr.iteration, tr.global_step)
+    out["recent_returns"] = list(tr.monitor.returns)
+    return out
+
+
+def _assert_same(a: dict[str, object], b: dict[str, object]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], np.ndarray):
+            assert np.array_equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize(
+    "extra, phase, iteration, index",
+    [
+        pytest.param([], "collect", 2, 37, id="rollout-step-37"),
+        pytest.param(
+            ["policy.core=gru", "trainer.optimizer=muon", "trainer.learning_rate=0.02"],
+            "update",
+            2,
+            5,
+            id="update-step-6-of-8-gru-muon",
+        ),
+        pytest.param(
+            ["trainer.burn_in=4", "policy.critic=separate", "trainer.clip_coef_final=0.1"],
+            "collect",
+            1,
+            32,
+            id="rollout-segment-start-burn-in-separate-critic",
+        ),
+        pytest.param(["trainer.burn_in=4"], "update", 3, 0, id="update-step-1-burn-in"),
+    ],
+)
+def test_stop_mid_rollout_or_mid_update_then_resume_equals_straight_run(tmp_path, extra, phase, iteration, index):
+    straight = Trainer(load_config(None, _settings(extra)), quiet=True)
+    straight.train()
+
+    stopped = Trainer(load_config(None, _settings(extra)), run_dir=tmp_path / "run", quiet=True)
+    _stop_at(stopped, phase, iteration, index)
+    summary = stopped.train()
+    assert summary.interrupted == "SIGINT" and summary.iterations == iteration
+    ckpt = load_checkpoint(tmp_path / "run")
+    meta = ckpt["meta"]
+    assert (meta["iteration"], meta["global_step"], meta["phase"]) == (iteration, 512 * iteration, phase)
+    steps_kept = index if phase == "collect" else 64  # the filled part of the rollout, or all of it
+    assert meta["buffer"] == {"position": steps_kept, "first": 0}
+    assert ckpt["tensors"]["buffer.obs"].shape == (8, steps_kept, 4)
+    del stopped
+
+    resumed = Trainer.resume(tmp_path / "run", quiet=True)
+    assert (resumed.iteration, resumed.global_step) == (iteration, 512 * iteration)
+    resumed.train()
+    _assert_same(_run_state(straight), _run_state(resumed))
+
+
+def test_stop_mid_update_checkpoints_the_weights_from_before_it(tmp_path):
+    before = Trainer(load_config(None, _settings([])), quiet=True)
+    before.train(stop_after=2)
+    stopped = Trainer(load_config(None, _settings([])), run_dir=tmp_path / "run", quiet=True)
+    _stop_at(stopped, "update", 2, 7)  # before the last optimizer step of iteration 3
+    stopped.train()
+    model = load_checkpoint(tmp_path / "run")["model"]
+    for k, v in before.policy.state_dict().items():
+        assert torch.equal(model[k], v), k
+
+
+def test_checkpoint_between_iterations_with_burn_in_keeps_the_tail_and_resumes_exactly(tmp_path):
+    over = _settings(["trainer.burn_in=4"])
+    straight = Trainer(load_config(None, over), quiet=True)
+    straight.train()
+    first = Trainer(load_config(None, over), run_dir=tmp_path / "run", quiet=True)
+    first.train(stop_after=2)
+    tensors = load_checkpoint(tmp_path / "run")["tensors"]
+    assert tensors["buffer.obs"].shape == (8, 4, 4), "only the last burn_in steps of each agent"
+    resumed = Trainer.resume(tmp_path / "run", quiet=True)
+    resumed.train()
+    _assert_same(_run_state(straight), _run_state(resumed))
+
+
+def test_checkpoint_of_format_1_resumes_exactly(tmp_path):
+    """A checkpoint written before stops were resumable (no phase, no buffer, no rollout.valid) still loads."""
+    straight = Trainer(load_config(None, _settings([])), quiet=True)
+    straight.train()
+    Trainer(load_config(None, _settings([])), run_dir=tmp_path / "run", quiet=True).train(stop_after=2)
+    folder = checkpoints(tmp_path / "run")[-1]
+    format_1 = ("store.", "rng.", "env.", "rollout.obs", "rollout.starts", "return_scale.")
+    tensors = {k: v for k, v in load_file(folder / "tensors.safetensors").items() if k.startswith(format_1)}
+    save_file(tensors, folder / "tensors.safetensors")
+    meta = json.loads((folder / "meta.json").read_text())
+    for key in ("format", "phase", "buffer", "rollout_episodes", "world_size"):
+        del meta[key]
+    meta["sha256"]["tensors.safetensors"] = _sha256(folder / "tensors.safetensors")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    resumed = Trainer.resume(tmp_path / "run", quiet=True)
+    resumed.train()
+    _assert_same(_run_state(straight), _run_state(resumed))
+
+
+# ---- real signals ------------------------------------------------------------------------------------
+
+SIGNAL_RUN = [*SMALL, "trainer.total_timesteps=2048", "trainer.checkpoint_interval=1", "trainer.run_name=sig"]
+
+
+def _env() -> dict[str, str]:
+    """The subprocesses import this checkout's carrystate."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+
+
+@pytest.fixture(scope="module")
+def straight_final(tmp_path_factory):
+    """The final checkpoint of the signal runs' config, never stopped (in this process)."""
+    run = tmp_path_factory.mktemp("straight") / "runs" / "sig"
+    Trainer(load_config(None, SIGNAL_RUN), run_dir=run, quiet=True).train()
+    return load_checkpoint(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(24))
+def test_real_sigint_at_a_random_moment_then_resume_equals_straight_run(tmp_path, straight_final, trial):
+    rng = random.Random(trial)
+    phase = rng.choice(["collect", "update"])
+    iteration = rng.randrange(3)  # of 4: the signal always finds work left
+    index = rng.randrange(64 if phase == "collect" else 8)
+    marked = [sys.executable, str(REPO / "tests" / "stop_point.py"), phase, str(iteration), str(index)]
+    proc = subprocess.Popen(
+        [*marked, "train", *SIGNAL_RUN, "--quiet"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        seen = []
+        for line in proc.stdout:  # the event: the run has reached the chosen point
+            seen.append(line)
+            if line.startswith("@stop-point"):
+                break
+        assert seen and seen[-1].startswith("@stop-point"), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 130, "".join(seen) + out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    run = tmp_path / "runs" / "sig"
+    stopped = load_checkpoint(run)["meta"]
+    print(f"trial {trial}: marked {phase} {iteration}/{index}, stopped in {stopped['phase']} at {stopped['buffer']}")
+    resume = subprocess.run(
+        [sys.executable, "-m", "carrystate.cli", "train", "--resume", "runs/sig", "--quiet"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
+    assert resume.returncode == 0, resume.stderr
+    final = load_checkpoint(run)
+    assert final["path"].name == straight_final["path"].name
+    for part in ("model", "tensors"):
+        _assert_same(straight_final[part], final[part])
+    _assert_same(_flat(straight_final["optimizer"]), _flat(final["optimizer"]))
+    for key in ("iteration", "global_step", "recent_returns", "recent_success", "env_state"):
+        assert final["meta"][key] == straight_final["meta"][key], key
