@@ -48,9 +48,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(config_path, overrides)
         run_dir = default_run_dir(cfg)  # under torchrun, rank 0's is used by all
-        if env_rank() == 0:
-            print(f"run folder: {run_dir}", flush=True)
-        trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)
+        trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)  # checks the settings against this machine
+        if trainer.dist.is_main:
+            print(f"run folder: {trainer.run_dir}", flush=True)
     summary = trainer.train()
     if trainer.dist.is_main:
         print(summary.text())

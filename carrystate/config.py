@@ -11,10 +11,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from carrystate.policy import unroll
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 class ConfigError(ValueError):
@@ -183,6 +186,11 @@ class PolicyConfig(_Section):
         return self.obs_norm if self.obs_norm is not None else self.encoder != "token"
 
     @model_validator(mode="after")
+    def _check_sequence_impl(self) -> PolicyConfig:
+        unroll.check(self.sequence_impl, self.core)  # a ValueError naming the setting and the choices
+        return self
+
+    @model_validator(mode="after")
     def _check_obs_norm(self) -> PolicyConfig:
         if self.obs_norm and self.encoder == "token":
             raise ValueError(
@@ -261,10 +269,10 @@ class TrainerConfig(_Section):
     """Normalise advantages per minibatch."""
     target_kl: float | None = None
     """Stop the update phase early once the approximate KL passes this (None: never)."""
-    seed: int = 1
-    """Seed for environments, sampling, shuffling and initial weights."""
+    seed: int = Field(1, ge=0, lt=2**32)
+    """Seed for environments, sampling, shuffling and initial weights (0 .. 2**32 - 1)."""
     device: str = "cpu"
-    """Torch device for the policy (`cpu`, `cuda`, `cuda:1`, ...)."""
+    """Torch device for the policy (`cpu`, `cuda`, `cuda:1`, `mps`); the run checks that it is present."""
     torch_threads: int = Field(1, ge=0)
     """torch.set_num_threads for the run. Small recurrent nets run fastest on one thread (several threads
     spin against each other and against the env); 0 leaves torch's default."""
@@ -284,6 +292,19 @@ class TrainerConfig(_Section):
     dist_timeout_s: float = Field(300.0, gt=0)
     """Under torchrun: seconds a rank waits for the others in any collective (joining, averaging gradients,
     checkpointing) before stopping with an error, so a dead or hung rank never hangs the rest."""
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"trainer.device={name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        if device.type not in DEVICE_TYPES:
+            raise ValueError(
+                f"trainer.device={name!r}: a {device.type} device cannot train here; use cpu, cuda or cuda:N"
+            )
+        return name
 
     def chain_length(self, rows_per_agent: int) -> int:
         """Segments per gradient chain, given the segments each agent fills per rollout: all of them for
@@ -382,7 +403,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if len(path) < 2 or not all(path):
         raise ConfigError(f"override {text!r}: the key must name a section and a setting, e.g. trainer.seed=3")
-    return path, yaml.safe_load(raw) if raw.strip() else raw
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what: 'line 4, column 8: expected ',' or ']', but got ':'' (one line)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def _apply(data: dict, path: list[str], value: Any) -> None:
@@ -402,7 +433,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (env, policy, trainer)")
         data = loaded or {}
@@ -433,7 +467,7 @@ def config_from_dict(data: dict) -> Config:
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 lines.append(f"{where}: {msg}" if where else msg)
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid config: " + (lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))) from None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

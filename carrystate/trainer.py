@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ class Trainer:
         t = cfg.trainer
         seed = t.seed + self.dist.rank  # each rank its own episodes, action samples and minibatch plans
         self.cfg, self.device = cfg, self.dist.device(t.device)
+        check_machine(cfg, self.device, run_dir if self.dist.is_main else None)  # before anything is built
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
         kernels.build(self.device, cfg.policy.core)  # compiled now (once per machine), not inside a timed phase
@@ -77,7 +79,10 @@ class Trainer:
         """Run iterations until the budget is spent (or `stop_after` iterations of this call, or a signal)."""
         writes = self.run_dir is not None and self.dist.is_main  # rank 0 alone logs and writes the run folder
         if writes:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(_run_dir_problem(self.run_dir, self.cfg, f"{type(err).__name__}: {err}")) from None
             (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
         self.monitor.open(self.run_dir / "tb" if writes else None)
         start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration
@@ -180,6 +185,37 @@ class Trainer:
         trainer = cls(cfg, run_dir=run_dir, quiet=quiet)
         trainer.resume_note = run_state.restore(trainer, ckpt)
         return trainer
+
+
+def check_machine(cfg: Config, device: torch.device, run_dir: Path | str | None = None) -> None:
+    """The settings that are valid in themselves but may not work on this machine: the device is present, the
+    configured unroll runs on it, the run folder can be created. Raises ConfigError naming the setting."""
+    t = cfg.trainer
+    if device.type == "cuda" and not (
+        torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
+    ):
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise ConfigError(f"trainer.device={t.device!r}: this machine has {found}; use trainer.device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={t.device!r}: MPS is not available here; use trainer.device=cpu")
+    if cfg.policy.sequence_impl == "triton":
+        from carrystate.policy.kernels import triton_scan
+
+        why = triton_scan.why_unavailable(device, cfg.policy.hidden_size)
+        if why:
+            raise ConfigError(f"policy.sequence_impl=triton cannot run here: {why}")
+    if run_dir is not None:
+        existing = Path(run_dir).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(_run_dir_problem(run_dir, cfg, f"{existing} is a file, not a folder"))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(_run_dir_problem(run_dir, cfg, f"{existing} is not writable"))
+
+
+def _run_dir_problem(run_dir: Path | str, cfg: Config, why: str) -> str:
+    return f"cannot create the run folder {run_dir} (trainer.runs_dir={cfg.trainer.runs_dir!r}): {why}"
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -129,3 +131,28 @@ def outputs_and_gradients(core, x, state, resets, unroll=None) -> list[torch.Ten
     weight = torch.linspace(-1, 1, y.shape[-1], device=y.device)
     loss = (y * weight).square().sum() + (end[0] ** 3).sum() - (2 * end[1]).sum()
     return [y, *end, *torch.autograd.grad(loss, [x, *state, *core.parameters()])]
+
+
+def stop_at(tr, phase: str, iteration: int, index: int) -> None:
+    """Ask `tr` to stop, as a SIGINT does, just before rollout step `index` (phase collect) or optimizer step
+    `index` (phase update) of the iteration that follows `iteration` completed ones: the seam is the
+    `should_stop` that each phase asks before every step."""
+
+    def stopping(should_stop):
+        calls = itertools.count()
+
+        def ask() -> bool:
+            if tr.iteration == iteration and next(calls) == index:
+                tr.stop.request("SIGINT")
+            return should_stop()
+
+        return ask
+
+    if phase == "collect":
+        collect = tr.rollout.collect
+        tr.rollout.collect = lambda policy, buffer, gen, should_stop, stats=None: collect(
+            policy, buffer, gen, stopping(should_stop), stats
+        )
+    else:
+        learn = tr.learner.learn
+        tr.learner.learn = lambda number, should_stop: learn(number, stopping(should_stop))

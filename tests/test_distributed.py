@@ -296,6 +296,6 @@ def test_scaled_batch_is_divided_among_ranks_and_must_divide():
     with pytest.raises(
         ConfigError,
         match=r"each of the 2 ranks runs 32 env copies, batch_size 4096 and "
-        r"minibatch_size 32; invalid config:\n  trainer.minibatch_size=32 must",
+        r"minibatch_size 32; invalid config: trainer.minibatch_size=32 must",
     ):
         rank_config(load_config(None, ["trainer.scale_batch_with_world_size=true", "trainer.minibatch_size=64"]), 2)

@@ -3,7 +3,6 @@ stopped, bit for bit; the checkpoint written at the stop counts completed iterat
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -21,6 +20,7 @@ from carrystate.checkpoint import _sha256, checkpoints, load_checkpoint
 from carrystate.config import load_config
 from carrystate.trainer import Trainer
 from tests.helpers import SMALL_TMAZE as SMALL
+from tests.helpers import stop_at
 
 ITERATIONS = 5  # of SMALL's 512 agent-steps: 8 agents × 64 rollout steps, 2 epochs × 4 minibatches
 REPO = Path(__file__).resolve().parents[1]
@@ -28,31 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _settings(extra) -> list[str]:
     return SMALL + list(extra) + [f"trainer.total_timesteps={512 * ITERATIONS}", "trainer.anneal_lr=true"]
-
-
-def _stop_at(tr: Trainer, phase: str, iteration: int, index: int) -> None:
-    """Ask `tr` to stop, as a SIGINT does, just before rollout step `index` (phase collect) or optimizer step
-    `index` (phase update) of the iteration that follows `iteration` completed ones: the seam is the
-    `should_stop` that each phase asks before every step."""
-
-    def stopping(should_stop):
-        calls = itertools.count()
-
-        def ask() -> bool:
-            if tr.iteration == iteration and next(calls) == index:
-                tr.stop.request("SIGINT")
-            return should_stop()
-
-        return ask
-
-    if phase == "collect":
-        collect = tr.rollout.collect
-        tr.rollout.collect = lambda policy, buffer, gen, should_stop, stats=None: collect(
-            policy, buffer, gen, stopping(should_stop), stats
-        )
-    else:
-        learn = tr.learner.learn
-        tr.learner.learn = lambda number, should_stop: learn(number, stopping(should_stop))
 
 
 def _flat(obj, prefix: str = "") -> dict[str, object]:
@@ -115,7 +90,7 @@ def test_stop_mid_rollout_or_mid_update_then_resume_equals_straight_run(tmp_path
     straight.train()
 
     stopped = Trainer(load_config(None, _settings(extra)), run_dir=tmp_path / "run", quiet=True)
-    _stop_at(stopped, phase, iteration, index)
+    stop_at(stopped, phase, iteration, index)
     summary = stopped.train()
     assert summary.interrupted == "SIGINT" and summary.iterations == iteration
     ckpt = load_checkpoint(tmp_path / "run")
@@ -136,7 +111,7 @@ def test_stop_mid_update_checkpoints_the_weights_from_before_it(tmp_path):
     before = Trainer(load_config(None, _settings([])), quiet=True)
     before.train(stop_after=2)
     stopped = Trainer(load_config(None, _settings([])), run_dir=tmp_path / "run", quiet=True)
-    _stop_at(stopped, "update", 2, 7)  # before the last optimizer step of iteration 3
+    stop_at(stopped, "update", 2, 7)  # before the last optimizer step of iteration 3
     stopped.train()
     model = load_checkpoint(tmp_path / "run")["model"]
     for k, v in before.policy.state_dict().items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from carrystate.config import ConfigError
 from carrystate.envs.base import EpisodeTracker, StepResult, check_actions
 
 # Observation entries that are positions (not velocities) in well-known environments.
@@ -31,7 +32,7 @@ class HideVelocity(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, env_id: str):
         super().__init__(env)
         if env_id not in VELOCITY_FREE_INDICES:
-            raise ValueError(
+            raise ConfigError(
                 f"env.gymnasium.hide_velocity is not defined for {env_id!r}; "
                 f"known ids: {', '.join(sorted(VELOCITY_FREE_INDICES))}"
             )
@@ -51,7 +52,7 @@ class GymVecEnv:
     ):
         if env_id not in gym.registry:
             close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
-            raise ValueError(
+            raise ConfigError(
                 f"env.gymnasium.id={env_id!r} is not a registered gymnasium id"
                 + (f"; did you mean one of {close}?" if close else "")
             )

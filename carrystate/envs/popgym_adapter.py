@@ -15,6 +15,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from carrystate.config import ConfigError
 from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
 
 
@@ -23,7 +24,7 @@ def popgym_registry() -> dict[str, type]:
     try:
         import popgym.envs
     except ImportError as err:
-        raise ValueError(f"env.name=popgym needs the popgym package (pip install popgym): {err}") from err
+        raise ConfigError(f"env.name=popgym needs the popgym package (pip install popgym): {err}") from err
     names: dict[str, type] = {}
     for cls, info in popgym.envs.ALL.items():
         names[cls.__name__] = cls
@@ -64,7 +65,7 @@ class PopGymVecEnv:
         registry = popgym_registry()
         if env_id not in registry:
             close = sorted({c.__name__ for k, c in registry.items() if env_id.lower()[:6] in k.lower()})[:6]
-            raise ValueError(
+            raise ConfigError(
                 f"env.popgym.id={env_id!r} is not a registered POPGym env"
                 + (
                     f"; did you mean one of {close}?"
