@@ -202,6 +202,9 @@ def config_differences(saved: Config, current: Config) -> list[str]:
         a, b = getattr(saved.env, key), getattr(current.env, key)
         if a != b:
             diffs.append(f"env.{key}: checkpoint {a!r}, this run {b!r}")
+    a, b = torch.device(saved.trainer.device).type, torch.device(current.trainer.device).type
+    if a != b:  # the action-sampling RNG state is the device's generator's
+        diffs.append(f"trainer.device: checkpoint {saved.trainer.device!r}, this run {current.trainer.device!r}")
     return diffs + _trainer_differences(saved, current, ("optimizer", "norm_reward"))
 
 
@@ -286,6 +289,8 @@ def check(ckpt: dict, policy: Policy, env: VecEnv, obs: np.ndarray) -> None:
     meta = _with_defaults(ckpt["meta"])
     fail = lambda where, what: _fail(path, where, what)  # noqa: E731
     world_size = _check_meta(meta, cfg, env, fail)
+    if legacy and (meta["phase"], meta["buffer"]) != ("collect", {"position": 0, "first": 0}):
+        fail("meta.json", "has no format (format 1, written between iterations) but a phase or buffer position")
     stand_in = _stand_in(rank_config(cfg, world_size), policy, env, obs, meta)
     tensors, rank_meta = _rank_state(stand_in, meta["buffer"]["first"])
     if legacy:  # format 1: no rollout.valid, nothing of the buffer
