@@ -1,8 +1,16 @@
-"""Test doubles: a scripted env batch whose observations and episode ends are fixed in advance."""
+"""Test doubles: a scripted env batch whose observations and episode ends are fixed in advance; child
+processes that never outlive their test."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +22,8 @@ from carrystate.envs.base import EpisodeTracker, StepResult
 from carrystate.policy import Policy
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # a small T-maze run: 8 agents, 512-step rollouts of 16-step segments, 2 epochs of 128-step minibatches
 SMALL_TMAZE = [
@@ -156,3 +166,32 @@ def stop_at(tr, phase: str, iteration: int, index: int) -> None:
     else:
         learn = tr.learner.learn
         tr.learner.learn = lambda number, should_stop: learn(number, stopping(should_stop))
+
+
+@contextlib.contextmanager
+def child(args: list[str], env: dict[str, str] | None = None, **popen) -> Iterator[subprocess.Popen]:
+    """`python *args` in a session of its own (default env: this one with the checkout first on PYTHONPATH),
+    stdout and stderr piped as text. On the way out, pass or fail, its whole process group (the child and what
+    it started: env workers, torchrun's ranks, a compiler) is killed and reaped, so no test leaves one behind."""
+    if env is None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
+    )
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group that `proc` leads (started with start_new_session) and reap `proc`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()

@@ -1,17 +1,24 @@
 """The C++ kernels (kernels/scan_cpu.cpp) against the scan's torch-op loop and the step-by-step reference:
-outputs, end state and every gradient, on random reset patterns; and their explicit build."""
+outputs, end state and every gradient, on random reset patterns; and their explicit build: its folder, its lock."""
 
+import hashlib
 import os
+import re
+import subprocess
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.cpp_extension import get_default_build_root
+from torch.utils.file_baton import FileBaton
 
 from carrystate.policy import kernels
 from carrystate.policy.core import RecurrentCore
 from carrystate.policy.kernels import cpu
 from carrystate.policy.unroll import scan
-from tests.helpers import outputs_and_gradients
+from tests.helpers import child, kill_group, outputs_and_gradients
 
 needs_kernels = pytest.mark.skipif(cpu.build() is None, reason="the C++ scan kernel did not build here")
 
@@ -147,6 +154,9 @@ def test_explicit_build_leaves_nothing_to_compile_for_the_rollout_or_the_learner
     kernels without calling the compiler."""
     path = kernels.build("cpu", "lstm")
     assert path is not None and path.exists()
+    # in a folder of its own under torch's extension root, named for this torch
+    assert path.parent.parent == Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    assert f"-torch{torch.__version__.replace('+', '_')}-" in path.parent.name
     monkeypatch.setattr("torch.utils.cpp_extension.load", _failing_load)
     core = RecurrentCore("lstm", 3, 5, 1, "scan")
     x, resets = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
@@ -191,3 +201,70 @@ def test_kernel_build_is_skipped_where_no_kernel_is_used(monkeypatch):
     assert kernels.build("cpu", "gru") is None
     assert kernels.build("cpu", "none") is None
     assert kernels.build("cuda", "lstm") is None
+
+
+def test_kernel_folder_differs_with_source_flags_level_torch_and_python():
+    made = dict(level="AVX2", source=b"kernel source", flags=["-O3", "-lmvec"], torch_version="2.13.0+cpu")
+    folder = cpu.kernel_folder(Path("/cache"), python_tag="py311", **made)
+    digest = hashlib.sha256(b"kernel source\x00-O3\x00-lmvec").hexdigest()[:12]
+    assert folder == Path(f"/cache/carrystate_scan_cpu-avx2-torch2.13.0_cpu-py311-{digest}")
+    for change in [
+        {"source": b"kernel source 2"},
+        {"flags": ["-O3"]},
+        {"level": "AVX512"},
+        {"torch_version": "2.12.0+cpu"},
+        {"python_tag": "py312"},
+    ]:
+        assert cpu.kernel_folder(Path("/cache"), **{"python_tag": "py311", **made, **change}) != folder, change
+
+
+# holds a kernel folder's build lock until its stdin closes or it is killed; "mid-build" also leaves torch's
+# own lock file, as a build inside torch's load does
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from carrystate.policy.kernels import cpu
+folder = Path(sys.argv[1])
+with cpu.build_lock(folder, wait_s=0):
+    if sys.argv[2] == "mid-build":
+        (folder / "lock").touch()
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_build_waits_for_a_live_lock_holder_then_gives_up_naming_the_lock_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CARRYSTATE_KERNEL_LOCK_WAIT_S", "0.5")
+    monkeypatch.setattr(cpu, "_module", None)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", _failing_load)  # it never gets as far as compiling
+    folder = cpu.build_spec().folder
+    folder.mkdir()
+    with child(["-c", HOLD_LOCK, str(folder), "idle"], stdin=subprocess.PIPE) as holder:
+        assert holder.stdout.readline() == "holding\n", holder.communicate()
+        started = time.monotonic()
+        lock = re.escape(str(folder / "build.lock"))
+        with pytest.warns(
+            UserWarning, match=rf"KernelLockTimeout: waited 0.5s .* lock {lock}, held by pid {holder.pid}"
+        ):
+            assert cpu.build() is None
+        assert time.monotonic() - started >= 0.5  # it did wait for the holder first
+        assert holder.poll() is None, "the holder was alive all along"
+
+
+@needs_kernels
+def test_build_killed_while_holding_its_locks_blocks_no_later_build(monkeypatch):
+    """kill -9 during a build leaves torch's `lock` file, on which torch's load would wait for ever; our flock
+    went with the killed process, so the next build takes it, removes torch's file and loads."""
+    folder = cpu.build_spec().folder
+    with child(["-c", HOLD_LOCK, str(folder), "mid-build"], stdin=subprocess.PIPE) as builder:
+        assert builder.stdout.readline() == "holding\n", builder.communicate()
+        kill_group(builder)
+    assert (folder / "lock").exists()
+    monkeypatch.setattr(FileBaton, "wait", lambda self: pytest.fail(f"waited on {self.lock_file_path}"))
+    monkeypatch.setattr(cpu, "_module", None)
+    with cpu.build_lock(folder, wait_s=0):  # free at once
+        pass
+    module = cpu.build()
+    assert module is not None and Path(module.__file__).parent == folder
+    assert not (folder / "lock").exists()

@@ -1,21 +1,31 @@
 """The C++ kernels for the CPU (scan_cpu.cpp): their build, and the calls into them (the scan's recurrence
 and the rollout's LSTM step).
 
-`build()` compiles scan_cpu.cpp for this machine (about 30 s; torch caches the library under its extension
-directory, `TORCH_EXTENSIONS_DIR`, so a later process only loads it). It is an explicit step: the trainer
-calls it while wiring, before anything is timed, and `carrystate build-kernels` calls it from the shell;
-`get()` builds on first use only where nobody did. `CARRYSTATE_NO_CPP=1` or a failed build (warned) leaves
-the kernels out, and the scan runs its torch-op loop (policy/unroll/scan.py), which computes the same thing
-with ~10 PyTorch calls per step.
+`build()` compiles scan_cpu.cpp for this machine (about 30 s) into a folder of its own, named for what the
+library depends on: torch's version, the Python, the CPU level and a hash of the source and flags
+(`kernel_folder`, under `TORCH_EXTENSIONS_DIR` or torch's default root), so environments with different torch
+installs never rebuild one folder in turn, and a later process only loads the library. Builders of one folder
+take turns through an `fcntl.flock` on its `build.lock`, which the kernel frees when its holder dies (kill -9,
+OOM); a torch `lock` file found there while holding it was left by a killed build and is removed. A builder
+waits at most `LOCK_WAIT_S` (`CARRYSTATE_KERNEL_LOCK_WAIT_S`) for another, then gives up naming the lock file
+and its holder. The build is an explicit step: the trainer calls it while wiring, before anything is timed, and
+`carrystate build-kernels` calls it from the shell; `get()` builds on first use only where nobody did.
+`CARRYSTATE_NO_CPP=1` or a failed build (warned) leaves the kernels out, and the scan runs its torch-op loop
+(policy/unroll/scan.py), which computes the same thing with ~10 PyTorch calls per step.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import re
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +35,68 @@ _SIMD_FLAGS = {
     "AVX2": ["-mavx2", "-mfma"],
     "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"],
 }
+_CFLAGS = ("-O3", "-ffast-math", "-fopenmp-simd")
+_LDFLAGS = ("-lmvec",)  # tuples: torch's load appends to the lists it is given
+_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
+LOCK_WAIT_S = 600.0  # seconds a build waits for another process building the same folder (env overrides)
+
+
+class KernelLockTimeout(RuntimeError):
+    """Another process held a kernel folder's build lock for longer than the wait allowed."""
+
+
+def kernel_folder(
+    root: Path,
+    level: str,
+    source: bytes,
+    flags: list[str],
+    torch_version: str = torch.__version__,
+    python_tag: str = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}",
+) -> Path:
+    """The build folder under `root` for scan_cpu.cpp's `source` compiled with `flags` at CPU `level` against
+    `torch_version` and the Python `python_tag`: one folder per library that can differ."""
+    digest = hashlib.sha256(source + b"\0" + "\0".join(flags).encode()).hexdigest()[:12]
+    name = f"carrystate_scan_cpu-{level.lower()}-torch{torch_version}-{python_tag}-{digest}"
+    return Path(root) / re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+@contextmanager
+def build_lock(folder: Path, wait_s: float | None = None):
+    """Hold `folder`'s build lock: an flock on `folder/build.lock`, which the kernel frees when its holder dies.
+    Waits at most `wait_s` (default: `CARRYSTATE_KERNEL_LOCK_WAIT_S`, else `LOCK_WAIT_S`) for another holder,
+    then raises KernelLockTimeout naming the file and the holder's pid (each holder writes its pid there)."""
+    if wait_s is None:
+        wait_s = float(os.environ.get("CARRYSTATE_KERNEL_LOCK_WAIT_S", LOCK_WAIT_S))
+    path = Path(folder) / "build.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline, told = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = path.read_text().strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    raise KernelLockTimeout(
+                        f"waited {wait_s:g}s (CARRYSTATE_KERNEL_LOCK_WAIT_S) for the kernel build lock {path}, held "
+                        f"by pid {holder}: let that process finish its build or end it (its lock goes with it), "
+                        "then run `carrystate build-kernels`"
+                    ) from None
+                if not told:
+                    print(
+                        f"carrystate: waiting for pid {holder}, which is building the CPU kernel (lock {path}, "
+                        f"up to {wait_s:g}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    told = True
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the file releases the flock
 
 
 @contextmanager
@@ -48,38 +120,72 @@ def _ninja_on_path():
 
 
 def build():
-    """scan_cpu.cpp compiled for this machine (or loaded from torch's cache), or None where
+    """scan_cpu.cpp compiled for this machine (or loaded from its build folder), or None where
     `CARRYSTATE_NO_CPP=1` or the build fails (warned). Tried once per process."""
     global _module
     if _module is None:
         _module = False
         if os.environ.get("CARRYSTATE_NO_CPP") != "1":
             try:
-                from torch.utils.cpp_extension import load
-
-                # vector width from what this CPU can run (torch's own dispatch level), not -march=native: the
-                # build is cached by name, and the cache may be shared with other machines
-                level = torch.backends.cpu.get_cpu_capability()
-                print(
-                    f"carrystate: loading the CPU scan kernel ({level}; compiled once per machine, ~30 s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                with _ninja_on_path():
-                    _module = load(
-                        f"carrystate_scan_cpu_{level.lower()}",
-                        [str(Path(__file__).with_name("scan_cpu.cpp"))],
-                        extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *_SIMD_FLAGS.get(level, [])],
-                        extra_ldflags=["-lmvec"],
-                        verbose=False,
-                    )
-            except Exception as err:  # noqa: BLE001 - no compiler, no ninja, ...: the op loop still works
+                _module = _load()
+            except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a held lock...: the op loop still works
                 warnings.warn(
                     f"carrystate: the CPU scan kernel did not build ({type(err).__name__}: {err}); "
                     "using the torch-op loop",
                     stacklevel=2,
                 )
     return _module or None
+
+
+class BuildSpec(NamedTuple):
+    name: str  # the extension's module name
+    cflags: list[str]
+    folder: Path  # its build folder (`kernel_folder`)
+
+
+def build_spec() -> BuildSpec:
+    """What `build()` compiles on this machine, and where."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    # vector width from what this CPU can run (torch's own dispatch level), not -march=native: the folder is
+    # named by level, and the cache may be shared with other machines
+    level = torch.backends.cpu.get_cpu_capability()
+    cflags = [*_CFLAGS, *_SIMD_FLAGS.get(level, [])]
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return BuildSpec(
+        f"carrystate_scan_cpu_{level.lower()}",
+        cflags,
+        kernel_folder(root, level, _SOURCE.read_bytes(), [*cflags, *_LDFLAGS]),
+    )
+
+
+def _load():
+    """Build or load the library in its folder, holding the folder's build lock."""
+    from torch.utils.cpp_extension import load
+
+    spec = build_spec()
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    print(
+        f"carrystate: loading the CPU scan kernel from {spec.folder} (compiled once, ~30 s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    with build_lock(spec.folder):
+        # torch's own lock file, which its build makes and removes: with ours held no build of this folder runs,
+        # so one found now is a killed build's, and torch would wait on it for ever
+        stale = spec.folder / "lock"
+        if stale.exists():
+            stale.unlink(missing_ok=True)
+            print(f"carrystate: removed {stale}, left by a build that was killed", file=sys.stderr, flush=True)
+        with _ninja_on_path():
+            return load(
+                spec.name,
+                [str(_SOURCE)],
+                extra_cflags=list(spec.cflags),
+                extra_ldflags=list(_LDFLAGS),
+                build_directory=str(spec.folder),
+                verbose=False,
+            )
 
 
 def get():
