@@ -10,9 +10,10 @@ from torch.distributions import Categorical, Normal
 
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import PolicyConfig
-from carrystate.policy import Policy
+from carrystate.policy import Policy, unroll
 from carrystate.policy.core import RecurrentCore
 from carrystate.policy.heads import make_head
+from carrystate.policy.kernels import triton_scan
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore, mask_state
 from tests.helpers import ScriptedEnv
@@ -112,6 +113,52 @@ def test_sequence_gradients_equal_chunked(impl):
         grads[name] = torch.autograd.grad(loss, [x, *state, *core.parameters()])
     for a, b in zip(grads["chunked"], grads[impl]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _nan_input(rows=4, steps=7):
+    """x [rows, T, 4] with one NaN at row 1, step 2, and which outputs it must make non-finite: row 1 from step
+    2 on (nothing resets it), no other row and no earlier step (as torch's own LSTM and GRU do)."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, steps, 4)
+    x[1, 2, 0] = float("nan")
+    poisoned = torch.zeros(rows, steps, dtype=torch.bool)
+    poisoned[1, 2:] = True
+    return x, poisoned
+
+
+def _check_poisoned(y: torch.Tensor, poisoned: torch.Tensor) -> None:
+    assert (~torch.isfinite(y[poisoned])).all(), "a NaN input came out finite"
+    assert torch.isfinite(y[~poisoned]).all(), "a NaN input reached another row or an earlier step"
+
+
+@pytest.mark.parametrize(
+    "impl, kind",
+    [(name, kind) for name in unroll.names() for kind in ("lstm", "gru") if kind in unroll.UNROLLS[name].kinds],
+)
+def test_nan_input_comes_out_non_finite_from_every_unroll(impl, kind):
+    if impl == "triton" and (why := triton_scan.why_unavailable(torch.device("cpu"), 16)):
+        pytest.skip(why)
+    core = RecurrentCore(kind, 4, 16, 2, impl)
+    x, poisoned = _nan_input()
+    state = core.initial_state(4)
+    with torch.no_grad():
+        y, end = core.sequence(x, state, torch.zeros(poisoned.shape, dtype=torch.bool))
+    _check_poisoned(y, poisoned)
+    for s in end:  # [layers, rows, hidden]: row 1's end state in every layer
+        _check_poisoned(s.transpose(0, 1), poisoned[:, -1:].expand(-1, s.shape[0]))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_nan_input_comes_out_non_finite_from_the_rollout_step(kind):
+    """The rollout's step (for an LSTM on the CPU: the C++ kernel) carries a NaN on in the state."""
+    core = RecurrentCore(kind, 4, 16, 2)
+    x, poisoned = _nan_input()
+    state, ys = core.initial_state(4), []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            y, state = core.step(x[:, t], state)
+            ys.append(y)
+    _check_poisoned(torch.stack(ys, 1), poisoned)
 
 
 def test_reset_at_first_step_ignores_given_state():

@@ -81,8 +81,8 @@ def test_scan_uses_cpp_kernels_for_float32_on_cpu_and_torch_ops_otherwise(monkey
 
 @needs_kernels
 def test_cpp_scan_stays_finite_and_exact_for_saturating_gates():
-    """Gate pre-activations far beyond exp's float range (the kernels are built with -ffast-math, which
-    assumes no infinities) saturate as the op loop's do, outputs and gradients."""
+    """Gate pre-activations far beyond exp's float range (the kernels clamp exp's argument, so fast-math's
+    reordering meets no overflow) saturate as the op loop's do, outputs and gradients."""
     torch.manual_seed(0)
     core = RecurrentCore("lstm", 4, 8, 1, "loop")
     with torch.no_grad():
@@ -96,6 +96,26 @@ def test_cpp_scan_stays_finite_and_exact_for_saturating_gates():
         assert torch.isfinite(b).all()
         # float rounding of pre-activations in the hundreds: 1e-5 of each tensor's scale
         torch.testing.assert_close(b, a, atol=1e-5 * max(1.0, a.abs().max().item()), rtol=1e-5)
+
+
+@needs_kernels
+def test_cpp_scan_is_non_finite_exactly_where_the_torch_op_scan_is():
+    """A NaN input (and a NaN start state) reaches the same outputs, end state and gradients in the C++ kernels
+    as in the torch-op loop: built without -ffinite-math-only, the kernels cannot turn it into a finite value."""
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 4, 16, 1, "loop")
+    x = torch.randn(6, 9, 4)
+    x[1, 3, 2] = float("nan")
+    x = x.requires_grad_(True)
+    resets = torch.rand(6, 9) < 0.2
+    state = [torch.randn_like(s) for s in core.initial_state(6)]
+    state[1][0, 4, 5] = float("nan")
+    state = tuple(s.requires_grad_(True) for s in state)
+    ops = _run(core, x, state, resets, scan.LSTMScan)
+    cpp = _run(core, x, state, resets, cpu.LSTMScanCPU)
+    assert not torch.isfinite(ops[0]).all(), "the NaN did reach the outputs"
+    for a, b in zip(ops, cpp):
+        assert torch.equal(torch.isfinite(b), torch.isfinite(a))
 
 
 @needs_kernels

@@ -35,7 +35,7 @@ _SIMD_FLAGS = {
     "AVX2": ["-mavx2", "-mfma"],
     "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"],
 }
-_CFLAGS = ("-O3", "-ffast-math", "-fopenmp-simd")
+_CFLAGS = ("-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp-simd")  # NaN stays NaN: scan_cpu.cpp
 _LDFLAGS = ("-lmvec",)  # tuples: torch's load appends to the lists it is given
 _SOURCE = Path(__file__).with_name("scan_cpu.cpp")
 LOCK_WAIT_S = 600.0  # seconds a build waits for another process building the same folder (env overrides)

@@ -1,17 +1,26 @@
 // The `scan` recurrence on the CPU: per step one GEMM (ATen) and one fused elementwise pass, forward and
 // backward, instead of ~10 separate PyTorch ops per step. Same contract and math as `LSTMScan`, the torch-op
 // recurrence (gate order i, f, g, o; a reset multiplies the carried h and c by keep = 0 before the step).
-// Built by kernels/cpu.py with torch.utils.cpp_extension, with -ffast-math so that expf vectorizes.
+// Built by kernels/cpu.py with torch.utils.cpp_extension, with -ffast-math -fno-finite-math-only: the compiler
+// may reorder float math, and expf vectorizes, but NaN and infinity keep their meaning, so a non-finite input
+// gives a non-finite output as torch's ops do (never a finite value that hides it).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+// glibc declares expf's vector versions (libmvec) only under __FAST_MATH__, which -fno-finite-math-only
+// undefines; declared here, the loops below call them a whole vector at a time as before.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__FAST_MATH__)
+extern "C" float expf(float) noexcept __attribute__((__simd__("notinbranch")));
+#endif
+
 namespace {
 
-// -ffast-math assumes no infinities, so exp's argument is kept where it cannot overflow: beyond |x| = 40
-// the sigmoid is 0 or 1 and the tanh -1 or 1 in float anyway.
-inline float clamp40(float x) { return std::fmin(std::fmax(x, -40.0f), 40.0f); }
+// exp's argument is kept where it cannot overflow: beyond |x| = 40 the sigmoid is 0 or 1 and the tanh -1 or 1
+// in float anyway. std::max/min with x first return x where it is NaN (std::fmax/fmin would drop the NaN).
+inline float clamp40(float x) { return std::min(std::max(x, -40.0f), 40.0f); }
 inline float sigm(float x) { return 1.0f / (1.0f + std::exp(-clamp40(x))); }
 inline float tanh_(float x) { return 2.0f / (1.0f + std::exp(-2.0f * clamp40(x))) - 1.0f; }
 
