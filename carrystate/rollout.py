@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from carrystate.buffer import SegmentBuffer
-from carrystate.envs.base import EnvError, StepResult, VecEnv, check_step_result
+from carrystate.envs.base import EnvError, StepResult, VecEnv, check_finite, check_step_result, env_label
 from carrystate.policy import Policy
 from carrystate.state import StateStore
 
@@ -106,9 +106,10 @@ class Rollout:
         self.valid = np.ones(self.env.num_agents, dtype=bool)  # [agents] the current obs is not padding
         if self.obs.shape != (self.env.num_agents, *self.obs_shape):
             raise EnvError(
-                f"env.reset returned observations of shape {self.obs.shape}, "
+                f"{env_label(self.env)}: reset returned observations of shape {self.obs.shape}, "
                 f"expected {(self.env.num_agents, *self.obs_shape)}"
             )
+        check_finite("obs from reset", self.obs, env_label(self.env), self.agents_per_env)
         for lane in self.lanes:
             lane.pending = None
             self.store.reset(lane.key, torch.ones(lane.env.num_agents, dtype=torch.bool))
@@ -122,7 +123,7 @@ class Rollout:
         except EnvError:
             raise
         except Exception as err:
-            raise EnvError(f"{type(env).__name__}.{method} raised {type(err).__name__}: {err}") from err
+            raise EnvError(f"{env_label(env)}: {method} raised {type(err).__name__}: {err}") from err
         finally:
             self._env_seconds += time.perf_counter() - t0
 
@@ -136,7 +137,9 @@ class Rollout:
     def _receive(self, lane: _Lane, res: StepResult | None) -> StepResult:
         if res is None:
             res = self._env_call(lane.env, "step_wait")
-        check_step_result(res, lane.env.num_agents, self.obs_shape, self.agents_per_env)
+        check_step_result(
+            res, lane.env.num_agents, self.obs_shape, self.agents_per_env, env_label(lane.env), lane.rows.start
+        )
         return res
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from carrystate.checkpoint import CheckpointError, _sha256, checkpoints, load_checkpoint
 from carrystate.config import load_config
 from carrystate.envs.base import EnvError
+from carrystate.envs.vector import EnvBatches
 from carrystate.learner import NumericalError
 from carrystate.trainer import Trainer
 from tests.helpers import SMALL_TMAZE as SMALL
@@ -180,8 +181,41 @@ def test_incompatible_checkpoint_says_what_differs(tmp_path, override, message):
 def test_nonfinite_observation_names_env_and_agent():
     env = ScriptedEnv(4, 16)
     env.obs_table[5, 2, 1] = np.nan
-    with pytest.raises(EnvError, match=r"non-finite observation from the env at agent row 2 \(env 2, agent 0\)"):
+    with pytest.raises(EnvError, match=r"ScriptedEnv: non-finite obs from step at agent row 2 \(env 2, agent 0\)"):
         collect(make_policy("lstm"), env, 64, 16)
+
+
+def test_nonfinite_observation_from_reset_names_env_and_agent():
+    env = ScriptedEnv(4, 16)
+    env.obs_table[0, 3, 0] = np.inf
+    with pytest.raises(EnvError, match=r"ScriptedEnv: non-finite obs from reset at agent row 3 \(env 3, agent 0\)"):
+        collect(make_policy("lstm"), env, 64, 16)
+
+
+def test_nonfinite_observation_in_the_second_of_two_batches_names_its_row_among_all_agents():
+    second = ScriptedEnv(2, 16, seed=1)
+    second.obs_table[4, 1, 2] = np.nan
+    env = EnvBatches([ScriptedEnv(2, 16), second])  # stepped as two alternating lanes: rows 0-1 and 2-3
+    with pytest.raises(EnvError, match=r"ScriptedEnv: non-finite obs from step at agent row 3 \(env 3, agent 0\)"):
+        collect(make_policy("lstm"), env, 64, 16)
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_final_obs_is_checked_exactly_where_an_episode_ended(core):
+    """final_obs is meaningful only where an episode ended (a truncated one bootstraps from its value): a NaN
+    elsewhere is no fault, a NaN there stops the rollout naming the env, the field and the agent."""
+    ends = {(0, 2): "term", (1, 2): "trunc"}  # agents 0 and 1 end episodes at step 2; agent 2 does not
+    env = ScriptedEnv(3, 16, ends=ends)
+    env.final_table[3, 2] = np.nan  # step 2's final observation of agent 2, whose episode goes on
+    collect(make_policy(core), env, 48, 16)
+    for row in (0, 1):
+        env = ScriptedEnv(3, 16, ends=ends)
+        env.final_table[3, row] = np.nan
+        with pytest.raises(
+            EnvError,
+            match=rf"ScriptedEnv: non-finite final_obs from step \(.*\) at agent row {row} \(env {row}, agent 0\)",
+        ):
+            collect(make_policy(core), env, 48, 16)
 
 
 def test_nonfinite_loss_stops_training_and_keeps_last_checkpoint(tmp_path):
@@ -221,15 +255,27 @@ class _BadEnv(ScriptedEnv):
                 res.obs = res.obs.astype(object)
             elif self.fault == "raise":
                 raise ZeroDivisionError("division by zero in physics")
+            elif self.fault == "tuple":
+                return res.obs, res.reward, res.terminated, res.truncated, {}
+            elif self.fault == "reward":
+                res.reward[1] = np.inf
+            elif self.fault == "float flags":
+                res.truncated = res.truncated.astype(np.float32)
         return res
 
 
 @pytest.mark.parametrize(
     "fault, message",
     [
-        ("shape", r"env returned obs of shape \(2, 2\), expected \(2, 3\)"),
-        ("dtype", "env returned obs of dtype object; expected a numeric dtype"),
-        ("raise", "_BadEnv.step raised ZeroDivisionError: division by zero in physics"),
+        ("shape", r"_BadEnv: step returned obs of shape \(2, 2\), expected \(2, 3\)"),
+        ("dtype", "_BadEnv: step returned obs of dtype object; expected a numeric dtype"),
+        ("raise", "_BadEnv: step raised ZeroDivisionError: division by zero in physics"),
+        (
+            "tuple",
+            r"_BadEnv: step returned a tuple \(a gymnasium-style .*\); it must return a .*StepResult",
+        ),
+        ("reward", r"_BadEnv: non-finite reward from step at agent row 1 \(env 1, agent 0\)"),
+        ("float flags", "_BadEnv: step returned truncated of dtype float32; expected a bool dtype"),
     ],
 )
 def test_env_faults_give_clear_errors(fault, message):

@@ -29,6 +29,12 @@ class FailingTMaze(TMaze):
         raise RuntimeError("boom in the env")
 
 
+class TupleTMaze(TMaze):
+    def step(self, actions):
+        res = super().step(actions)
+        return res.obs, res.reward, res.terminated, res.truncated, {}
+
+
 class PaddedTMaze(TMaze):
     """A T-maze whose odd rows are padding on every other step (to carry `valid` through the workers)."""
 
@@ -102,6 +108,19 @@ def test_env_exception_in_worker_carries_its_traceback():
     env.reset()
     with pytest.raises(EnvWorkerError, match="(?s)worker 0 .*raised while stepping.*boom in the env"):
         env.step(np.zeros(2, np.int64))
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_env_in_a_worker_returning_a_tuple_gets_an_error_naming_it_and_what_step_returns(shared_memory):
+    env = ProcessVecEnv([lambda: TupleTMaze(2)], timeout=60, shared_memory=shared_memory)
+    try:
+        env.reset()
+        with pytest.raises(
+            EnvWorkerError, match="(?s)worker 0 .*raised while stepping.*TupleTMaze: step returned a tuple.*StepResult"
+        ):
+            env.step(np.zeros(2, np.int64))
+    finally:
+        env.close()
 
 
 def _rollout(env, double_buffer: bool, steps=24, horizon=8, seed=0):

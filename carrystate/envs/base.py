@@ -84,30 +84,89 @@ class EnvError(RuntimeError):
     """An environment misbehaved: raised inside step, or returned data that breaks the VecEnv contract."""
 
 
-def check_step_result(res: StepResult, num_agents: int, obs_shape: tuple[int, ...], agents_per_env: int = 1) -> None:
-    """Raise EnvError naming the field, env and agent when a step's output breaks the contract."""
+def env_label(env) -> str:
+    """How errors name an env batch: its class, with its config name where it carries one."""
+    name = getattr(env, "name", None)
+    return f"{type(env).__name__} ({name})" if isinstance(name, str) and name else type(env).__name__
 
-    def where(row: int) -> str:
-        return f"agent row {row} (env {row // agents_per_env}, agent {row % agents_per_env})"
 
+def check_step_type(res, env: str) -> None:
+    """Raise EnvError naming `env` where its step returned something other than a StepResult."""
+    if isinstance(res, StepResult):
+        return
+    hint = (
+        " (a gymnasium-style (obs, reward, terminated, truncated, info) tuple? gymnasium envs go through "
+        "env.name=gymnasium, which wraps them)"
+        if isinstance(res, tuple)
+        else ""
+    )
+    raise EnvError(
+        f"{env}: step returned a {type(res).__name__}{hint}; it must return a carrystate.envs.base.StepResult"
+        "(obs, reward, terminated, truncated, final_obs, ...) with one row per agent"
+    )
+
+
+def check_finite(
+    what: str, value: np.ndarray, env: str, agents_per_env: int = 1, first_row: int = 0, rows: np.ndarray | None = None
+) -> None:
+    """Raise EnvError naming `env`, `what` (e.g. 'obs from step') and the first agent row where `value`
+    [agents, ...] is not finite; only the rows where the mask `rows` is true are checked, if given."""
+    value = np.asarray(value)
+    if value.dtype.kind in "iub":
+        return
+    checked = value if rows is None else value[rows]
+    if np.isfinite(checked).all():  # the per-step case: one check, no row search
+        return
+    bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
+    if rows is not None:
+        bad &= rows
+    row = first_row + int(np.flatnonzero(bad)[0])
+    raise EnvError(
+        f"{env}: non-finite {what} at agent row {row} (env {row // agents_per_env}, agent {row % agents_per_env})"
+        f"; {int(bad.sum())} rows affected"
+    )
+
+
+def check_step_result(
+    res: StepResult,
+    num_agents: int,
+    obs_shape: tuple[int, ...],
+    agents_per_env: int = 1,
+    env: str = "the env",
+    first_row: int = 0,
+) -> None:
+    """Raise EnvError naming `env`, the field and the agent where a step's output breaks the contract: its type,
+    every field's shape, numeric observations and rewards, and no NaN or infinity in what training reads (the
+    observation, the reward, and the final observation of every episode that ended, a truncated one's bootstrap
+    target). `first_row` is the batch's first row among all agents (a double-buffered lane's offset)."""
+    check_step_type(res, env)
     for name in ("obs", "final_obs"):
         value = getattr(res, name)
         if not isinstance(value, np.ndarray) or value.shape != (num_agents, *obs_shape):
             got = getattr(value, "shape", type(value).__name__)
-            raise EnvError(f"env returned {name} of shape {got}, expected {(num_agents, *obs_shape)}")
+            raise EnvError(f"{env}: step returned {name} of shape {got}, expected {(num_agents, *obs_shape)}")
         if value.dtype.kind not in "fiub":
-            raise EnvError(f"env returned {name} of dtype {value.dtype}; expected a numeric dtype")
-    for name in ("reward", "terminated", "truncated"):
+            raise EnvError(f"{env}: step returned {name} of dtype {value.dtype}; expected a numeric dtype")
+    for name, kinds, expected in (
+        ("reward", "fiub", "a numeric"),
+        ("terminated", "bui", "a bool"),
+        ("truncated", "bui", "a bool"),
+    ):
         value = np.asarray(getattr(res, name))
         if value.shape != (num_agents,):
-            raise EnvError(f"env returned {name} of shape {value.shape}, expected ({num_agents},)")
-    for name, value in (("observation", res.obs), ("reward", res.reward)):
-        value = np.asarray(value)
-        if value.dtype.kind in "iub" or np.isfinite(value).all():  # the per-step case: one check, no row search
-            continue
-        bad = ~np.isfinite(value.reshape(num_agents, -1)).all(1)
-        if bad.any():
-            raise EnvError(
-                f"non-finite {name} from the env at {where(int(np.flatnonzero(bad)[0]))}"
-                f" ({int(bad.sum())} rows affected)"
-            )
+            raise EnvError(f"{env}: step returned {name} of shape {value.shape}, expected ({num_agents},)")
+        if value.dtype.kind not in kinds:
+            raise EnvError(f"{env}: step returned {name} of dtype {value.dtype}; expected {expected} dtype")
+    if res.valid is not None and np.shape(res.valid) != (num_agents,):
+        raise EnvError(f"{env}: step returned valid of shape {np.shape(res.valid)}, expected ({num_agents},)")
+    where = {"env": env, "agents_per_env": agents_per_env, "first_row": first_row}
+    check_finite("obs from step", res.obs, **where)
+    check_finite("reward from step", res.reward, **where)
+    ended = np.asarray(res.terminated, bool) | np.asarray(res.truncated, bool)
+    if ended.any():
+        check_finite(
+            "final_obs from step (the last observation of an episode that ended there)",
+            res.final_obs,
+            rows=ended,
+            **where,
+        )

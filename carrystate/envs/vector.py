@@ -32,7 +32,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from carrystate.envs.base import EnvError, StepResult, VecEnv
+from carrystate.envs.base import EnvError, StepResult, VecEnv, check_step_type, env_label
 
 WORKER_SEED_STRIDE = 100_003  # worker k of a batch resets with seed + k * stride
 BATCH_SEED_STRIDE = 10_000_019  # batch b of a double-buffered env with seed + b * stride
@@ -138,6 +138,7 @@ def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
         try:
             if command == "step":
                 res = env.step(arg)
+                check_step_type(res, env_label(env))  # here, where the result's fields are read first
                 conn.send(("ok", res if shared is None else shared.write(rows, res)))
             elif command == "reset":
                 obs = env.reset(seed=arg)
