@@ -128,7 +128,9 @@ class EnvConfig(_Section):
     other batch steps (in its workers). Needs an even num_envs; pays off with workers > 0."""
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds to wait for a worker's answer before stopping with an error (a dead worker is reported as
-    soon as it is seen dead)."""
+    soon as it is seen dead). With workers=0 an env call has no deadline: one that has not returned after this
+    long gets a warning naming the env, and training keeps waiting (workers are the remedy for an env that
+    can hang)."""
 
     @model_validator(mode="after")
     def _check_batches(self) -> EnvConfig:

@@ -19,7 +19,9 @@ buffer layout is the one the single-batch path fills.
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -69,6 +71,46 @@ class _Lane:
     pending: _Step | None = None  # the step sent to the env and not yet finished
 
 
+class _SlowCallWatch:
+    """One daemon thread for the process that warns, once per call, about an env call still running past its
+    bound: an env stepped in this process has no deadline of its own (worker processes do), so a hang there
+    would otherwise be silent. Registering a call is two dict operations; the thread starts on first use."""
+
+    def __init__(self):
+        self.calls: dict[int, list] = {}  # id → [deadline, what, bound]
+        self.started = False
+        self.lock = threading.Lock()
+
+    def begin(self, key: int, what: str, bound: float) -> None:
+        self.calls[key] = [time.monotonic() + bound, what, bound]
+        if not self.started:
+            with self.lock:
+                if not self.started:
+                    threading.Thread(target=self._run, name="carrystate-env-watch", daemon=True).start()
+                    self.started = True
+
+    def end(self, key: int) -> None:
+        self.calls.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.1)
+            now = time.monotonic()
+            for call in list(self.calls.values()):
+                if call[0] <= now:
+                    call[0] = float("inf")  # once per call
+                    warnings.warn(
+                        f"{call[1]} has not returned after {call[2]:g}s (env.worker_timeout); still waiting. An env "
+                        "stepped in the training process has no deadline: with env.workers > 0 a step that hangs "
+                        "stops training with an error after env.worker_timeout",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+
+
+_slow_calls = _SlowCallWatch()
+
+
 class Rollout:
     def __init__(
         self,
@@ -78,10 +120,13 @@ class Rollout:
         slice_start: int = 0,
         seed: int | None = None,
         double_buffer: bool | None = None,
+        slow_env_warning_s: float | None = None,
     ):
         """`double_buffer`: alternate the env's `batches` (default: whenever the env has them); False steps
-        the env as one batch."""
+        the env as one batch. `slow_env_warning_s` (the trainer passes env.worker_timeout): warn, naming the
+        env, when an env stepped in this process has not returned a call after so many seconds."""
         self.env, self.store, self.slice_start = env, store, slice_start
+        self.slow_env_warning_s = slow_env_warning_s
         self.device = torch.device(device)
         self.double_buffer = bool(getattr(env, "batches", None)) if double_buffer is None else double_buffer
         self.lanes = [
@@ -118,6 +163,9 @@ class Rollout:
         """Call `env.<method>(*args)`, counting its wall time as env time and naming the env and method
         in an EnvError if it raises."""
         t0 = time.perf_counter()
+        watched = self.slow_env_warning_s is not None and not hasattr(env, "step_async")  # workers have deadlines
+        if watched:
+            _slow_calls.begin(id(self), f"{env_label(env)}: {method}", self.slow_env_warning_s)
         try:
             return getattr(env, method)(*args)
         except EnvError:
@@ -125,6 +173,8 @@ class Rollout:
         except Exception as err:
             raise EnvError(f"{env_label(env)}: {method} raised {type(err).__name__}: {err}") from err
         finally:
+            if watched:
+                _slow_calls.end(id(self))
             self._env_seconds += time.perf_counter() - t0
 
     def _send(self, lane: _Lane, actions: np.ndarray) -> StepResult | None:

@@ -49,7 +49,7 @@ class Trainer:
         self.store = StateStore(
             self.policy.num_state_tensors, self.policy.num_layers, self.policy.hidden_size, self.device
         )
-        self.rollout = Rollout(self.env, self.store, self.device, seed=seed)
+        self.rollout = Rollout(self.env, self.store, self.device, seed=seed, slow_env_warning_s=cfg.env.worker_timeout)
         self.buffer = SegmentBuffer.for_spaces(
             self.env.num_agents,
             self.env.single_observation_space,

@@ -98,10 +98,11 @@ def make_policy(
     return Policy(cfg, gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(num_actions))
 
 
-def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 1, seed: int = 0):
-    """Run `rollouts` collection phases; returns (rollout, store, [buffer per phase])."""
+def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 1, seed: int = 0, **options):
+    """Run `rollouts` collection phases (`options`: further Rollout arguments); returns (rollout, store,
+    [buffer per phase])."""
     store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
-    rollout = Rollout(env, store)
+    rollout = Rollout(env, store, **options)
     gen = torch.Generator().manual_seed(seed)
     buffers = []
     for _ in range(rollouts):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +283,34 @@ class _BadEnv(ScriptedEnv):
 def test_env_faults_give_clear_errors(fault, message):
     with pytest.raises(EnvError, match=message):
         collect(make_policy("lstm"), _BadEnv(fault), 64, 16)
+
+
+class _StuckEnv(ScriptedEnv):
+    """Its third step does not return until a warning has been recorded in `seen` (at most 120 s)."""
+
+    def __init__(self, seen: list):
+        super().__init__(2, 32)
+        self.seen = seen
+
+    def step(self, actions):
+        if self.t == 2:
+            deadline = time.monotonic() + 120
+            while not self.seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return super().step(actions)
+
+
+def test_env_step_that_does_not_return_is_reported_by_name_while_the_rollout_waits_for_it():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rollout, _, _ = collect(make_policy("lstm"), _StuckEnv(seen), 64, 16, slow_env_warning_s=0.2)
+    assert rollout.env.t == 32, "the rollout waited for the slow step and went on"
+    assert any(
+        re.fullmatch(
+            r"_StuckEnv: step has not returned after 0.2s \(env.worker_timeout\); still waiting\..*", str(w.message)
+        )
+        for w in seen
+    ), [str(w.message) for w in seen]
 
 
 def _start_training(tmp_path, extra=()):
