@@ -9,8 +9,9 @@ A checkpoint is a folder `<run>/checkpoints/iter_<NNNNNN>/` with
   unpickling: a crafted file cannot run code);
 - `meta.json`: counters, the config, JSON-able extras, and the SHA-256 of every other file.
 
-Writes go to a temporary folder that is fsynced and renamed into place, so a crash or a second Ctrl-C
-leaves the previous checkpoints untouched. On load, a checkpoint whose files are missing, truncated or do
+Writes go to a temporary folder (`.tmp_iter_<NNNNNN>`) that is fsynced and renamed into place, so a crash or a
+second Ctrl-C leaves the previous checkpoints untouched; a temporary folder that a kill left behind is removed
+when the run next starts (`remove_unfinished`). On load, a checkpoint whose files are missing, truncated or do
 not match their checksums is skipped with a warning and the one before it is used.
 """
 
@@ -89,6 +90,16 @@ def save_checkpoint(
     for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_unfinished(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders of checkpoint writes that never finished (a kill -9 or power cut during a
+    save); returns them. Call it before the run writes again: a write in progress is such a folder too."""
+    root = Path(run_dir) / "checkpoints"
+    unfinished = sorted(root.glob(".tmp_iter_*")) if root.is_dir() else []
+    for path in unfinished:
+        shutil.rmtree(path, ignore_errors=True)
+    return unfinished
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import torch
 
 from carrystate import diagnostics, distributed, run_state
 from carrystate.buffer import SegmentBuffer
-from carrystate.checkpoint import load_checkpoint, save_checkpoint
+from carrystate.checkpoint import load_checkpoint, remove_unfinished, save_checkpoint
 from carrystate.config import Config, ConfigError, apply_overrides, check_layout, config_from_dict, dump_config
 from carrystate.envs import make_env
 from carrystate.learner import Learner
@@ -83,6 +83,7 @@ class Trainer:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ConfigError(_run_dir_problem(self.run_dir, self.cfg, f"{type(err).__name__}: {err}")) from None
+            remove_unfinished(self.run_dir)  # left by a save that was killed
             (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
         self.monitor.open(self.run_dir / "tb" if writes else None)
         start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration

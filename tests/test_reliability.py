@@ -145,6 +145,18 @@ def test_crash_during_save_leaves_previous_checkpoints_intact(tmp_path, monkeypa
     assert load_checkpoint(run)["path"].name == "iter_000003"
 
 
+def test_folders_of_a_killed_checkpoint_write_are_removed_when_the_run_resumes(tmp_path):
+    run = _run_with_checkpoints(tmp_path, iterations=2)
+    unfinished = run / "checkpoints" / ".tmp_iter_000007"  # as a kill -9 while saving iteration 7 leaves it
+    unfinished.mkdir()
+    (unfinished / "model.safetensors").write_bytes(b"half a file")
+    before = [p.name for p in checkpoints(run)]
+    tr = Trainer.resume(run, ["trainer.total_timesteps=1536"], quiet=True)
+    tr.train()
+    assert not list((run / "checkpoints").glob(".tmp_*"))
+    assert [p.name for p in checkpoints(run)] == [*before, "iter_000003"]
+
+
 def test_crafted_pickle_cannot_run_code(tmp_path):
     run = _run_with_checkpoints(tmp_path, iterations=1)
     ckpt = checkpoints(run)[-1]
