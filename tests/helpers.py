@@ -9,7 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gymnasium as gym
@@ -175,7 +176,7 @@ def child(args: list[str], env: dict[str, str] | None = None, **popen) -> Iterat
     stdout and stderr piped as text. On the way out, pass or fail, its whole process group (the child and what
     it started: env workers, torchrun's ranks, a compiler) is killed and reaped, so no test leaves one behind."""
     if env is None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
         [sys.executable, *args],
         start_new_session=True,
@@ -196,3 +197,20 @@ def kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
+
+
+# The longest any test waits for an event before it calls the wait a hang: far beyond what a loaded machine needs
+# (a test waits for the event, not for this bound; it only keeps a hang from lasting for ever).
+HANG_S = 600
+
+
+def wait_for(event: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
+    """Return once `event()` is true; fail if `proc` exits first (with its output) or after HANG_S."""
+    deadline = time.monotonic() + HANG_S
+    while not event():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the child exited ({proc.returncode}) before {what}:\n{out[-3000:]}\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {HANG_S}s: taken for a hang")
+        time.sleep(0.05)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,8 +21,8 @@ from carrystate.envs.base import EnvError
 from carrystate.envs.vector import EnvBatches
 from carrystate.learner import NumericalError
 from carrystate.trainer import Trainer
+from tests.helpers import HANG_S, ScriptedEnv, child, collect, make_policy, wait_for
 from tests.helpers import SMALL_TMAZE as SMALL
-from tests.helpers import ScriptedEnv, collect, make_policy
 
 
 def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
@@ -325,33 +324,23 @@ def test_env_step_that_does_not_return_is_reported_by_name_while_the_rollout_wai
     ), [str(w.message) for w in seen]
 
 
-def _start_training(tmp_path, extra=()):
-    cmd = [
-        sys.executable,
-        "-m",
-        "carrystate.cli",
-        "train",
-        "trainer.run_name=sig",
-        "trainer.total_timesteps=100000000",
-        "trainer.checkpoint_interval=1",
-        *SMALL,
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = tmp_path / "runs" / "sig"
-    deadline = time.time() + 60
-    while len(checkpoints(run)) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    assert checkpoints(run), "training did not start"
-    return proc, run
+@contextlib.contextmanager
+def _training(tmp_path, extra=()):
+    """`carrystate train` in a child process, yielded with its run folder once it has written two checkpoints
+    (it is then in its training loop); it and whatever it started are killed on the way out, pass or fail."""
+    args = ["-m", "carrystate.cli", "train", "trainer.run_name=sig", "trainer.total_timesteps=100000000"]
+    with child([*args, "trainer.checkpoint_interval=1", *SMALL, *extra], cwd=tmp_path) as proc:
+        run = tmp_path / "runs" / "sig"
+        wait_for(lambda: len(checkpoints(run)) >= 2, proc, "two checkpoints")
+        yield proc, run
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_step_writes_checkpoint_and_exits(tmp_path, sig):
-    proc, run = _start_training(tmp_path)
-    newest_before = checkpoints(run)[-1].name
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    with _training(tmp_path) as (proc, run):
+        newest_before = checkpoints(run)[-1].name
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130, err
     assert f"stopped by {sig.name}: checkpoint written, resume with `carrystate train --resume runs/sig`" in out
     ckpt = load_checkpoint(run)
@@ -363,10 +352,10 @@ def test_signal_finishes_step_writes_checkpoint_and_exits(tmp_path, sig):
 
 
 def test_second_signal_exits_at_once_without_touching_checkpoints(tmp_path):
-    proc, run = _start_training(tmp_path)
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    with _training(tmp_path) as (proc, run):
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130
     for p in checkpoints(run):  # every checkpoint left behind is intact
         load_checkpoint(p)

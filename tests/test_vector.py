@@ -16,7 +16,7 @@ from carrystate.envs import TMaze, make_env
 from carrystate.envs.vector import EnvBatches, EnvWorkerError, ProcessVecEnv
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
-from tests.helpers import make_policy
+from tests.helpers import HANG_S, make_policy
 
 
 class HangingTMaze(TMaze):
@@ -51,7 +51,7 @@ def test_worker_batch_equals_the_same_env_in_process(shared_memory):
     shared block's file is unlinked once the workers have mapped it."""
     remote = ProcessVecEnv(
         [lambda: PaddedTMaze(3, 2, 5, seed=3), lambda: TMaze(3, 2, 5, seed=3)],
-        timeout=10,
+        timeout=HANG_S,
         shared_memory=shared_memory,
     )
     try:
@@ -81,38 +81,49 @@ def test_worker_batch_equals_the_same_env_in_process(shared_memory):
         remote.close()
 
 
-def test_killed_worker_gives_a_clear_error_within_the_timeout():
-    env = ProcessVecEnv([lambda: TMaze(2), lambda: TMaze(2)], timeout=5)
-    env.reset()
-    os.kill(env.procs[1].pid, signal.SIGKILL)
-    env.procs[1].join(2)
-    start = time.monotonic()
-    with pytest.raises(EnvWorkerError, match=r"worker 1 \(pid \d+\) died"):
-        env.step(np.zeros(4, np.int64))
-    assert time.monotonic() - start < 5
-    assert not any(p.is_alive() for p in env.procs), "every worker is stopped after the failure"
+def test_killed_worker_is_reported_dead_without_waiting_for_the_timeout():
+    """With a timeout far beyond the test's run, the error says the worker died (not that it did not answer):
+    death is seen at once, not when the timeout passes. No clock is read."""
+    env = ProcessVecEnv([lambda: TMaze(2), lambda: TMaze(2)], timeout=HANG_S)
+    try:
+        env.reset()
+        os.kill(env.procs[1].pid, signal.SIGKILL)
+        env.procs[1].join()
+        with pytest.raises(EnvWorkerError, match=r"worker 1 \(pid \d+\) died"):
+            env.step(np.zeros(4, np.int64))
+        assert not any(p.is_alive() for p in env.procs), "every worker is stopped after the failure"
+    finally:
+        env.close()
 
 
 def test_hanging_worker_raises_a_timeout_error_naming_the_setting():
+    """The claim is a bound: the worker sleeps an hour and the error comes after env.worker_timeout=0.5s, checked
+    with a margin of 60 s that a loaded machine keeps."""
     env = ProcessVecEnv([lambda: TMaze(2), lambda: HangingTMaze(2)], timeout=0.5)
-    env.reset()
-    start = time.monotonic()
-    with pytest.raises(EnvWorkerError, match=r"worker 1 .*did not answer within env.worker_timeout=0.5s"):
-        env.step(np.zeros(4, np.int64))
-    assert time.monotonic() - start < 3
-    assert not any(p.is_alive() for p in env.procs)
+    try:
+        env.reset()
+        start = time.monotonic()
+        with pytest.raises(EnvWorkerError, match=r"worker 1 .*did not answer within env.worker_timeout=0.5s"):
+            env.step(np.zeros(4, np.int64))
+        assert 0.5 <= time.monotonic() - start < 60
+        assert not any(p.is_alive() for p in env.procs)
+    finally:
+        env.close()
 
 
 def test_env_exception_in_worker_carries_its_traceback():
-    env = ProcessVecEnv([lambda: FailingTMaze(2)], timeout=5)
-    env.reset()
-    with pytest.raises(EnvWorkerError, match="(?s)worker 0 .*raised while stepping.*boom in the env"):
-        env.step(np.zeros(2, np.int64))
+    env = ProcessVecEnv([lambda: FailingTMaze(2)], timeout=HANG_S)
+    try:
+        env.reset()
+        with pytest.raises(EnvWorkerError, match="(?s)worker 0 .*raised while stepping.*boom in the env"):
+            env.step(np.zeros(2, np.int64))
+    finally:
+        env.close()
 
 
 @pytest.mark.parametrize("shared_memory", [True, False])
 def test_env_in_a_worker_returning_a_tuple_gets_an_error_naming_it_and_what_step_returns(shared_memory):
-    env = ProcessVecEnv([lambda: TupleTMaze(2)], timeout=60, shared_memory=shared_memory)
+    env = ProcessVecEnv([lambda: TupleTMaze(2)], timeout=HANG_S, shared_memory=shared_memory)
     try:
         env.reset()
         with pytest.raises(
@@ -148,8 +159,8 @@ def test_double_buffered_rollout_fills_the_same_buffer_as_one_batch(workers):
     def halves():
         if workers:
             return [
-                ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=1)], timeout=10),
-                ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=2)], timeout=10),
+                ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=1)], timeout=HANG_S),
+                ProcessVecEnv([lambda: TMaze(3, 2, 6, seed=2)], timeout=HANG_S),
             ]
         return [TMaze(3, 2, 6, seed=1), TMaze(3, 2, 6, seed=2)]
 
