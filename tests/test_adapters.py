@@ -364,7 +364,11 @@ def test_mettagrid_short_training_run(tmp_path):
         ],
     )
     assert cfg.policy.encoder == "token"
-    summary = Trainer(cfg, run_dir=tmp_path / "run", quiet=True).train()
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", quiet=True)
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.env.close()  # its worker process, also when training failed
     assert summary is not None
     assert (tmp_path / "run" / "summary.json").exists() or any((tmp_path / "run").iterdir())
 
