@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -223,6 +225,29 @@ def test_muon_takes_hidden_matrices_and_adam_the_rest():
         for n, p in policy.named_parameters()
         if p.grad is not None and p.grad.abs().sum() > 0
     )
+
+
+def test_fused_adam_takes_the_same_steps_as_adams_reference_loop():
+    """make_optimizer's Adam is fused on the CPU; over five steps it must move every weight as the per-tensor
+    loop (foreach=False, fused=False) does, from the same gradients."""
+    from carrystate.config import TrainerConfig
+    from carrystate.optim import make_optimizer
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(hidden_size=8), gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
+    reference = copy.deepcopy(policy)
+    opt = make_optimizer(policy, TrainerConfig(learning_rate=0.01))
+    assert opt.defaults["fused"]
+    ref = torch.optim.Adam(reference.parameters(), lr=0.01, eps=TrainerConfig().adam_eps, foreach=False)
+    for _ in range(5):
+        x = torch.randn(4, 5, 3)
+        for model, o in ((policy, opt), (reference, ref)):
+            o.zero_grad()
+            params, values, _ = model.sequence(x, model.initial_state(4), torch.zeros(4, 5, dtype=torch.bool))
+            (params.square().sum() + values.square().sum()).backward()
+            o.step()
+    for (name, p), q in zip(policy.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_one_entry_multidiscrete_head_matches_categorical():
