@@ -340,6 +340,18 @@ def write(markdown: Path, results: Path) -> None:
         "Gumbel-max and returns the log-probabilities in the same call. The buffer is preallocated and "
         "there is no `.item()` per step, but small per-step tensors are still allocated by the ops "
         "themselves; only a captured graph (CUDA graphs) would remove them on a GPU.",
+        "- MettaGrid against PufferLib (missed: 0.87–1.05× over the four settings on 2026-11-30; before issue 16 "
+        "the token encoder ran 2.3–3.1k agent-steps/s against PufferLib's 6.8–11.2k, 0.25–0.35×). What moved "
+        "it: the token encoder is one `nn.EmbeddingBag` call over the present tokens (minibatch forward+backward "
+        "435 ms → 40–88 ms); observations stay uint8 in the buffer; workers write into shared memory; Adam is "
+        "fused (1.4 ms a step against 6.5–13.7). What is left, per 8-map iteration: the learner is 42–55% of "
+        "the time and at parity with PufferLib's per minibatch (the LSTM's forward+backward, ~42 ms per 6,144 "
+        "steps, is the same GEMMs as the fused call; the token encoder costs 1.6–2.7× the MLP that PufferLib "
+        "runs on the flattened tokens, ~70% of it the EmbeddingBag backward's sort and accumulation over ~350k "
+        "entries); waiting for the env is 0.2–1.0 s even with double buffering, because on 2 cores the worker "
+        "and the policy share one core's worth of slack, and a pipe write that wakes a worker cost 0.67 ms per "
+        "step in a profile beside other work. 1.2× at 2 epochs would need the update itself well below the "
+        "fused LSTM's cost, which no change to bookkeeping can give.",
         "",
         "## How to run",
         "",
