@@ -60,11 +60,30 @@ class RecallConfig(_Section):
 
 class GymConfig(_Section):
     id: str = "CartPole-v1"
-    """A registered gymnasium environment id."""
+    """A registered gymnasium environment id, or `module:EnvId` to import `module` first (which registers
+    `EnvId`, as gymnasium.make does with that form)."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments for gymnasium.make (e.g. {max_episode_steps: 200})."""
+    wrappers: list[str | dict[str, dict[str, Any]]] = []
+    """Gymnasium wrappers by import path, applied to each copy in this order (the first wraps the env, the next
+    wraps that): `package.module:ClassName`, called with the env alone, or a one-key mapping
+    `{package.module:ClassName: {keyword: value}}` that also passes keyword arguments (e.g.
+    `{gymnasium.wrappers:TimeLimit: {max_episode_steps: 200}}`)."""
     hide_velocity: bool = False
     """Drop the velocity entries of the observation (CartPole without velocity, a memory benchmark)."""
     vectorization: Literal["sync", "async"] = "sync"
     """Step the copies in this process (`sync`) or in worker processes (`async`)."""
+
+    @field_validator("wrappers")
+    @classmethod
+    def _one_class_per_entry(cls, wrappers: list) -> list:
+        for i, entry in enumerate(wrappers):
+            if isinstance(entry, dict) and len(entry) != 1:
+                raise ValueError(
+                    f"env.gymnasium.wrappers[{i}] must be one `module:Class: {{keyword: value}}` pair, "
+                    f"got {len(entry)} keys"
+                )
+        return wrappers
 
 
 class PettingZooConfig(_Section):
@@ -102,10 +121,20 @@ class MettaGridEnvConfig(_Section):
     """Tokens per observation (`[obs_tokens, 3]`); tokens beyond what an agent sees are empty (255)."""
 
 
+class CustomEnvConfig(_Section):
+    factory: str | None = None
+    """`module:function` that builds your own batch: called as `function(num_envs, seed, **kwargs)`, it returns
+    an object with the VecEnv attributes (num_agents, single_observation_space, single_action_space, reset,
+    step, close; see carrystate/envs/base.py and README's "Your own environment")."""
+    kwargs: dict[str, Any] = {}
+    """Further keyword arguments for the factory."""
+
+
 class EnvConfig(_Section):
-    name: Literal["tmaze", "recall", "gymnasium", "pettingzoo", "popgym", "mettagrid"] = "tmaze"
+    name: Literal["tmaze", "recall", "gymnasium", "pettingzoo", "popgym", "mettagrid", "custom"] = "tmaze"
     """Which environment: the built-in `tmaze` or `recall` memory tasks, any `gymnasium` id, a `pettingzoo`
-    parallel env, a `popgym` env, or `mettagrid` (needs `pip install -e .[mettagrid]`)."""
+    parallel env, a `popgym` env, `mettagrid` (needs `pip install -e .[mettagrid]`), or `custom`: your own
+    VecEnv, built by env.custom.factory."""
     num_envs: int = Field(64, ge=1)
     """Environment copies stepped together (in all batches together when double_buffer is on)."""
     tmaze: TMazeConfig = TMazeConfig()
@@ -120,6 +149,8 @@ class EnvConfig(_Section):
     """POPGym settings (used when name=popgym)."""
     mettagrid: MettaGridEnvConfig = MettaGridEnvConfig()
     """MettaGrid settings (used when name=mettagrid)."""
+    custom: CustomEnvConfig = CustomEnvConfig()
+    """Your own env's factory (used when name=custom)."""
     workers: int = Field(0, ge=0)
     """Worker processes per batch that step its env copies (0: step them in the training process). A
     batch's copies are split evenly over its workers (with double_buffer there are 2 × workers processes)."""
@@ -131,6 +162,12 @@ class EnvConfig(_Section):
     soon as it is seen dead). With workers=0 an env call has no deadline: one that has not returned after this
     long gets a warning naming the env, and training keeps waiting (workers are the remedy for an env that
     can hang)."""
+
+    @model_validator(mode="after")
+    def _check_custom(self) -> EnvConfig:
+        if self.name == "custom" and not self.custom.factory:
+            raise ValueError("env.name=custom needs env.custom.factory='module:function' (the function that builds it)")
+        return self
 
     @model_validator(mode="after")
     def _check_batches(self) -> EnvConfig:

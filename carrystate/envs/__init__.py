@@ -6,11 +6,12 @@ from functools import partial
 
 from carrystate.config import EnvConfig
 from carrystate.envs.base import StepResult, VecEnv
+from carrystate.envs.custom import make_custom
 from carrystate.envs.gym_adapter import GymVecEnv, HideVelocity
 from carrystate.envs.memory import DelayedRecall, TMaze
 from carrystate.envs.vector import BATCH_SEED_STRIDE, WORKER_SEED_STRIDE, EnvBatches, ProcessVecEnv
 
-ENV_NAMES = ("tmaze", "recall", "gymnasium", "pettingzoo", "popgym", "mettagrid")
+ENV_NAMES = ("tmaze", "recall", "gymnasium", "pettingzoo", "popgym", "mettagrid", "custom")
 
 
 def make_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
@@ -22,7 +23,7 @@ def make_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
         return DelayedRecall(num_envs, r.num_symbols, r.delay_min, r.delay_max, seed=seed)
     if cfg.name == "gymnasium":
         g = cfg.gymnasium
-        return GymVecEnv(g.id, num_envs, g.hide_velocity, g.vectorization, seed=seed)
+        return GymVecEnv(g.id, num_envs, g.hide_velocity, g.vectorization, seed, g.kwargs, g.wrappers)
     if cfg.name == "pettingzoo":
         from carrystate.envs.pettingzoo_adapter import make_pettingzoo
 
@@ -38,6 +39,8 @@ def make_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
         return MettaGridVecEnv(
             num_envs, m.map, m.agents, m.size, m.altars, m.walls, m.max_steps, m.obs_tokens, seed=seed
         )
+    if cfg.name == "custom":
+        return make_custom(cfg.custom.factory, cfg.custom.kwargs, num_envs, seed)
     raise ValueError(f"env.name={cfg.name!r} is not one of {', '.join(ENV_NAMES)}")
 
 

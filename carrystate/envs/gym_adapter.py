@@ -7,11 +7,14 @@ the final observation reaches the truncation bootstrap.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 
 from carrystate.config import ConfigError
 from carrystate.envs.base import EpisodeTracker, StepResult, check_actions
+from carrystate.envs.custom import import_module, make_wrappers
 
 # Observation entries that are positions (not velocities) in well-known environments.
 VELOCITY_FREE_INDICES: dict[str, list[int]] = {
@@ -44,25 +47,45 @@ class HideVelocity(gym.ObservationWrapper):
         return observation[self.keep]
 
 
+def registered_id(env_id: str) -> str:
+    """The registry name of `env_id` (`EnvId`, or `module:EnvId`, whose module is imported first so that it can
+    register `EnvId`, as gymnasium.make does), or a ConfigError naming the module or the id that failed."""
+    module, sep, name = env_id.rpartition(":")
+    if sep:
+        import_module(module, env_id, "env.gymnasium.id")
+    if name not in gym.registry:
+        close = [k for k in gym.registry if name.split("-")[0].lower() in k.lower()][:5]
+        raise ConfigError(
+            f"env.gymnasium.id={env_id!r}: {name!r} is not a registered gymnasium id"
+            + (f" (after importing {module!r})" if sep else "")
+            + (f"; did you mean one of {close}?" if close else "")
+        )
+    return name
+
+
 class GymVecEnv:
     """`num_envs` copies of a gymnasium env as one batch of single-agent rows."""
 
     def __init__(
-        self, env_id: str, num_envs: int, hide_velocity: bool = False, vectorization: str = "sync", seed: int = 0
+        self,
+        env_id: str,
+        num_envs: int,
+        hide_velocity: bool = False,
+        vectorization: str = "sync",
+        seed: int = 0,
+        kwargs: dict[str, Any] | None = None,
+        wrappers: list = (),
     ):
-        if env_id not in gym.registry:
-            close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
-            raise ConfigError(
-                f"env.gymnasium.id={env_id!r} is not a registered gymnasium id"
-                + (f"; did you mean one of {close}?" if close else "")
-            )
-        wrappers = [lambda e: HideVelocity(e, env_id)] if hide_velocity else []
+        name = registered_id(env_id)
+        chain = [lambda e: HideVelocity(e, name)] if hide_velocity else []
+        chain += make_wrappers(list(wrappers))  # each called with the env alone, in the configured order
         self.env = gym.make_vec(
             env_id,
             num_envs=num_envs,
             vectorization_mode=vectorization,
-            wrappers=wrappers,
+            wrappers=chain,
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            **(kwargs or {}),
         )
         self.num_agents = num_envs
         self.single_observation_space = self.env.single_observation_space

@@ -1,0 +1,76 @@
+"""Your own code in a run, named by import path: `env.name=custom`'s factory, gymnasium wrappers, and the
+`module:attribute` lookup they share, whose errors name the module or attribute that failed.
+
+The factory's signature: `factory(num_envs: int, seed: int, **kwargs) -> VecEnv`, where kwargs are
+`env.custom.kwargs`. It is called once per batch (twice with env.double_buffer, once per worker with
+env.workers, each time with that batch's share of the copies and its own seed) and must return an object with
+the `VecEnv` attributes (carrystate/envs/base.py): `num_agents`, `single_observation_space`,
+`single_action_space`, `reset(seed)`, `step(actions)` and `close()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from carrystate.config import ConfigError
+
+VECENV_ATTRIBUTES = ("num_agents", "single_observation_space", "single_action_space", "reset", "step", "close")
+VECENV_METHODS = ("reset", "step", "close")
+
+
+def import_module(module_name: str, spec: str, setting: str):
+    """The module `module_name` (imported), or a one-line ConfigError naming `setting`={spec} and the module."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:  # ModuleNotFoundError, or an import inside the module that failed
+        raise ConfigError(f"{setting}={spec!r}: cannot import module {module_name!r} ({err})") from None
+
+
+def import_object(spec: str, setting: str) -> Any:
+    """The attribute `spec` = `package.module:attribute` names (imported), or a one-line ConfigError naming
+    `setting`, and the module that failed to import or the attribute it lacks."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{setting}={spec!r} must look like package.module:attribute")
+    target: Any = import_module(module_name, spec, setting)
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"{setting}={spec!r}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    return target
+
+
+def make_custom(factory: str, kwargs: dict[str, Any], num_envs: int, seed: int):
+    """`factory(num_envs, seed, **kwargs)`, checked to have the VecEnv attributes (a ConfigError lists the
+    missing ones)."""
+    build = import_object(factory, "env.custom.factory")
+    if not callable(build):
+        raise ConfigError(f"env.custom.factory={factory!r} is a {type(build).__name__}, not a function")
+    env = build(num_envs, seed, **kwargs)
+    missing = [a for a in VECENV_ATTRIBUTES if not hasattr(env, a)]
+    missing += [f"{m} (not callable)" for m in VECENV_METHODS if hasattr(env, m) and not callable(getattr(env, m))]
+    if missing:
+        close = getattr(env, "close", None)
+        if callable(close):
+            close()
+        raise ConfigError(
+            f"env.custom.factory={factory!r} returned a {type(env).__name__} that is not a VecEnv: it lacks "
+            f"{', '.join(missing)} (see carrystate/envs/base.py)"
+        )
+    return env
+
+
+def make_wrappers(entries: list) -> list[Callable[[Any], Any]]:
+    """For each entry of `env.gymnasium.wrappers` (`module:Class`, or `{module:Class: kwargs}`), in order, a
+    function that wraps an env in that class with those keyword arguments."""
+    wrappers = []
+    for i, entry in enumerate(entries):
+        spec, kwargs = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        cls = import_object(spec, f"env.gymnasium.wrappers[{i}]")
+        if not isinstance(cls, type):
+            raise ConfigError(f"env.gymnasium.wrappers[{i}]={spec!r} is a {type(cls).__name__}, not a wrapper class")
+        wrappers.append(partial(cls, **kwargs))
+    return wrappers
