@@ -247,6 +247,19 @@ class DiagnosticsConfig(_Section):
     earlier rows (so from the last episode start when it lies inside the rollout)."""
 
 
+class LoggingConfig(_Section):
+    wandb: bool = False
+    """Also log every scalar that goes to TensorBoard (the same names) and the resolved config to Weights & Biases
+    (`pip install -e ".[wandb]"`); only runs that write a run folder log (the CLI's always do)."""
+    wandb_project: str = "carrystate"
+    """The W&B project; the W&B run is named after the run folder."""
+    wandb_entity: str | None = None
+    """The W&B team or user (None: your default entity)."""
+    wandb_mode: Literal["auto", "online", "offline"] = "auto"
+    """`auto`: WANDB_MODE if set, else online when WANDB_API_KEY is set and offline when not (the run is then
+    kept in the W&B folder, WANDB_DIR or the run folder, for `wandb sync`)."""
+
+
 class TrainerConfig(_Section):
     total_timesteps: int = Field(400_000, ge=1)
     """Agent-steps to train for (rounded up to whole iterations)."""
@@ -362,6 +375,8 @@ class Config(_Section):
     """The PPO loop."""
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     """Measurements that never change training."""
+    logging: LoggingConfig = LoggingConfig()
+    """Where the logged scalars go besides TensorBoard."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Config:

@@ -1,8 +1,11 @@
-"""Progress reporting: every iteration's scalars (CleanRL's metric names) to TensorBoard and the run's
-history, a live console line, the recent episodes' results, and the run's final `Summary`."""
+"""Progress reporting: every iteration's scalars (CleanRL's metric names) to TensorBoard, optionally to Weights &
+Biases (the same dict of scalars, and the resolved config), and to the run's history; a live console line, the
+recent episodes' results, and the run's final `Summary`."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 import time
 from collections import deque
@@ -48,6 +51,36 @@ class Summary:
         return "\n".join(lines)
 
 
+def wandb_problem() -> str | None:
+    """Why logging.wandb=true cannot work here (wandb not installed), or None."""
+    if importlib.util.find_spec("wandb") is None:
+        return 'logging.wandb=true needs the wandb package: pip install -e ".[wandb]" (or pip install wandb)'
+    return None
+
+
+def wandb_mode(setting: str) -> str:
+    """logging.wandb_mode resolved: `auto` is WANDB_MODE if set, else online with WANDB_API_KEY, else offline."""
+    if setting != "auto":
+        return setting
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+def open_wandb(cfg, run_dir: Path):
+    """A W&B run named after `run_dir`, holding the resolved config, kept in WANDB_DIR or else in `run_dir`."""
+    import wandb
+
+    log = cfg.logging
+    return wandb.init(
+        project=log.wandb_project,
+        entity=log.wandb_entity,
+        name=run_dir.name,
+        dir=os.environ.get("WANDB_DIR") or str(run_dir),
+        config=cfg.model_dump(mode="json"),
+        mode=wandb_mode(log.wandb_mode),
+        reinit="create_new",
+    )
+
+
 class Monitor:
     def __init__(self, total_steps: int, quiet: bool = False):
         self.console = Console(stderr=False, highlight=False)
@@ -55,17 +88,21 @@ class Monitor:
         self.quiet = quiet
         self.total = total_steps
         self.writer = None
+        self.wandb = None  # the W&B run, with logging.wandb
         self.last_print = 0.0
         self.returns: deque[float] = deque(maxlen=200)  # the last 200 episodes, for progress and summary
         self.success: deque[float] = deque(maxlen=200)
         self.history: list[dict[str, float]] = []  # every iteration's logged scalars, for experiments
 
-    def open(self, log_dir: Path | None) -> None:
-        """Start writing TensorBoard events to `log_dir` (None: no events)."""
-        if log_dir is not None:
+    def open(self, run_dir: Path | None, cfg=None) -> None:
+        """Start writing TensorBoard events to `run_dir`/tb (None: no events), and with cfg.logging.wandb, the
+        same scalars to a W&B run."""
+        if run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir))
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+            if cfg is not None and cfg.logging.wandb:
+                self.wandb = open_wandb(cfg, run_dir)
 
     def record(
         self,
@@ -96,6 +133,8 @@ class Monitor:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
         self.progress(step, sps, scalars)
 
     def progress(self, step: int, sps: float, values: dict[str, float]) -> None:
@@ -137,6 +176,9 @@ class Monitor:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
     def summary(
         self,

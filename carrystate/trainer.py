@@ -18,7 +18,7 @@ from carrystate.checkpoint import load_checkpoint, remove_unfinished, save_check
 from carrystate.config import Config, ConfigError, apply_overrides, check_layout, config_from_dict, dump_config
 from carrystate.envs import make_env
 from carrystate.learner import Learner
-from carrystate.monitor import Monitor, Summary
+from carrystate.monitor import Monitor, Summary, wandb_problem
 from carrystate.policy import Policy, kernels
 from carrystate.rollout import Rollout
 from carrystate.signals import GracefulStop
@@ -85,7 +85,7 @@ class Trainer:
                 raise ConfigError(_run_dir_problem(self.run_dir, self.cfg, f"{type(err).__name__}: {err}")) from None
             remove_unfinished(self.run_dir)  # left by a save that was killed
             (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
-        self.monitor.open(self.run_dir / "tb" if writes else None)
+        self.monitor.open(self.run_dir if writes else None, self.run_cfg)
         start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration
         stop, batch_done = self.stop, lambda: stop_after is not None and self.iteration - first_iteration >= stop_after
         with stop.installed():
@@ -205,6 +205,8 @@ def check_machine(cfg: Config, device: torch.device, run_dir: Path | str | None 
         why = triton_scan.why_unavailable(device, cfg.policy.hidden_size)
         if why:
             raise ConfigError(f"policy.sequence_impl=triton cannot run here: {why}")
+    if cfg.logging.wandb and run_dir is not None and (why := wandb_problem()):
+        raise ConfigError(why)
     if run_dir is not None:
         existing = Path(run_dir).absolute()
         while not existing.exists():
