@@ -1,4 +1,5 @@
-"""Command line: `carrystate train | eval`. Parsing and printing only; the work lives in the modules."""
+"""Command line: `carrystate train | eval | probe | report | bench | build-kernels | config`. Parsing and
+printing only; the work lives in the modules."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from carrystate.config import ConfigError
 from carrystate.distributed import DistributedError, env_rank, env_world_size, exit_now, shutdown
 from carrystate.envs.base import EnvError
 from carrystate.learner import NumericalError
+from carrystate.report import ReportError
 
 TRAIN_EPILOG = """examples:
   carrystate train                                   # built-in T-maze, default settings
@@ -116,6 +118,13 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from carrystate import report
+
+    print(f"wrote {report.write(Path(args.run_dir))}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import importlib
     import importlib.util
@@ -214,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="gradient_reach.png", help="PNG to write (default gradient_reach.png)")
     p.set_defaults(func=_probe)
     p = sub.add_parser(
+        "report",
+        help="write a run's report.html (plots of what it logged)",
+        description="Write RUN_DIR/report.html from the run's TensorBoard events (finished, stopped or still "
+        "running): return and success rate, SPS and the env/policy/learner time split, the losses and the "
+        "staleness of carried state, as PNGs embedded in one self-contained page.",
+    )
+    p.add_argument("run_dir", help="runs/<name>")
+    p.set_defaults(func=_report)
+    p = sub.add_parser(
         "bench",
         help="measure the learner, memory and whole training; write BENCHMARKS.md",
         description="Run the CPU benchmarks (learner unrolls vs the fused call and torchrl, learner "
@@ -261,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"carrystate (rank {env_rank()})" if env_world_size() > 1 else "carrystate"
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, ReportError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
     except (EnvError, NumericalError, DistributedError) as err:

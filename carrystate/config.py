@@ -248,6 +248,9 @@ class DiagnosticsConfig(_Section):
 
 
 class LoggingConfig(_Section):
+    report: bool = True
+    """At the end of a run (finished or stopped), write runs/<run>/report.html: plots of everything it logged
+    (`carrystate report runs/<run>` writes one at any time)."""
     wandb: bool = False
     """Also log every scalar that goes to TensorBoard (the same names) and the resolved config to Weights & Biases
     (`pip install -e ".[wandb]"`); only runs that write a run folder log (the CLI's always do)."""

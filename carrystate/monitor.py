@@ -133,6 +133,7 @@ class Monitor:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
+            self.writer.flush()  # readable now, by `carrystate report` on a running run
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
         self.progress(step, sps, scalars)

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -133,6 +134,8 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(
                 json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2)
             )
+            if self.cfg.logging.report:
+                write_report(self.run_dir)
         return summary
 
     def update(self) -> dict[str, float] | None:
@@ -186,6 +189,16 @@ class Trainer:
         trainer = cls(cfg, run_dir=run_dir, quiet=quiet)
         trainer.resume_note = run_state.restore(trainer, ckpt)
         return trainer
+
+
+def write_report(run_dir: Path) -> None:
+    """runs/<run>/report.html; a failure to plot is a warning, never a failed run."""
+    from carrystate import report
+
+    try:
+        report.write(run_dir)
+    except Exception as err:  # noqa: BLE001 (the run itself is done and saved)
+        warnings.warn(f"could not write {run_dir / report.REPORT_NAME}: {type(err).__name__}: {err}", stacklevel=2)
 
 
 def check_machine(cfg: Config, device: torch.device, run_dir: Path | str | None = None) -> None:
