@@ -109,3 +109,28 @@ def test_logging_report_false_writes_none(tmp_path):
     carrystate.train(None, [*SMALL_TMAZE, "logging.report=false"], run_dir=tmp_path / "run", iterations=1)
     assert (tmp_path / "run" / "summary.json").is_file()
     assert not (tmp_path / "run" / "report.html").exists()
+
+
+def test_report_of_a_running_run_shows_the_iterations_logged_so_far(tmp_path):
+    """Written from inside the run, right after each iteration is logged (before summary.json exists): the
+    events reach the disk every iteration."""
+    from carrystate.config import load_config
+    from carrystate.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(load_config(None, [*SMALL_TMAZE, "logging.report=false"]), run_dir=run_dir, quiet=True)
+    logged, record = [], trainer.monitor.record
+
+    def record_then_report(step, *args, **kwargs):
+        record(step, *args, **kwargs)
+        assert not (run_dir / "summary.json").exists()
+        report.write(run_dir)
+        scalars = report.read_scalars(run_dir)
+        assert set(scalars) == set(trainer.history[-1]) - {"step"}  # every tag of the iteration, none held back
+        assert {tag: x[-1] for tag, (x, _) in scalars.items()} == dict.fromkeys(scalars, step)
+        logged.append(scalars["charts/SPS"][0].tolist())
+
+    trainer.monitor.record = record_then_report
+    trainer.train(stop_after=2)
+    assert logged == [[512], [512, 1024]]
+    check_page(run_dir / "report.html")
