@@ -5,8 +5,10 @@ The public API, for scripts, experiments and benchmarks:
     import carrystate
     trainer = carrystate.train("configs/cartpole_novel.yaml", ["trainer.seed=3"])  # trains, returns the Trainer
     trainer.summary, trainer.history, trainer.policy                             # what the run produced
-    policy, cfg = carrystate.load("runs/<run>")                                  # a checkpoint's policy and config
-    stats = carrystate.evaluate(policy, cfg, episodes=200)                       # its returns on fresh episodes
+    agent = carrystate.load("runs/<run>")                # a checkpoint's agent: agent.policy, agent.cfg
+    stats = carrystate.evaluate(agent, episodes=200)      # its returns on fresh episodes of its env
+    state = agent.initial_state()                         # your own loop: one observation in, one action out
+    action, state = agent.act(obs, state)                 # (see carrystate/agent.py)
 
 `Trainer(cfg)` builds a run without starting it (`trainer.train()` runs it); its public attributes are
 `cfg`, `env`, `policy`, `buffer` (the `SegmentBuffer` of the last rollout), `learner` (its `optimizer`),
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from carrystate.agent import Agent
     from carrystate.config import Config
     from carrystate.policy import Policy
     from carrystate.trainer import Trainer
@@ -52,28 +55,35 @@ def train(
     return trainer
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[Policy, Config]:
-    """The policy of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint) and
-    the config it was trained with."""
-    from carrystate.run_state import load_policy
+def load(path: str | Path, device: str = "cpu", seed: int = 0) -> Agent:
+    """The agent of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint):
+    `agent.initial_state()` and `agent.act(obs, state)`, its `policy` and the `cfg` it was trained with (it
+    also unpacks as `policy, cfg = carrystate.load(path)`). `seed` seeds its action sampling."""
+    from carrystate.agent import load as load_agent
 
-    return load_policy(path, device)
+    return load_agent(path, device, seed)
 
 
 def evaluate(
-    policy: Policy,
-    cfg: Config,
+    policy: Policy | Agent,
+    cfg: Config | None = None,
     episodes: int = 100,
     *,
     seed: int = 12345,
     deterministic: bool = False,
     num_envs: int | None = None,
 ):
-    """`policy` on `episodes` fresh episodes of `cfg`'s env (built with `seed`, `num_envs` copies or as
-    configured, closed after), its state carried and reset exactly as in training. Returns the episodes'
-    `RolloutStats` (episode_returns, episode_lengths, success)."""
+    """`policy` (or an agent, whose config is the default `cfg`) on `episodes` fresh episodes of `cfg`'s env
+    (built with `seed`, `num_envs` copies or as configured, closed after), its state carried and reset exactly
+    as in training. Returns the episodes' `RolloutStats` (episode_returns, episode_lengths, success)."""
+    from carrystate.agent import Agent
     from carrystate.envs import make_env
     from carrystate.rollout import evaluate as run
+
+    if isinstance(policy, Agent):
+        policy, cfg = policy.policy, cfg or policy.cfg
+    if cfg is None:
+        raise ValueError("carrystate.evaluate(policy, cfg): a policy needs the config of its env")
 
     env = make_env(cfg.env.model_copy(update={"num_envs": num_envs or cfg.env.num_envs}), seed=seed)
     try:
@@ -87,6 +97,10 @@ def __getattr__(name: str):
         from carrystate.trainer import Trainer
 
         return Trainer
+    if name == "Agent":
+        from carrystate.agent import Agent
+
+        return Agent
     if name in ("Config", "load_config"):
         from carrystate import config
 
@@ -94,4 +108,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'carrystate' has no attribute {name!r}")
 
 
-__all__ = ["train", "load", "evaluate", "Trainer", "Config", "load_config", "__version__"]
+__all__ = ["train", "load", "evaluate", "Agent", "Trainer", "Config", "load_config", "__version__"]

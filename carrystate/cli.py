@@ -62,9 +62,9 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import carrystate
 
-    policy, cfg = carrystate.load(Path(args.checkpoint))
+    agent = carrystate.load(Path(args.checkpoint))
     stats = carrystate.evaluate(
-        policy, cfg, args.episodes, seed=args.seed, deterministic=args.deterministic, num_envs=args.num_envs
+        agent, episodes=args.episodes, seed=args.seed, deterministic=args.deterministic, num_envs=args.num_envs
     )
     r = np.array(stats.episode_returns)
     print(f"{len(r)} episodes: return {r.mean():.3f} ± {r.std():.3f} (min {r.min():.3f}, max {r.max():.3f})")
@@ -103,7 +103,7 @@ def _probe(args: argparse.Namespace) -> int:
     if horizons is None:
         import carrystate
 
-        _, cfg = carrystate.load(Path(args.checkpoint))
+        cfg = carrystate.load(Path(args.checkpoint)).cfg
         horizons = [cfg.trainer.bptt_horizon, "episode"]
     result = probe(Path(args.checkpoint), horizons, args.max_lag, args.seed, args.out)
     T = result["bptt_horizon"]

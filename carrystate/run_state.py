@@ -495,6 +495,12 @@ def _check_optimizer(saved: dict, policy: Policy, cfg: Config, fail) -> None:
 def load_policy(path: Path | str, device: str = "cpu") -> tuple[Policy, Config]:
     """The policy of a checkpoint (folder or run folder) and the config it was trained with, after `check`
     found the whole checkpoint sound (what a resume would refuse, this refuses too)."""
+    policy, cfg, _ = load_policy_and_spaces(path, device)
+    return policy, cfg
+
+
+def load_policy_and_spaces(path: Path | str, device: str = "cpu") -> tuple[Policy, Config, tuple]:
+    """`load_policy`, and the (observation, action) spaces of one agent of the env it was trained on."""
     from carrystate.envs import make_env
     from carrystate.policy import Policy
 
@@ -505,9 +511,10 @@ def load_policy(path: Path | str, device: str = "cpu") -> tuple[Policy, Config]:
         _fail(ckpt["path"], "meta.json world_size", f"is {world_size!r}, expected an integer >= 1")
     env = make_env(rank_config(cfg, world_size).env, seed=cfg.trainer.seed)
     try:
-        policy = Policy(cfg.policy, env.single_observation_space, env.single_action_space)
+        spaces = env.single_observation_space, env.single_action_space
+        policy = Policy(cfg.policy, *spaces)
         check(ckpt, policy, env, env.reset(seed=cfg.trainer.seed))
     finally:
         env.close()
     policy.load_state_dict(ckpt["model"])
-    return policy.to(device), cfg
+    return policy.to(device), cfg, spaces

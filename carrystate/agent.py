@@ -1,0 +1,77 @@
+"""A trained policy as an agent for your own loop: `initial_state()`, then `act(obs, state)` every step, with the
+recurrent state in the caller's hands (what the training loop's `StateStore` does for it: carried from step to
+step, zeroed when an episode ends).
+
+    agent = carrystate.load("runs/<run>")
+    state = agent.initial_state()              # one agent; initial_state(n) for a batch of n
+    action, state = agent.act(obs, state)      # obs [*obs_shape] -> one action; [n, *obs_shape] -> n actions
+    state = agent.reset(state, done)           # a batch: zero the rows whose episode ended ([n] bool)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from carrystate.config import Config
+from carrystate.policy import Policy
+from carrystate.state import State, mask_state
+
+
+class Agent:
+    """`policy` (weights only) and `cfg` (the config it was trained with), acting on observations of
+    `observation_space` with actions of `action_space`; `act` samples with its own seeded generator."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        cfg: Config,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        self.policy, self.cfg, self.device = policy.eval(), cfg, torch.device(device)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def initial_state(self, batch: int = 1) -> State:
+        """The state at an episode's first step, for `batch` agents (zeros)."""
+        return self.policy.initial_state(batch, self.device)
+
+    @torch.no_grad()
+    def act(self, obs, state: State, deterministic: bool = False) -> tuple[np.ndarray, State]:
+        """One step: the action for `obs` (one observation, or a batch with a leading agent dimension) given the
+        state before it, and the state after it. Sampled, or the most likely action when `deterministic`;
+        Box actions are clipped to the space, as in training."""
+        obs = np.asarray(obs)
+        single = obs.shape == tuple(self.observation_space.shape)
+        batch = obs[None] if single else obs
+        if batch.dtype.kind == "f":
+            batch = batch.astype(np.float32, copy=False)
+        params, _, state = self.policy.step(torch.as_tensor(batch, device=self.device), state)
+        head = self.policy.actor
+        action = head.mode(params) if deterministic else head.sample(params, self.generator)
+        action = action.cpu().numpy()
+        if isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return (action[0] if single else action), state
+
+    def reset(self, state: State, done) -> State:
+        """`state` with the rows of agents whose episode ended (`done` [batch] bool) zeroed."""
+        return mask_state(state, torch.as_tensor(np.asarray(done, bool), device=self.device))
+
+    def __iter__(self) -> Iterator:
+        """Unpacks as `policy, cfg = carrystate.load(path)`, what load returned before it returned an Agent."""
+        return iter((self.policy, self.cfg))
+
+
+def load(path, device: torch.device | str = "cpu", seed: int = 0) -> Agent:
+    """The agent of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint)."""
+    from carrystate.run_state import load_policy_and_spaces
+
+    policy, cfg, (observation_space, action_space) = load_policy_and_spaces(path, str(device))
+    return Agent(policy, cfg, observation_space, action_space, seed=seed, device=device)
