@@ -40,6 +40,30 @@ class PlusOne(gym.ObservationWrapper):
         return observation + 1
 
 
+class DictObsEnv(gym.Env):
+    """Dict observations {flag: Discrete(3), pos: Box(2), note: Text}: flag = steps % 3, pos = [steps, -steps] / 10;
+    never ends by itself."""
+
+    observation_space = gym.spaces.Dict(
+        {"flag": gym.spaces.Discrete(3), "pos": gym.spaces.Box(-1, 1, (2,), np.float32), "note": gym.spaces.Text(8)}
+    )
+    action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        return {"flag": self.t % 3, "pos": np.array([self.t, -self.t], np.float32) / 10, "note": "hi"}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, False, False, {}
+
+
+gym.register("CarrystateDictObs-v0", entry_point=DictObsEnv, max_episode_steps=20)
+
 NOT_A_CLASS = 3
 
 

@@ -159,3 +159,32 @@ def test_readme_example_env_is_the_tested_module():
     section = readme.split("## Your own environment", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert code == (ROOT / "tests" / "remember_cue.py").read_text()
+
+
+def test_dict_observations_are_flattened_one_hot_with_text_dropped():
+    env = build([*GYM, "env.gymnasium.id=tests.custom_envs:CarrystateDictObs-v0"])
+    try:
+        assert env.single_observation_space.shape == (5,)  # flag one-hot (3) + pos (2); the text entry dropped
+        obs = [env.reset(seed=0)[0]] + [env.step(np.zeros(2, np.int64)).obs[0] for _ in range(4)]
+    finally:
+        env.close()
+    one_hot = np.eye(3)
+    expected = [[*one_hot[t % 3], t / 10, -t / 10] for t in range(5)]
+    np.testing.assert_allclose(np.array(obs), np.array(expected, np.float32), rtol=0, atol=1e-7)
+
+
+def test_minigrid_trains_by_its_module_colon_id():
+    pytest.importorskip("minigrid")
+    trainer = carrystate.train(
+        None,
+        [
+            *SMALL_TMAZE[1:4],
+            "env.num_envs=8",
+            "env.name=gymnasium",
+            "env.gymnasium.id=minigrid:MiniGrid-Empty-5x5-v0",
+        ],
+        iterations=2,
+    )
+    # {direction: Discrete(4), image: Box(7, 7, 3)} flattened; the mission text dropped
+    assert trainer.env.single_observation_space.shape == (4 + 7 * 7 * 3,)
+    assert trainer.iteration == 2 and np.isfinite(trainer.history[-1]["losses/value_loss"])

@@ -3,6 +3,10 @@
 Same-step autoreset means the step that ends an episode already returns the next episode's first
 observation, with the final observation in `info["final_obs"]`: no action is wasted on a reset step and
 the final observation reaches the truncation bootstrap.
+
+Observations that are not a Box (Dict, Tuple, Discrete, ...; MiniGrid's {image, direction, mission}) are
+flattened into one float32 vector by `FlatObservation`, applied after the configured wrappers; image Boxes stay
+images, and the MLP encoder reads them flattened.
 """
 
 from __future__ import annotations
@@ -63,6 +67,49 @@ def registered_id(env_id: str) -> str:
     return name
 
 
+def _flattens(space: gym.Space) -> bool:
+    """Whether gymnasium can flatten `space` into numbers that mean something to a policy (text cannot)."""
+    if isinstance(space, gym.spaces.Text):
+        return False
+    try:
+        gym.spaces.flatdim(space)
+    except NotImplementedError:
+        return False
+    return True
+
+
+class FlatObservation(gym.ObservationWrapper):
+    """A Dict, Tuple, Discrete, MultiDiscrete or MultiBinary observation as one flat Box (gymnasium's flatten:
+    Box entries as they are, discrete ones one-hot), so that the MLP encoder reads it. Entries of a Dict that
+    carry no numbers (text, such as MiniGrid's `mission`) are dropped; they are listed in `dropped`."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.observation_space
+        self.dropped: list[str] = []
+        if isinstance(space, gym.spaces.Dict):
+            self.dropped = [k for k, sub in space.spaces.items() if not _flattens(sub)]
+            space = gym.spaces.Dict({k: sub for k, sub in space.spaces.items() if k not in self.dropped})
+            if not space.spaces:
+                raise ConfigError(
+                    f"env.gymnasium.id: no entry of the Dict observation can be flattened ({self.dropped})"
+                )
+        elif not _flattens(space):
+            raise ConfigError(
+                f"env.gymnasium.id: observations of {space} cannot be flattened for the policy; add a wrapper "
+                "(env.gymnasium.wrappers) that turns them into a Box"
+            )
+        self.kept = space
+        flat = gym.spaces.flatten_space(space)
+        low, high = flat.low.astype(np.float32), flat.high.astype(np.float32)
+        self.observation_space = gym.spaces.Box(low, high, flat.shape, np.float32)
+
+    def observation(self, observation):
+        if self.dropped:
+            observation = {k: v for k, v in observation.items() if k not in self.dropped}
+        return gym.spaces.flatten(self.kept, observation).astype(np.float32, copy=False)
+
+
 class GymVecEnv:
     """`num_envs` copies of a gymnasium env as one batch of single-agent rows."""
 
@@ -79,20 +126,27 @@ class GymVecEnv:
         name = registered_id(env_id)
         chain = [lambda e: HideVelocity(e, name)] if hide_velocity else []
         chain += make_wrappers(list(wrappers))  # each called with the env alone, in the configured order
-        self.env = gym.make_vec(
-            env_id,
-            num_envs=num_envs,
-            vectorization_mode=vectorization,
-            wrappers=chain,
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-            **(kwargs or {}),
-        )
+        self.env = self._make(env_id, num_envs, vectorization, chain, kwargs)
+        if not isinstance(self.env.single_observation_space, gym.spaces.Box):  # Dict, Tuple, Discrete, ...
+            self.env.close()
+            self.env = self._make(env_id, num_envs, vectorization, [*chain, FlatObservation], kwargs)
         self.num_agents = num_envs
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self.seed = seed
         self.tracker = EpisodeTracker(num_envs)
         self._obs_shape = (num_envs, *self.single_observation_space.shape)
+
+    @staticmethod
+    def _make(env_id: str, num_envs: int, vectorization: str, wrappers: list, kwargs: dict | None):
+        return gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode=vectorization,
+            wrappers=wrappers,
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            **(kwargs or {}),
+        )
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
