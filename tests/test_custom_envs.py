@@ -3,12 +3,14 @@ with a factory, and one-line errors that name what failed to import."""
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 import carrystate
 from carrystate.config import ConfigError, load_config
 from carrystate.envs import make_env
+from carrystate.envs.gym_adapter import FlatObservation
 from tests.helpers import ROOT, SMALL_TMAZE
 from tests.remember_cue import RememberCue
 
@@ -188,3 +190,24 @@ def test_minigrid_trains_by_its_module_colon_id():
     # {direction: Discrete(4), image: Box(7, 7, 3)} flattened; the mission text dropped
     assert trainer.env.single_observation_space.shape == (4 + 7 * 7 * 3,)
     assert trainer.iteration == 2 and np.isfinite(trainer.history[-1]["losses/value_loss"])
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (
+            gym.spaces.Text(8),
+            "env.gymnasium.id: observations of Text(1, 8, charset=",
+        ),
+        (gym.spaces.Dict({"note": gym.spaces.Text(8)}), "no entry of the Dict observation can be flattened (['note'])"),
+    ],
+    ids=["text", "dict-of-text"],
+)
+def test_observations_without_numbers_are_a_config_error(space, message):
+    class TextEnv(gym.Env):
+        observation_space, action_space = space, gym.spaces.Discrete(2)
+
+    with pytest.raises(ConfigError) as err:
+        FlatObservation(TextEnv())
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert "cannot be flattened" in str(err.value)
