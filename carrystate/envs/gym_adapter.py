@@ -92,12 +92,13 @@ class FlatObservation(gym.ObservationWrapper):
             space = gym.spaces.Dict({k: sub for k, sub in space.spaces.items() if k not in self.dropped})
             if not space.spaces:
                 raise ConfigError(
-                    f"env.gymnasium.id: no entry of the Dict observation can be flattened ({self.dropped})"
+                    f"env.gymnasium.id: Dict observations whose entries ({', '.join(self.dropped)}) hold no numbers "
+                    "cannot be flattened for the policy; add a wrapper (env.gymnasium.wrappers) that makes a Box"
                 )
         elif not _flattens(space):
             raise ConfigError(
                 f"env.gymnasium.id: observations of {space} cannot be flattened for the policy; add a wrapper "
-                "(env.gymnasium.wrappers) that turns them into a Box"
+                "(env.gymnasium.wrappers) that makes a Box"
             )
         self.kept = space
         flat = gym.spaces.flatten_space(space)
