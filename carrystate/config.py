@@ -255,7 +255,8 @@ class LoggingConfig(_Section):
     """Also log every scalar that goes to TensorBoard (the same names) and the resolved config to Weights & Biases
     (`pip install -e ".[wandb]"`); only runs that write a run folder log (the CLI's always do)."""
     wandb_project: str = "carrystate"
-    """The W&B project; the W&B run is named after the run folder."""
+    """The W&B project; the W&B run is named after the run folder (a resumed run logs to a new W&B run of that
+    name, its steps going on from the checkpoint's)."""
     wandb_entity: str | None = None
     """The W&B team or user (None: your default entity)."""
     wandb_mode: Literal["auto", "online", "offline"] = "auto"
