@@ -211,3 +211,19 @@ def test_observations_without_numbers_are_a_config_error(space, message):
         FlatObservation(TextEnv())
     assert message in str(err.value) and "\n" not in str(err.value)
     assert "cannot be flattened" in str(err.value)
+
+
+def test_custom_factory_builds_the_copies_in_worker_processes():
+    cfg = load_config(
+        None,
+        ["env.name=custom", "env.custom.factory=tests.remember_cue:RememberCue", "env.num_envs=8", "env.workers=2"],
+    )
+    env = make_env(cfg.env, seed=0)
+    try:
+        assert not isinstance(env, RememberCue) and env.num_agents == 8  # two workers' batches of 4, as one
+        obs = env.reset(seed=0)
+        assert obs.shape == (8, 2) and set(np.abs(obs[:, 0]).tolist()) == {1.0}  # every copy shows its cue
+        res = env.step(np.ones(8, np.int64))
+        assert res.obs.shape == (8, 2) and not (res.terminated | res.truncated).any()
+    finally:
+        env.close()
