@@ -414,6 +414,12 @@ def tmaze_memory_section(rows) -> list[str]:
 
 
 def popgym_5m_section(rows) -> list[str]:
+    # the same script with --set policy.core=gru --name popgym_5m_gru (seeds 1-3) and popgym_5m_gru_b (seeds 4-5)
+    rows = rows + load("popgym_5m_gru", []) + load("popgym_5m_gru_b", [])
+
+    def policy(r):
+        return r["trainer"] + "".join(f", {o}" for o in r.get("overrides", []))
+
     envs = list(dict.fromkeys(r["env"] for r in rows))
     ours = [r for r in rows if r["trainer"] == "carrystate"]
     budget = max((r["budget"] for r in ours), default=0)
@@ -422,7 +428,8 @@ def popgym_5m_section(rows) -> list[str]:
         "",
         "Script: `python experiments/popgym_vs_sb3.py --steps 5000000 --seeds 1 2 3 4 5 --envs RepeatPreviousMedium "
         "RepeatFirstMedium --trainers carrystate --name popgym_5m` (and `--steps 200000 --trainers random` for the "
-        f"random policy). carrystate with `configs/popgym.yaml` at the current defaults, {budget:,} agent-steps per "
+        "random policy; `--set policy.core=gru --name popgym_5m_gru` for the GRU rows). carrystate with "
+        f"`configs/popgym.yaml` plus the overrides the policy column names, {budget:,} agent-steps per "
         "run, seeds 1–5. Score: the mean of the per-batch mean episodic returns over the last 10% of training "
         "(`last 10%`), beside MMER (the maximum over batches, POPGym's score). Returns lie in [-1, 1]; the random "
         "row is uniformly random actions. Target: `last 10%` clearly above the random policy on every seed.",
@@ -432,28 +439,56 @@ def popgym_5m_section(rows) -> list[str]:
     ]
     last = lambda r: float(np.mean([v for _, v in r["curve"][-max(1, len(r["curve"]) // 10) :]]))  # noqa: E731
     for e in envs:
-        for t in ("carrystate", "random"):
-            rs = sorted((r for r in rows if r["env"] == e and r["trainer"] == t), key=lambda r: r["seed"])
-            if not rs:
-                continue
+        for name in dict.fromkeys(policy(r) for r in rows if r["env"] == e):
+            rs = sorted((r for r in rows if r["env"] == e and policy(r) == name), key=lambda r: r["seed"])
             v = [last(r) for r in rs]
             lines.append(
-                f"| {e} | {t} | " + " / ".join(f"{x:.2f}" for x in v) + f" | {np.mean(v):.2f} | "
+                f"| {e} | {name} | " + " / ".join(f"{x:.2f}" for x in v) + f" | {np.mean(v):.2f} | "
                 f"{np.mean([r['mmer'] for r in rs]):.2f} | {np.median([r['sps'] for r in rs]):,.0f} |"
             )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.4), squeeze=False)
     for ax, e in zip(axes[0], envs):
         for r in (r for r in ours if r["env"] == e):
-            ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], lw=0.6, label=f"seed {r['seed']}")
+            gru = "policy.core=gru" in r.get("overrides", [])
+            ax.plot(
+                [c[0] for c in r["curve"]],
+                [c[1] for c in r["curve"]],
+                lw=0.6,
+                ls="-" if gru else ":",
+                label=f"{'GRU' if gru else 'LSTM'} seed {r['seed']}",
+            )
         rand = [last(r) for r in rows if r["env"] == e and r["trainer"] == "random"]
         if rand:
-            ax.axhline(np.mean(rand), color="k", ls=":", lw=1, label="random policy")
+            ax.axhline(np.mean(rand), color="k", ls="--", lw=1, label="random policy")
         ax.set_title(f"POPGym {e}")
         ax.set_xlabel("agent-steps")
         ax.set_ylabel("mean episodic return per batch")
-        ax.legend(fontsize=6)
-    return lines + _save_plot(fig, "popgym_5m", "POPGym 5M learning curves")
+        ax.legend(fontsize=5, ncol=2)
+    return lines + _save_plot(fig, "popgym_5m", "POPGym 5M learning curves") + popgym_probes_section()
+
+
+def popgym_probes_section() -> list[str]:
+    rows = load("popgym_probes", [])
+    if not rows:
+        return []
+    lines = [
+        "### What was tried on the Medium tasks (one seed each, 2M agent-steps)",
+        "",
+        "Script: `python experiments/popgym_probes.py ENV 2000000 1 NAME:overrides ...`. Probes on seed 1 only, "
+        "to choose what to run on five seeds; `last 10%` and the quarters are means of the per-batch returns, "
+        "`eval` the final policy on 50 fresh episodes.",
+        "",
+        "| env | overrides on configs/popgym.yaml | last 10% | by quarter of training | eval | steps/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['env']} | {', '.join(r['overrides']) or '(none)'} | {r['last10']:.2f} | "
+            + " / ".join(f"{q:.2f}" for q in r["quarters"])
+            + f" | {r['eval']:.2f} | {r['sps']:,.0f} |"
+        )
+    return lines + [""]
 
 
 def staleness_with_seeds_section(rows) -> list[str]:
