@@ -344,25 +344,7 @@ def test_mettagrid_short_training_run(tmp_path):
     pytest.importorskip("mettagrid")
     from carrystate.trainer import Trainer
 
-    cfg = load_config(
-        "configs/mettagrid_arena.yaml",
-        [
-            "env.num_envs=2",
-            "env.workers=1",
-            "env.mettagrid.agents=4",
-            "env.mettagrid.size=12",
-            "env.mettagrid.max_steps=40",
-            "env.mettagrid.obs_tokens=64",
-            "trainer.batch_size=256",
-            "trainer.bptt_horizon=16",
-            "trainer.minibatch_size=128",
-            "trainer.total_timesteps=512",
-            "trainer.update_epochs=1",
-            "policy.hidden_size=16",
-            "policy.token_embed_size=8",
-            "policy.encoder_sizes=[16]",
-        ],
-    )
+    cfg = load_config("configs/mettagrid_arena.yaml", [*SMALL_METTAGRID, "env.workers=1"])
     assert cfg.policy.encoder == "token"
     trainer = Trainer(cfg, run_dir=tmp_path / "run", quiet=True)
     try:

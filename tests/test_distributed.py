@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from carrystate.buffer import SegmentBuffer
 from carrystate.checkpoint import load_checkpoint
 from carrystate.config import ConfigError, load_config
 from carrystate.distributed import rank_config
@@ -35,18 +36,6 @@ TINY = [
     "trainer.seed=5",
 ]
 WORLD = 2
-BUFFER_FIELDS = (
-    "obs",
-    "actions",
-    "logprobs",
-    "values",
-    "rewards",
-    "terminated",
-    "truncated",
-    "starts",
-    "valid",
-    "final_values",
-)
 
 
 def _env(**extra) -> dict[str, str]:
@@ -116,7 +105,7 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
         union.learner.anneal(union.iteration / union.num_iterations)
         for sh in shards:
             sh.rollout.collect(union.policy, sh.buffer, sh.sample_gen)
-        for name in BUFFER_FIELDS:  # agent a of shard r is agent r * A + a of the union: rows stack
+        for name in SegmentBuffer.STEP_FIELDS:  # agent a of shard r is agent r * A + a of the union: rows stack
             getattr(ub, name).copy_(torch.cat([getattr(sh.buffer, name) for sh in shards]))
         ub.last_value.copy_(torch.cat([sh.buffer.last_value for sh in shards]))
         for i, dst in enumerate(ub.start_state):
