@@ -3,9 +3,12 @@ LSTM of 128 units shared by actor and critic, 64-unit layers, 64 envs x 64 steps
 4 epochs, lr 1e-3, ent 0.01), the same step budget, on this machine. Scored as POPGym scores: the maximum over
 training of the mean episodic return per batch (MMER), mean +- std over seeds. Both see the previous action:
 carrystate through its adapter (configs/popgym.yaml holds its settings), sb3 through POPGym's own
-PreviousAction + Flatten wrappers, with the settings read from the same file.
+PreviousAction + Flatten wrappers, with the settings read from the same file. Since issue 13 that file uses a
+GRU (sb3-contrib has only the LSTM): the 1M comparison in EXPERIMENTS.md was measured with the LSTM; for equal
+networks run with `--set policy.core=lstm`.
 
     python experiments/popgym_vs_sb3.py [--steps 1000000] [--seeds 1 2 3] [--envs ...] [--trainers carrystate sb3]
+        [--name NAME] [--set key=value ...]
 """
 
 from __future__ import annotations

@@ -414,11 +414,17 @@ def tmaze_memory_section(rows) -> list[str]:
 
 
 def popgym_5m_section(rows) -> list[str]:
-    # the same script with --set policy.core=gru --name popgym_5m_gru (seeds 1-3) and popgym_5m_gru_b (seeds 4-5)
-    rows = rows + load("popgym_5m_gru", []) + load("popgym_5m_gru_b", [])
+    # the same script with --set policy.core=gru: --name popgym_5m_gru (seeds 1-4, started before Adam was fused)
+    # and --name popgym_5m_gru_b (seeds 4-5, started after: fused Adam rounds differently, so seed 4 differs)
+    fused = [{**r, "variant": "fused Adam"} for r in load("popgym_5m_gru_b", [])]
+    rows = rows + load("popgym_5m_gru", []) + fused
 
     def policy(r):
-        return r["trainer"] + "".join(f", {o}" for o in r.get("overrides", []))
+        return (
+            r["trainer"]
+            + "".join(f", {o}" for o in r.get("overrides", []))
+            + (f" ({r['variant']})" if "variant" in r else "")
+        )
 
     envs = list(dict.fromkeys(r["env"] for r in rows))
     ours = [r for r in rows if r["trainer"] == "carrystate"]
@@ -428,13 +434,15 @@ def popgym_5m_section(rows) -> list[str]:
         "",
         "Script: `python experiments/popgym_vs_sb3.py --steps 5000000 --seeds 1 2 3 4 5 --envs RepeatPreviousMedium "
         "RepeatFirstMedium --trainers carrystate --name popgym_5m` (and `--steps 200000 --trainers random` for the "
-        "random policy; `--set policy.core=gru --name popgym_5m_gru` for the GRU rows). carrystate with "
+        "random policy; `--set policy.core=gru --name popgym_5m_gru` for the GRU rows: seeds 1–4 in one process "
+        "started before Adam was fused, seeds 4–5 in a second one started after, whose rounding differs, so seed "
+        "4 appears twice). carrystate with "
         f"`configs/popgym.yaml` plus the overrides the policy column names, {budget:,} agent-steps per "
         "run, seeds 1–5. Score: the mean of the per-batch mean episodic returns over the last 10% of training "
         "(`last 10%`), beside MMER (the maximum over batches, POPGym's score). Returns lie in [-1, 1]; the random "
         "row is uniformly random actions. Target: `last 10%` clearly above the random policy on every seed.",
         "",
-        "| env | policy | last 10% per seed (1–5) | last 10% mean | MMER mean | steps/s |",
+        "| env | policy | last 10% per seed (seed: value) | last 10% mean | MMER mean | steps/s |",
         "|---|---|---|---|---|---|",
     ]
     last = lambda r: float(np.mean([v for _, v in r["curve"][-max(1, len(r["curve"]) // 10) :]]))  # noqa: E731
@@ -443,7 +451,9 @@ def popgym_5m_section(rows) -> list[str]:
             rs = sorted((r for r in rows if r["env"] == e and policy(r) == name), key=lambda r: r["seed"])
             v = [last(r) for r in rs]
             lines.append(
-                f"| {e} | {name} | " + " / ".join(f"{x:.2f}" for x in v) + f" | {np.mean(v):.2f} | "
+                f"| {e} | {name} | "
+                + " / ".join(f"{r['seed']}: {x:.2f}" for r, x in zip(rs, v))
+                + f" | {np.mean(v):.2f} | "
                 f"{np.mean([r['mmer'] for r in rs]):.2f} | {np.median([r['sps'] for r in rs]):,.0f} |"
             )
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -515,8 +525,8 @@ def main():
         "# Experiments",
         "",
         "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
-        "2-core CPU machine (one torch thread per run) on 2026-11-26 (the issue 13 sections on 2026-11-30), then "
-        "rendered by `python "
+        "2-core CPU machine (one torch thread per run) on 2026-11-26 (the issue 13 and 16 sections on "
+        "2026-11-30), then rendered by `python "
         "experiments/report.py`. Raw numbers: "
         '`experiments/results/*.json`. The findings follow the tables, under "What the numbers say", and open '
         "with a table of where carrystate is ahead, level or behind sb3-contrib's RecurrentPPO.",
