@@ -30,4 +30,5 @@ def test_lstm_solves_cartpole_without_velocity_within_100k_steps_on_seeds_1_to_5
         stats = carrystate.evaluate(trainer.policy, trainer.cfg, EVAL_EPISODES, seed=EVAL_SEED + seed)
         assert len(stats.episode_returns) == EVAL_EPISODES
         scores.append(float(np.mean(stats.episode_returns)))
+    print(f"CartPole without velocity, seeds {SEEDS}: final returns {[round(x, 1) for x in scores]}")
     assert np.mean(scores) >= 475 and min(scores) >= 400, scores
