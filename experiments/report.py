@@ -414,8 +414,8 @@ def tmaze_memory_section(rows) -> list[str]:
 
 
 def popgym_5m_section(rows) -> list[str]:
-    # the same script with --set policy.core=gru: --name popgym_5m_gru (seeds 1-4, started before Adam was fused)
-    # and --name popgym_5m_gru_b (seeds 4-5, started after: fused Adam rounds differently, so seed 4 differs)
+    # the same script with --set policy.core=gru: --name popgym_5m_gru (seeds 1-4, the default Adam) and
+    # --name popgym_5m_gru_b (seeds 4-5, started while Adam was fused by default: it rounds differently)
     fused = [{**r, "variant": "fused Adam"} for r in load("popgym_5m_gru_b", [])]
     rows = rows + load("popgym_5m_gru", []) + fused
 
@@ -435,8 +435,8 @@ def popgym_5m_section(rows) -> list[str]:
         "Script: `python experiments/popgym_vs_sb3.py --steps 5000000 --seeds 1 2 3 4 5 --envs RepeatPreviousMedium "
         "RepeatFirstMedium --trainers carrystate --name popgym_5m` (and `--steps 200000 --trainers random` for the "
         "random policy; `--set policy.core=gru --name popgym_5m_gru` for the GRU rows: seeds 1–4 in one process "
-        "started before Adam was fused, seeds 4–5 in a second one started after, whose rounding differs, so seed "
-        "4 appears twice). carrystate with "
+        "with the default Adam, seeds 4–5 in a second one started while Adam was fused by default "
+        "(`trainer.fused_adam` now), which rounds differently, so seed 4 appears twice). carrystate with "
         f"`configs/popgym.yaml` plus the overrides the policy column names, {budget:,} agent-steps per "
         "run, seeds 1–5. Score: the mean of the per-batch mean episodic returns over the last 10% of training "
         "(`last 10%`), beside MMER (the maximum over batches, POPGym's score). Returns lie in [-1, 1]; the random "
