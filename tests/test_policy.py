@@ -228,16 +228,16 @@ def test_muon_takes_hidden_matrices_and_adam_the_rest():
 
 
 def test_fused_adam_takes_the_same_steps_as_adams_reference_loop():
-    """With trainer.fused_adam, make_optimizer's Adam is fused on the CPU; over five steps it must move every
-    weight as the per-tensor loop (foreach=False, fused=False) does, from the same gradients."""
+    """make_optimizer's Adam is fused on the CPU (trainer.fused_adam, the default); over five steps it must move
+    every weight as the per-tensor loop (foreach=False, fused=False) does, from the same gradients."""
     from carrystate.config import TrainerConfig
     from carrystate.optim import make_optimizer
 
     torch.manual_seed(0)
     policy = Policy(PolicyConfig(hidden_size=8), gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
     reference = copy.deepcopy(policy)
-    assert not make_optimizer(policy, TrainerConfig()).defaults["fused"], "off by default"
-    opt = make_optimizer(policy, TrainerConfig(learning_rate=0.01, fused_adam=True))
+    assert not make_optimizer(policy, TrainerConfig(fused_adam=False)).defaults["fused"]
+    opt = make_optimizer(policy, TrainerConfig(learning_rate=0.01))
     assert opt.defaults["fused"]
     ref = torch.optim.Adam(reference.parameters(), lr=0.01, eps=TrainerConfig().adam_eps, foreach=False)
     for _ in range(5):
