@@ -43,6 +43,13 @@ def _env(**extra) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
+def _rank_env(port: int, rank: int) -> dict[str, str]:
+    """The environment of rank `rank` of WORLD ranks that meet on 127.0.0.1:`port`."""
+    return _env(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,13 +66,7 @@ def _ranks(args_of_rank, tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
             stack.enter_context(
                 child(
                     ["-m", "carrystate.cli", "train", *args_of_rank(rank)],
-                    env=_env(
-                        MASTER_ADDR="127.0.0.1",
-                        MASTER_PORT=str(port),
-                        RANK=str(rank),
-                        LOCAL_RANK=str(rank),
-                        WORLD_SIZE=str(WORLD),
-                    ),
+                    env=_rank_env(port, rank),
                     cwd=tmp_path,
                 )
             )
@@ -206,13 +207,7 @@ def test_leaving_the_process_group_ends_gloo_threads_so_the_interpreter_exit_can
             stack.enter_context(
                 child(
                     ["-c", LEAVE, *TINY],
-                    env=_env(
-                        MASTER_ADDR="127.0.0.1",
-                        MASTER_PORT=str(port),
-                        RANK=str(r),
-                        LOCAL_RANK=str(r),
-                        WORLD_SIZE=str(WORLD),
-                    ),
+                    env=_rank_env(port, r),
                     cwd=tmp_path,
                 )
             )
