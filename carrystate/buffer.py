@@ -38,9 +38,8 @@ def obs_dtype(space: gym.Space) -> torch.dtype:
     """How observations of `space` are stored: integer and bool boxes in the dtype the env emits (MettaGrid's
     uint8 tokens take a quarter of float32's memory and copying), everything else as float32. The encoders
     convert on the way in."""
-    dtype = np.dtype(getattr(space, "dtype", None) or np.float32)
-    if isinstance(space, gym.spaces.Box) and (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
-        return torch.from_numpy(np.zeros(0, dtype)).dtype
+    if isinstance(space, gym.spaces.Box) and (np.issubdtype(space.dtype, np.integer) or space.dtype == np.bool_):
+        return torch.from_numpy(np.zeros(0, space.dtype)).dtype
     return torch.float32
 
 

@@ -85,12 +85,7 @@ class SharedResults:
     def result(self, parts: list[tuple], bounds: np.ndarray) -> StepResult:
         """The step result of all rows: the shared arrays plus each worker's ended episodes, worker k's rows
         being `bounds[k]:bounds[k + 1]`."""
-        valid = None
-        if any(p[3] is not None for p in parts):
-            valid = np.ones(self.rows, bool)
-            for k, p in enumerate(parts):
-                if p[3] is not None:
-                    valid[bounds[k] : bounds[k + 1]] = p[3]
+        valid = joined_valid([p[3] for p in parts], np.diff(bounds))
         return StepResult(
             self.obs,
             self.reward,
@@ -159,14 +154,18 @@ def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
+def joined_valid(valids: list, sizes) -> np.ndarray | None:
+    """The `valid` of consecutive row ranges of these sizes joined: None where every part is None (all valid),
+    else one bool array with True for the rows of a None part."""
+    if all(v is None for v in valids):
+        return None
+    return np.concatenate([np.ones(n, bool) if v is None else np.asarray(v, bool) for v, n in zip(valids, sizes)])
+
+
 def concat_results(results: list[StepResult]) -> StepResult:
     """Step results of consecutive row ranges → one result over all rows."""
     cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
-    valid = None
-    if any(r.valid is not None for r in results):
-        valid = np.concatenate(
-            [np.ones(len(r.reward), bool) if r.valid is None else np.asarray(r.valid, bool) for r in results]
-        )
+    valid = joined_valid([r.valid for r in results], [len(r.reward) for r in results])
     return StepResult(
         cat("obs"),
         cat("reward"),
