@@ -19,6 +19,7 @@ import torch
 from carrystate.config import Config
 from carrystate.policy import Policy
 from carrystate.state import State, mask_state
+from carrystate.structured import StructuredSpace
 
 
 class Agent:
@@ -46,7 +47,11 @@ class Agent:
     def act(self, obs, state: State, deterministic: bool = False) -> tuple[np.ndarray, State]:
         """One step: the action for `obs` (one observation, or a batch with a leading agent dimension) given the
         state before it, and the state after it. Sampled, or the most likely action when `deterministic`;
-        Box actions are clipped to the space, as in training."""
+        Box actions are clipped to the space, as in training. For an env whose observations are a Dict (or Tuple, ...),
+        `obs` is the env's own observation (one, or a batch with a leading agent dimension on every entry), packed
+        here as the training env packs it."""
+        if isinstance(self.observation_space, StructuredSpace) and not isinstance(obs, np.ndarray | torch.Tensor):
+            obs = self.observation_space.pack_any(obs)
         obs = np.asarray(obs)
         single = obs.shape == tuple(self.observation_space.shape)
         batch = obs[None] if single else obs

@@ -73,6 +73,9 @@ class GymConfig(_Section):
     """Drop the velocity entries of the observation (CartPole without velocity, a memory benchmark)."""
     vectorization: Literal["sync", "async"] = "sync"
     """Step the copies in this process (`sync`) or in worker processes (`async`)."""
+    success_above: float | None = None
+    """Count an episode whose return exceeds this as a success (logged as the success rate), for tasks with no
+    success flag of their own (MiniGrid: 0, as only reaching the goal pays). None: no success rate."""
 
     @field_validator("wrappers")
     @classmethod
@@ -189,7 +192,9 @@ class EnvConfig(_Section):
 class PolicyConfig(_Section):
     encoder: Literal["mlp", "token"] = "mlp"
     """Observation encoder; `mlp` for flat vector observations, `token` for MettaGrid-style token lists
-    `[tokens, 3]` (location, feature, value bytes; 255 marks an empty token)."""
+    `[tokens, 3]` (location, feature, value bytes; 255 marks an empty token). Structured observations (Dict,
+    Tuple, Discrete) get one encoder per entry whatever this says (an MLP for vectors, a CNN for 3-D boxes,
+    an embedding for Discrete), concatenated before the core."""
     encoder_sizes: list[int] = [64]
     """Hidden layer widths of the MLP encoder (with encoder=token: of the MLP after pooling)."""
     token_embed_size: int = Field(64, ge=1)
@@ -197,6 +202,16 @@ class PolicyConfig(_Section):
     token_features: int = Field(64, ge=1)
     """With encoder=token: feature ids lie below this (MettaGrid's arena emits ids up to 51); the table holds
     two rows per (location, feature) pair."""
+    embed_size: int = Field(8, ge=1)
+    """Structured observations (Dict, Tuple, Discrete): width of the learned vector a Discrete value picks, and
+    that each channel's value of an embedded image picks."""
+    image_encoding: Literal["embed", "scale"] = "embed"
+    """Structured observations with an integer image (a 3-D Box entry): `embed` gives each channel's value a
+    learned vector before the CNN (right for grids of object, colour and state ids, such as MiniGrid's);
+    `scale` feeds value / high (right for camera pixels). Float images are always scaled."""
+    cnn_channels: list[int] = [32, 32]
+    """Structured observations with an image: output channels of the CNN's 3×3 convolutions (a flatten and one
+    ReLU layer of encoder_sizes[-1] follow)."""
     core: Literal["lstm", "gru", "none"] = "lstm"
     """Recurrent core; `none` is a feed-forward control that shows whether a task needs memory."""
     hidden_size: int = Field(64, ge=1)
@@ -215,7 +230,8 @@ class PolicyConfig(_Section):
     """Normalise observations by a running per-feature mean and variance, updated after each update from
     that rollout's observations (never inside an update) and saved with the weights. None (the default): on
     for encoder=mlp, off for encoder=token (token ids and values are not intensities). Measured: CartPole
-    without velocity 477 against 352 without it (5 seeds, EXPERIMENTS.md)."""
+    without velocity 477 against 352 without it (5 seeds, EXPERIMENTS.md). Structured observations normalise
+    their vector entries only (not images, not Discrete values)."""
     obs_clip: float = Field(10.0, gt=0)
     """With obs_norm: clip normalised observations to ±obs_clip."""
 

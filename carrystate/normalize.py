@@ -60,6 +60,27 @@ class ObsNorm(nn.Module):
         std = (self.stats.var + self.eps).sqrt().to(torch.float32)
         return ((obs.float() - mean) / std).clamp(-self.clip, self.clip)
 
+    def update(self, obs: Tensor, dist: DistContext | None = None) -> None:
+        """Add observations obs [n, *shape] to the statistics."""
+        self.stats.update(obs, dist)
+
+
+class FieldNorm(nn.Module):
+    """`ObsNorm` for some fields of a structured observation ({name: tensor}; `shapes` names them), the others
+    passed through as they are."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], clip: float = 10.0):
+        super().__init__()
+        self.norms = nn.ModuleDict({name: ObsNorm(shape, clip) for name, shape in shapes.items()})
+
+    def forward(self, fields: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: self.norms[name](x) if name in self.norms else x for name, x in fields.items()}
+
+    def update(self, fields: dict[str, Tensor], dist: DistContext | None = None) -> None:
+        """Add the rows of each normalised field ({name: [n, *shape]}), in a fixed order (one sum per field)."""
+        for name, norm in self.norms.items():
+            norm.update(fields[name], dist)
+
 
 class ReturnScale(nn.Module):
     """Rewards divided by the running standard deviation of the discounted return (as sb3's VecNormalize and

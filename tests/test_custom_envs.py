@@ -3,14 +3,14 @@ with a factory, and one-line errors that name what failed to import."""
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import carrystate
 from carrystate.config import ConfigError, load_config
 from carrystate.envs import make_env
-from carrystate.envs.gym_adapter import FlatObservation
+from carrystate.structured import StructuredSpace
 from tests.helpers import ROOT, SMALL_TMAZE
 from tests.remember_cue import RememberCue
 
@@ -163,16 +163,19 @@ def test_readme_example_env_is_the_tested_module():
     assert code == (ROOT / "tests" / "remember_cue.py").read_text()
 
 
-def test_dict_observations_are_flattened_one_hot_with_text_dropped():
+def test_dict_observations_are_packed_per_entry_with_text_dropped():
     env = build([*GYM, "env.gymnasium.id=tests.custom_envs:CarrystateDictObs-v0"])
     try:
-        assert env.single_observation_space.shape == (5,)  # flag one-hot (3) + pos (2); the text entry dropped
+        space = env.single_observation_space
+        assert isinstance(space, StructuredSpace) and space.dropped == ["note"]
+        assert space.shape == (8 + 2 * 4,)  # flag as its int64, pos as its two float32; the text entry dropped
         obs = [env.reset(seed=0)[0]] + [env.step(np.zeros(2, np.int64)).obs[0] for _ in range(4)]
     finally:
         env.close()
-    one_hot = np.eye(3)
-    expected = [[*one_hot[t % 3], t / 10, -t / 10] for t in range(5)]
-    np.testing.assert_allclose(np.array(obs), np.array(expected, np.float32), rtol=0, atol=1e-7)
+    fields = space.unpack(torch.from_numpy(np.stack(obs)))
+    assert fields["flag"].tolist() == [t % 3 for t in range(5)]
+    expected = np.array([[t / 10, -t / 10] for t in range(5)], np.float32)
+    np.testing.assert_array_equal(fields["pos"].numpy(), expected)
 
 
 def test_minigrid_trains_by_its_module_colon_id():
@@ -187,43 +190,6 @@ def test_minigrid_trains_by_its_module_colon_id():
         ],
         iterations=2,
     )
-    # {direction: Discrete(4), image: Box(7, 7, 3)} flattened; the mission text dropped
-    assert trainer.env.single_observation_space.shape == (4 + 7 * 7 * 3,)
+    # {direction: Discrete(4) as int64, image: Box(7, 7, 3) uint8} packed; the mission text dropped
+    assert trainer.env.single_observation_space.shape == (8 + 7 * 7 * 3,)
     assert trainer.iteration == 2 and np.isfinite(trainer.history[-1]["losses/value_loss"])
-
-
-@pytest.mark.parametrize(
-    "space, message",
-    [
-        (
-            gym.spaces.Text(8),
-            "env.gymnasium.id: observations of Text(1, 8, charset=",
-        ),
-        (gym.spaces.Dict({"note": gym.spaces.Text(8)}), "Dict observations whose entries (note) hold no numbers"),
-    ],
-    ids=["text", "dict-of-text"],
-)
-def test_observations_without_numbers_are_a_config_error(space, message):
-    class TextEnv(gym.Env):
-        observation_space, action_space = space, gym.spaces.Discrete(2)
-
-    with pytest.raises(ConfigError) as err:
-        FlatObservation(TextEnv())
-    assert message in str(err.value) and "\n" not in str(err.value)
-    assert "cannot be flattened" in str(err.value)
-
-
-def test_custom_factory_builds_the_copies_in_worker_processes():
-    cfg = load_config(
-        None,
-        ["env.name=custom", "env.custom.factory=tests.remember_cue:RememberCue", "env.num_envs=8", "env.workers=2"],
-    )
-    env = make_env(cfg.env, seed=0)
-    try:
-        assert not isinstance(env, RememberCue) and env.num_agents == 8  # two workers' batches of 4, as one
-        obs = env.reset(seed=0)
-        assert obs.shape == (8, 2) and set(np.abs(obs[:, 0]).tolist()) == {1.0}  # every copy shows its cue
-        res = env.step(np.ones(8, np.int64))
-        assert res.obs.shape == (8, 2) and not (res.terminated | res.truncated).any()
-    finally:
-        env.close()

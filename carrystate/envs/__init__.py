@@ -23,7 +23,7 @@ def make_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
         return DelayedRecall(num_envs, r.num_symbols, r.delay_min, r.delay_max, seed=seed)
     if cfg.name == "gymnasium":
         g = cfg.gymnasium
-        return GymVecEnv(g.id, num_envs, g.hide_velocity, g.vectorization, seed, g.kwargs, g.wrappers)
+        return GymVecEnv(g.id, num_envs, g.hide_velocity, g.vectorization, seed, g.kwargs, g.wrappers, g.success_above)
     if cfg.name == "pettingzoo":
         from carrystate.envs.pettingzoo_adapter import make_pettingzoo
 

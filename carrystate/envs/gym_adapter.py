@@ -4,9 +4,10 @@ Same-step autoreset means the step that ends an episode already returns the next
 observation, with the final observation in `info["final_obs"]`: no action is wasted on a reset step and
 the final observation reaches the truncation bootstrap.
 
-Observations that are not a Box (Dict, Tuple, Discrete, ...; MiniGrid's {image, direction, mission}) are
-flattened into one float32 vector by `FlatObservation`, applied after the configured wrappers; image Boxes stay
-images, and the MLP encoder reads them flattened.
+Observations that are not a Box (Dict, Tuple, Discrete, ...; MiniGrid's {image, direction, mission}) are packed
+into one byte record per step by `PackedObservation` (structured.py), applied after the configured wrappers:
+each entry keeps its dtype, and the policy gives each its own encoder. Box observations keep an integer dtype
+(uint8 images stay uint8); float ones become float32.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from carrystate.config import ConfigError
 from carrystate.envs.base import EpisodeTracker, StepResult, check_actions
 from carrystate.envs.custom import import_module, make_wrappers
+from carrystate.structured import PackedObservation
 
 # Observation entries that are positions (not velocities) in well-known environments.
 VELOCITY_FREE_INDICES: dict[str, list[int]] = {
@@ -67,50 +69,6 @@ def registered_id(env_id: str) -> str:
     return name
 
 
-def _flattens(space: gym.Space) -> bool:
-    """Whether gymnasium can flatten `space` into numbers that mean something to a policy (text cannot)."""
-    if isinstance(space, gym.spaces.Text):
-        return False
-    try:
-        gym.spaces.flatdim(space)
-    except NotImplementedError:
-        return False
-    return True
-
-
-class FlatObservation(gym.ObservationWrapper):
-    """A Dict, Tuple, Discrete, MultiDiscrete or MultiBinary observation as one flat Box (gymnasium's flatten:
-    Box entries as they are, discrete ones one-hot), so that the MLP encoder reads it. Entries of a Dict that
-    carry no numbers (text, such as MiniGrid's `mission`) are dropped; they are listed in `dropped`."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        space = env.observation_space
-        self.dropped: list[str] = []
-        if isinstance(space, gym.spaces.Dict):
-            self.dropped = [k for k, sub in space.spaces.items() if not _flattens(sub)]
-            space = gym.spaces.Dict({k: sub for k, sub in space.spaces.items() if k not in self.dropped})
-            if not space.spaces:
-                raise ConfigError(
-                    f"env.gymnasium.id: Dict observations whose entries ({', '.join(self.dropped)}) hold no numbers "
-                    "cannot be flattened for the policy; add a wrapper (env.gymnasium.wrappers) that makes a Box"
-                )
-        elif not _flattens(space):
-            raise ConfigError(
-                f"env.gymnasium.id: observations of {space} cannot be flattened for the policy; add a wrapper "
-                "(env.gymnasium.wrappers) that makes a Box"
-            )
-        self.kept = space
-        flat = gym.spaces.flatten_space(space)
-        low, high = flat.low.astype(np.float32), flat.high.astype(np.float32)
-        self.observation_space = gym.spaces.Box(low, high, flat.shape, np.float32)
-
-    def observation(self, observation):
-        if self.dropped:
-            observation = {k: v for k, v in observation.items() if k not in self.dropped}
-        return gym.spaces.flatten(self.kept, observation).astype(np.float32, copy=False)
-
-
 class GymVecEnv:
     """`num_envs` copies of a gymnasium env as one batch of single-agent rows."""
 
@@ -123,6 +81,7 @@ class GymVecEnv:
         seed: int = 0,
         kwargs: dict[str, Any] | None = None,
         wrappers: list = (),
+        success_above: float | None = None,
     ):
         name = registered_id(env_id)
         chain = [lambda e: HideVelocity(e, name)] if hide_velocity else []
@@ -130,13 +89,16 @@ class GymVecEnv:
         self.env = self._make(env_id, num_envs, vectorization, chain, kwargs)
         if not isinstance(self.env.single_observation_space, gym.spaces.Box):  # Dict, Tuple, Discrete, ...
             self.env.close()
-            self.env = self._make(env_id, num_envs, vectorization, [*chain, FlatObservation], kwargs)
+            self.env = self._make(env_id, num_envs, vectorization, [*chain, PackedObservation], kwargs)
         self.num_agents = num_envs
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self.seed = seed
         self.tracker = EpisodeTracker(num_envs)
         self._obs_shape = (num_envs, *self.single_observation_space.shape)
+        dtype = self.single_observation_space.dtype
+        self._obs_dtype = dtype if np.issubdtype(dtype, np.integer) or dtype == np.bool_ else np.float32
+        self.success_above = success_above
 
     @staticmethod
     def _make(env_id: str, num_envs: int, vectorization: str, wrappers: list, kwargs: dict | None):
@@ -170,13 +132,14 @@ class GymVecEnv:
             for row in np.flatnonzero(info["_final_obs"]):
                 final_obs[row] = info["final_obs"][row]
         returns, lengths = self.tracker.update(reward, terminated | truncated)
-        return StepResult(obs, reward, terminated, truncated, final_obs, returns, lengths)
+        success = [] if self.success_above is None else [float(r > self.success_above) for r in returns]
+        return StepResult(obs, reward, terminated, truncated, final_obs, returns, lengths, success)
 
     def _check_obs(self, obs) -> np.ndarray:
         obs = np.asarray(obs)
         if obs.shape != self._obs_shape:
             raise ValueError(f"env returned observations of shape {obs.shape}, expected {self._obs_shape}")
-        return obs.astype(np.float32, copy=False)
+        return obs.astype(self._obs_dtype, copy=False)
 
     def close(self) -> None:
         self.env.close()

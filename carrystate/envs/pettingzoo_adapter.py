@@ -23,6 +23,7 @@ import numpy as np
 
 from carrystate.config import ConfigError
 from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
+from carrystate.structured import StructuredSpace
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:
@@ -44,12 +45,12 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     return factory
 
 
-def _flat_space(space: gym.Space) -> gym.spaces.Box:
-    """The float32 Box an observation of `space` becomes (Box: same shape; others: flattened one-hots)."""
+def _row_space(space: gym.Space) -> gym.spaces.Box:
+    """The Box a row's observation of `space` becomes: a Box as a float32 Box of its shape; anything else (Dict,
+    Tuple, Discrete, ...) packed into a `StructuredSpace` record, each entry in its own dtype."""
     if isinstance(space, gym.spaces.Box):
         return gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32)
-    flat = gym.spaces.utils.flatten_space(space)
-    return gym.spaces.Box(-np.inf, np.inf, flat.shape, np.float32)
+    return StructuredSpace(space)
 
 
 class PettingZooVecEnv:
@@ -74,19 +75,19 @@ class PettingZooVecEnv:
                     "one policy needs the same spaces for every agent"
                 )
         self._raw_obs_space = obs_space
-        self.single_observation_space = _flat_space(obs_space)
+        self.single_observation_space = _row_space(obs_space)
         self.single_action_space = act_space
         self.index = {agent: i for i, agent in enumerate(self.agent_names)}
         self.seed = seed
         obs_shape = self.single_observation_space.shape
-        self.obs = np.zeros((self.num_agents, *obs_shape), np.float32)  # [agents, *obs_shape]
+        self.obs = np.zeros((self.num_agents, *obs_shape), self.single_observation_space.dtype)  # [agents, *obs_shape]
         self.valid = np.zeros(self.num_agents, bool)  # [agents] the row's agent is in its episode
         self.tracker = EpisodeTracker(self.num_agents)
 
     def _encode(self, observation) -> np.ndarray:
         if isinstance(self._raw_obs_space, gym.spaces.Box):
             return np.asarray(observation, dtype=np.float32)
-        return gym.spaces.utils.flatten(self._raw_obs_space, observation).astype(np.float32)
+        return self.single_observation_space.pack(observation)
 
     def _rows(self, e: int) -> slice:
         return slice(e * self.agents_per_env, (e + 1) * self.agents_per_env)

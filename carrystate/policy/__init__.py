@@ -8,98 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from carrystate.normalize import ObsNorm
+from carrystate.normalize import FieldNorm, ObsNorm
 from carrystate.policy.core import RecurrentCore
+from carrystate.policy.encoders import ENCODERS, MLPEncoder, TokenEncoder, make_encoder, module_key, vector_fields
 from carrystate.policy.heads import make_head
 from carrystate.state import State, zero_state
+from carrystate.structured import StructuredSpace
 
 if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
     from carrystate.config import PolicyConfig
-
-
-class MLPEncoder(nn.Module):
-    """Flat vector observations → features [..., out_size]."""
-
-    def __init__(self, obs_shape: tuple[int, ...], sizes: list[int]):
-        super().__init__()
-        layers, width = [], int(np.prod(obs_shape))
-        self.obs_ndim = len(obs_shape)
-        for size in sizes:
-            linear = nn.Linear(width, size)
-            nn.init.orthogonal_(linear.weight, np.sqrt(2))
-            nn.init.zeros_(linear.bias)
-            layers += [linear, nn.ReLU()]
-            width = size
-        self.net = nn.Sequential(*layers)
-        self.out_size = width
-
-    @classmethod
-    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> MLPEncoder:
-        return cls(obs_shape, cfg.encoder_sizes)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs.flatten(-self.obs_ndim).float())
-
-
-class TokenEncoder(nn.Module):
-    """Token-list observations [..., tokens, 3] → features [..., out_size].
-
-    Each token is three bytes (location, feature id, value), as MettaGrid emits them; a token whose location
-    byte is 255 is empty. A token's (location, feature) pair picks two rows of one table: a presence row, added
-    as it is, and a value row, scaled by value / 255. A row's features are ReLU of the sum over its present
-    tokens, then an MLP: a linear layer on the dense [location, feature] grid of presence and value, computed
-    by one `nn.EmbeddingBag` call over the present tokens without building the grid. The sum does not depend
-    on the order of the tokens or on how many empty tokens pad the list, and it keeps which feature is where.
-    """
-
-    EMPTY = 255
-    LOCATIONS = 256  # the location byte
-
-    def __init__(self, obs_shape: tuple[int, ...], embed_size: int, sizes: list[int], features: int = 64):
-        super().__init__()
-        if len(obs_shape) != 2 or obs_shape[1] != 3:
-            raise ValueError(
-                f"policy.encoder=token needs observations of shape [tokens, 3], got {tuple(obs_shape)}; "
-                "use policy.encoder=mlp for flat observations"
-            )
-        self.features = features
-        self.table = nn.EmbeddingBag(2 * self.LOCATIONS * features, embed_size, mode="sum")
-        nn.init.normal_(self.table.weight, std=0.1)  # ~30 present tokens sum to features of order 1
-        self.mlp = MLPEncoder((embed_size,), sizes)
-        self.out_size = self.mlp.out_size
-
-    @classmethod
-    def from_config(cls, obs_shape: tuple[int, ...], cfg: PolicyConfig) -> TokenEncoder:
-        return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes, cfg.token_features)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        # Only the present tokens enter the bag (MettaGrid fills ~30 of 200 slots); their order in `flat` is
-        # row-major, so each row's entries are contiguous and `offsets` marks where each row's bag starts.
-        lead, slots = obs.shape[:-2], obs.shape[-2]
-        flat = obs.reshape(-1, 3)  # [rows * slots, 3]
-        rows = flat.shape[0] // slots
-        present = flat[:, 0] != self.EMPTY
-        loc, feat, value = flat[present].long().unbind(1)
-        if not feat.is_cuda and feat.numel() and int(feat.max()) >= self.features:  # (no device sync on CUDA)
-            raise ValueError(
-                f"a token has feature id {int(feat.max())}, but policy.token_features={self.features}: "
-                "raise policy.token_features above the largest feature id the env emits"
-            )
-        cell = loc * self.features + feat
-        index = torch.stack([cell, cell + self.LOCATIONS * self.features], 1).reshape(-1)
-        weight = torch.stack([torch.ones_like(value, dtype=torch.float32), value.float() / 255.0], 1).reshape(-1)
-        count = present.view(rows, slots).sum(1)
-        offsets = 2 * (torch.cumsum(count, 0) - count)
-        pooled = self.table(index, offsets, per_sample_weights=weight.to(self.table.weight.dtype))
-        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
-
-
-ENCODERS = {"mlp": MLPEncoder, "token": TokenEncoder}
 
 
 class Policy(nn.Module):
@@ -108,14 +29,15 @@ class Policy(nn.Module):
 
     def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
         super().__init__()
-        shape = tuple(obs_space.shape)
-        self.obs_norm = ObsNorm(shape, cfg.obs_clip) if cfg.normalizes_obs else None
-        self.encoder = ENCODERS[cfg.encoder].from_config(shape, cfg)
+        # a StructuredSpace's records are unpacked into fields before normalisation and encoding
+        self.structured = obs_space if isinstance(obs_space, StructuredSpace) else None
+        self.obs_norm = self._obs_norm(cfg, obs_space)
+        self.encoder = make_encoder(obs_space, cfg)
         self.core = self._core(cfg, self.encoder.out_size)
         self.actor = make_head(cfg.hidden_size, action_space)
         self.critic_encoder = self.critic_core = None
         if cfg.critic == "separate":  # its own encoder and recurrent core, and so its own carried state
-            self.critic_encoder = ENCODERS[cfg.encoder].from_config(shape, cfg)
+            self.critic_encoder = make_encoder(obs_space, cfg)
             self.critic_core = self._core(cfg, self.critic_encoder.out_size)
         self.critic = nn.Linear(cfg.hidden_size, 1)
         nn.init.orthogonal_(self.critic.weight, 1.0)
@@ -125,21 +47,37 @@ class Policy(nn.Module):
         self.num_layers, self.hidden_size = cfg.num_layers, cfg.hidden_size
 
     @staticmethod
+    def _obs_norm(cfg: PolicyConfig, space: gym.Space) -> ObsNorm | FieldNorm | None:
+        if not cfg.normalizes_obs:
+            return None
+        if isinstance(space, StructuredSpace):  # the vector fields only: images and discrete values are not
+            shapes = {module_key(f.name): f.shape for f in vector_fields(space)}
+            return FieldNorm(shapes, cfg.obs_clip) if shapes else None
+        return ObsNorm(tuple(space.shape), cfg.obs_clip)
+
+    @staticmethod
     def _core(cfg: PolicyConfig, in_size: int) -> RecurrentCore:
         return RecurrentCore(cfg.core, in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return zero_state(self.num_state_tensors, self.num_layers, batch, self.hidden_size, device)
 
-    def _normalize(self, obs: Tensor) -> Tensor:
-        return obs if self.obs_norm is None else self.obs_norm(obs)
+    def _fields(self, obs: Tensor) -> Tensor | dict[str, Tensor]:
+        """obs as the normaliser and the encoder read it: records of a StructuredSpace unpacked into fields."""
+        if self.structured is None:
+            return obs
+        return {module_key(name): value for name, value in self.structured.unpack(obs).items()}
+
+    def _normalize(self, obs: Tensor) -> Tensor | dict[str, Tensor]:
+        x = self._fields(obs)
+        return x if self.obs_norm is None else self.obs_norm(x)
 
     @torch.no_grad()
     def update_obs_norm(self, obs: Tensor, valid: Tensor | None = None, dist=None) -> None:
         """Add observations obs [..., *obs_shape] (a finished rollout's; where `valid` [...] is true) to the
         running statistics (every rank's under torchrun); nothing, not even the selection, without obs_norm."""
         if self.obs_norm is not None:
-            self.obs_norm.stats.update(obs if valid is None else obs[valid], dist)
+            self.obs_norm.update(self._fields(obs if valid is None else obs[valid]), dist)
 
     def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
