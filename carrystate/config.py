@@ -209,7 +209,7 @@ class PolicyConfig(_Section):
     """Structured observations with an integer image (a 3-D Box entry): `embed` gives each channel's value a
     learned vector before the CNN (right for grids of object, colour and state ids, such as MiniGrid's);
     `scale` feeds value / high (right for camera pixels). Float images are always scaled."""
-    cnn_channels: list[int] = [32, 32]
+    cnn_channels: list[int] = [16, 32]
     """Structured observations with an image: output channels of the CNN's 3×3 convolutions (a flatten and one
     ReLU layer of encoder_sizes[-1] follow)."""
     core: Literal["lstm", "gru", "none"] = "lstm"

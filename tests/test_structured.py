@@ -217,3 +217,24 @@ def test_minigrid_memory_trains_from_its_config_and_the_agent_acts_on_raw_observ
     raw, _ = gym.make("MiniGrid-MemoryS7-v0").reset(seed=0)
     assert np.array_equal(agent.observation_space.pack(raw), packed)
     env.close()
+
+
+def test_pettingzoo_dict_observations_are_packed_per_agent_row():
+    from carrystate.envs.pettingzoo_adapter import PettingZooVecEnv
+    from tests.test_adapters import DropoutEnv
+
+    class DictDropout(DropoutEnv):
+        def observation_space(self, agent):
+            return gym.spaces.Dict({"who": gym.spaces.Discrete(3), "t": Box(0, 10, (1,), np.float32)})
+
+        def _obs(self, agent):
+            return {"who": self.possible_agents.index(agent), "t": np.array([self.t], np.float32)}
+
+    env = PettingZooVecEnv(DictDropout, num_envs=2)
+    space = env.single_observation_space
+    assert isinstance(space, StructuredSpace) and space.shape == (8 + 4,)
+    obs = [env.reset()] + [env.step(np.zeros(6, np.int64)).obs for _ in range(3)]
+    fields = space.unpack(torch.from_numpy(np.stack(obs)))  # [4 steps, 6 rows]
+    assert fields["who"][0].tolist() == [0, 1, 2, 0, 1, 2]
+    # a leaves after 2 steps: its row is padding (zero bytes, so zeros) from then on; b and c count their steps
+    assert fields["t"][..., 0].T.tolist()[:3] == [[0, 1, 0, 0], [0, 1, 2, 3], [0, 1, 2, 3]]

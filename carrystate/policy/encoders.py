@@ -115,8 +115,8 @@ def is_image(space: gym.Space) -> bool:
 
 class ImageEncoder(nn.Module):
     """An image Box [H, W, C] (or [C, H, W] when the first dimension is the smallest) → features [..., out_size]:
-    a small CNN (3×3 convolutions, stride 1 on images up to 16 pixels a side, else stride 2), flattened, one ReLU
-    layer.
+    a small CNN of 3×3 convolutions (on images up to 16 pixels a side: stride 1 without padding, so 7×7 becomes
+    5×5, then 3×3; larger images: stride 2 with padding, halving each side), flattened, one ReLU layer.
 
     What enters the CNN per pixel: with `encoding="embed"` and integer values, each channel's value picks a learned
     vector of `embed_size` (one table per channel): right for grids of object, colour and state ids (MiniGrid),
@@ -148,15 +148,16 @@ class ImageEncoder(nn.Module):
             scale = np.where(np.isfinite(top) & (top > 0), top, 1.0)
             self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
             width = c
-        stride = 1 if max(h, w) <= 16 else 2
+        small = max(h, w) <= 16  # small images: stride 1, no padding (each layer trims a pixel at each side)
         layers = []
         for size in channels:
-            conv = nn.Conv2d(width, size, 3, stride, padding=1)
+            stride, pad = (1, 0) if small and min(h, w) >= 3 else (1, 1) if small else (2, 1)
+            conv = nn.Conv2d(width, size, 3, stride, padding=pad)
             nn.init.orthogonal_(conv.weight, np.sqrt(2))
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.ReLU()]
             width = size
-            h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+            h, w = (h + 2 * pad - 3) // stride + 1, (w + 2 * pad - 3) // stride + 1
         self.cnn = nn.Sequential(*layers)
         self.head = _relu_linear(width * h * w, out_size)
         self.out_size = out_size
