@@ -2,11 +2,10 @@
 seeds 1-3, beside a memoryless control (`policy.core=none`, the same network without recurrence). A success is an
 episode that ends at the matching object (a positive return); a memoryless policy can only guess which of the two
 objects matches, so it is capped near 50%. Each run is evaluated on 300 fresh episodes (`carrystate.evaluate`, as
-`carrystate eval` does), and the success-rate curves are plotted.
+`carrystate eval` does); `python experiments/report.py` tabulates and plots them in EXPERIMENTS.md.
 
     python experiments/minigrid_memory.py --core lstm [--seeds 1 2 3] [--steps N] [--set key=value ...]
     python experiments/minigrid_memory.py --core none          # the control; one process per core runs in parallel
-    python experiments/minigrid_memory.py --plot               # experiments/plots/minigrid_memory.png
 """
 
 from __future__ import annotations
@@ -65,30 +64,6 @@ def run(core: str, seeds: list[int], steps: int, overrides: list[str], name: str
         tr.env.close()
 
 
-def plot(names: dict[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (label, name), color in zip(names.items(), ("tab:blue", "tab:gray"), strict=False):
-        for row in load(name, []):
-            pts = [(p["step"], p["charts/success_rate"]) for p in row.get("curve", []) if "charts/success_rate" in p]
-            if pts:
-                x, y = zip(*pts, strict=True)
-                ax.plot(x, y, color=color, alpha=0.8, label=f"{label}, seed {row['seed']}")
-    ax.axhline(0.5, color="k", lw=0.5, ls=":")
-    ax.set_xlabel("agent-steps")
-    ax.set_ylabel("success rate (episodes ended in the batch)")
-    ax.set_title("MiniGrid-MemoryS7: configs/minigrid_memory.yaml")
-    ax.legend(fontsize=7)
-    out = ROOT / "experiments" / "plots" / "minigrid_memory.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    print(out)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--core", choices=["lstm", "gru", "none"], default="lstm")
@@ -96,11 +71,7 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="agent-steps (default: the config's total_timesteps)")
     p.add_argument("--name", default=None, help="results file (default experiments/results/minigrid_memory_CORE)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides on top of configs/minigrid_memory.yaml")
-    p.add_argument("--plot", action="store_true", help="plot the saved lstm and none results and stop")
     a = p.parse_args()
-    if a.plot:
-        plot({"LSTM": "minigrid_memory_lstm", "memoryless (core=none)": "minigrid_memory_none"})
-        return
     steps = a.steps or carrystate.load_config(ROOT / "configs/minigrid_memory.yaml").trainer.total_timesteps
     run(a.core, a.seeds, steps, a.set, a.name or f"minigrid_memory_{a.core}")
 

@@ -341,6 +341,68 @@ def mettagrid_section(rows) -> list[str]:
     return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curves, before and after")
 
 
+MINIGRID_RUNS = (
+    ("minigrid_memory_lstm", "LSTM (the config)"),
+    ("minigrid_memory_none", "memoryless, policy.core=none"),
+)
+
+
+def minigrid_section(rows) -> list[str]:
+    runs = [(label, load(name)) for name, label in MINIGRID_RUNS]
+    runs = [(label, data) for label, data in runs if data]
+    lines = [
+        "## MiniGrid-MemoryS7 from its config, against a memoryless control (issue 15)",
+        "",
+        "Script: `python experiments/minigrid_memory.py --core lstm` and `--core none` (two processes side by side, "
+        "one torch thread each). `configs/minigrid_memory.yaml`: MiniGrid's Dict observation with no user code "
+        "(the 7×7×3 grid of object, colour and state ids through a per-channel embedding and a small CNN, the "
+        "direction through an embedding, the mission text dropped), 16 envs × 128 steps per batch, 64-step "
+        "segments. The control is the same network with `policy.core=none` (a feed-forward layer where the "
+        "recurrent core was). A success is an episode that ends at the matching object (a positive return; a "
+        "wrong object or the 245-step limit scores 0). `eval` is the final policy on 300 fresh episodes "
+        "(`carrystate.evaluate`, what `carrystate eval` runs), actions sampled; `last 10%` the mean success "
+        "rate of the training batches in the last tenth of training. Seeds 1–3, fixed before any run.",
+        "",
+        "| policy | seed | agent-steps | eval success | eval return | last 10% success | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, data in runs:
+        for r in sorted(data, key=lambda r: r["seed"]):
+            if "eval_success" not in r:
+                continue
+            lines.append(
+                f"| {label} | {r['seed']} | {r['steps']:,} | {r['eval_success']:.1%} | {r['eval_return']:.3f} | "
+                f"{r['last10_success']:.1%} | {r['wall_s']:.0f} |"
+            )
+    for label, data in runs:
+        done = [r for r in data if "eval_success" in r]
+        if done:
+            lines.append(
+                f"| {label}, mean | | | {np.mean([r['eval_success'] for r in done]):.1%} | "
+                f"{np.mean([r['eval_return'] for r in done]):.3f} | "
+                f"{np.mean([r['last10_success'] for r in done]):.1%} | |"
+            )
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (label, data), colour in zip(runs, ("tab:blue", "tab:gray"), strict=False):
+        for r in data:
+            pts = [(p["step"], p["charts/success_rate"]) for p in r.get("curve", []) if "charts/success_rate" in p]
+            if len(pts) >= 5:
+                x, y = np.array(pts).T
+                ax.plot(
+                    x[4:],
+                    np.convolve(y, np.ones(5) / 5, "valid"),
+                    color=colour,
+                    lw=1,
+                    label=f"{label}, seed {r['seed']}",
+                )
+    ax.axhline(0.5, color="k", lw=0.5, ls=":")
+    ax.set_xlabel("agent-steps")
+    ax.set_ylabel("success rate of the batch (5-batch mean)")
+    ax.legend(fontsize=7)
+    return lines + _save_plot(fig, "minigrid_memory", "MiniGrid-MemoryS7 success rate, LSTM and memoryless")
+
+
 def settings_ablation_section(rows) -> list[str]:
     lines = [
         "## Learning settings, one change at a time (issue 13)",
@@ -517,6 +579,7 @@ SECTIONS = [
     ("popgym_5m", None, popgym_5m_section),
     ("popgym_vs_sb3", None, popgym_section),
     ("mettagrid_arena", None, mettagrid_section),
+    ("minigrid_memory_lstm", None, minigrid_section),
 ]
 
 
@@ -525,7 +588,7 @@ def main():
         "# Experiments",
         "",
         "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
-        "2-core CPU machine (one torch thread per run) on 2026-11-26 (the issue 13 and 16 sections on "
+        "2-core CPU machine (one torch thread per run) on 2026-11-26 (the issue 13, 15 and 16 sections on "
         "2026-11-30), then rendered by `python "
         "experiments/report.py`. Raw numbers: "
         '`experiments/results/*.json`. The findings follow the tables, under "What the numbers say", and open '
