@@ -4,7 +4,7 @@ episode that ends at the matching object (a positive return); a memoryless polic
 objects matches, so it is capped near 50%. Each run is evaluated on 300 fresh episodes (`carrystate.evaluate`, as
 `carrystate eval` does); `python experiments/report.py` tabulates and plots them in EXPERIMENTS.md.
 
-    python experiments/minigrid_memory.py --core lstm [--seeds 1 2 3] [--steps N] [--set key=value ...]
+    python experiments/minigrid_memory.py --core gru [--seeds 1 2 3] [--steps N] [--set key=value ...]
     python experiments/minigrid_memory.py --core none          # the control; one process per core runs in parallel
 """
 
@@ -66,7 +66,7 @@ def run(core: str, seeds: list[int], steps: int, overrides: list[str], name: str
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--core", choices=["lstm", "gru", "none"], default="lstm")
+    p.add_argument("--core", choices=["lstm", "gru", "none"], default="gru")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--steps", type=int, default=None, help="agent-steps (default: the config's total_timesteps)")
     p.add_argument("--name", default=None, help="results file (default experiments/results/minigrid_memory_CORE)")

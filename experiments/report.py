@@ -342,7 +342,7 @@ def mettagrid_section(rows) -> list[str]:
 
 
 MINIGRID_RUNS = (
-    ("minigrid_memory_lstm", "LSTM (the config)"),
+    ("minigrid_memory_gru", "GRU (the config)"),
     ("minigrid_memory_none", "memoryless, policy.core=none"),
 )
 
@@ -353,7 +353,7 @@ def minigrid_section(rows) -> list[str]:
     lines = [
         "## MiniGrid-MemoryS7 from its config, against a memoryless control (issue 15)",
         "",
-        "Script: `python experiments/minigrid_memory.py --core lstm` and `--core none` (two processes side by side, "
+        "Script: `python experiments/minigrid_memory.py --core gru` and `--core none` (two processes side by side, "
         "one torch thread each). `configs/minigrid_memory.yaml`: MiniGrid's Dict observation with no user code "
         "(the 7×7×3 grid of object, colour and state ids through a per-channel embedding and a small CNN, the "
         "direction through an embedding, the mission text dropped), 16 envs × 128 steps per batch, 64-step "
@@ -579,7 +579,7 @@ SECTIONS = [
     ("popgym_5m", None, popgym_5m_section),
     ("popgym_vs_sb3", None, popgym_section),
     ("mettagrid_arena", None, mettagrid_section),
-    ("minigrid_memory_lstm", None, minigrid_section),
+    ("minigrid_memory_gru", None, minigrid_section),
 ]
 
 
