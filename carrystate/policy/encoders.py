@@ -176,8 +176,8 @@ class ImageEncoder(nn.Module):
 
 
 class DiscreteEncoder(nn.Module):
-    """A Discrete value → a learned vector of `embed_size`; MultiDiscrete [k] → k learned vectors (one table per
-    position), concatenated."""
+    """A Discrete value → a learned vector of `embed_size`; MultiDiscrete [k] → k learned vectors (one table, a block
+    of rows per position), concatenated."""
 
     def __init__(self, space: gym.spaces.Discrete | gym.spaces.MultiDiscrete, embed_size: int):
         super().__init__()
