@@ -23,6 +23,35 @@ KEYS = ("charts/success_rate", "charts/episodic_return", "charts/episodic_length
 EVAL_EPISODES = 300
 
 
+def cue_split(tr, seed: int, episodes: int) -> dict:
+    """Success on fresh episodes split by where the agent starts: beside the cue (x = 1, the cue in view at the
+    first step; a quarter of starts) or further along (the cue behind it: it must turn round to see it). Run
+    through `carrystate.load`'s Agent on the raw gymnasium env, its Dict observations as they come."""
+    import gymnasium as gym
+
+    from carrystate.agent import Agent
+
+    env = gym.make("MiniGrid-MemoryS7-v0")
+    agent = Agent(tr.policy, tr.cfg, tr.env.single_observation_space, env.action_space, seed=seed)
+    wins = {True: [], False: []}
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed * 1000 + episode)
+        in_view = int(env.unwrapped.agent_pos[0]) == 1
+        state, done, total = agent.initial_state(), False, 0.0
+        while not done:
+            action, state = agent.act(obs, state)
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            total, done = total + reward, terminated or truncated
+        wins[in_view].append(total > 0)
+    env.close()
+    return {
+        "success_cue_in_view": float(np.mean(wins[True])),
+        "episodes_cue_in_view": len(wins[True]),
+        "success_cue_behind": float(np.mean(wins[False])),
+        "episodes_cue_behind": len(wins[False]),
+    }
+
+
 def run(core: str, seeds: list[int], steps: int, overrides: list[str], name: str) -> None:
     torch.set_num_threads(1)
     rows = load(name, [])
@@ -52,6 +81,7 @@ def run(core: str, seeds: list[int], steps: int, overrides: list[str], name: str
             last = row["curve"][-1]
             print(seed, row["steps"], round(row["wall_s"]), {k: round(v, 3) for k, v in last.items()}, flush=True)
         stats = fresh_episodes(tr.policy, cfg, 10_000 + seed, EVAL_EPISODES)
+        row.update(cue_split(tr, 20_000 + seed, EVAL_EPISODES))
         curve = [h["charts/success_rate"] for h in tr.history if "charts/success_rate" in h]
         row.update(
             eval_success=float(np.mean(stats.success)),

@@ -361,10 +361,14 @@ def minigrid_section(rows) -> list[str]:
         "recurrent core was). A success is an episode that ends at the matching object (a positive return; a "
         "wrong object or the 245-step limit scores 0). `eval` is the final policy on 300 fresh episodes "
         "(`carrystate.evaluate`, what `carrystate eval` runs), actions sampled; `last 10%` the mean success "
-        "rate of the training batches in the last tenth of training. Seeds 1–3, fixed before any run.",
+        "rate of the training batches in the last tenth of training. `cue in view` / `cue behind`: success on "
+        "300 more fresh episodes (through `carrystate.load`'s Agent on the raw env), split by the start: a quarter "
+        "of episodes start beside the cue, which is then in view at the first step; the others start with it "
+        "behind the agent, which has to turn round to see it. Seeds 1–3, fixed before any run.",
         "",
-        "| policy | seed | agent-steps | eval success | eval return | last 10% success | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | seed | agent-steps | eval success | eval return | last 10% success | cue in view | cue behind "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, data in runs:
         for r in sorted(data, key=lambda r: r["seed"]):
@@ -372,7 +376,8 @@ def minigrid_section(rows) -> list[str]:
                 continue
             lines.append(
                 f"| {label} | {r['seed']} | {r['steps']:,} | {r['eval_success']:.1%} | {r['eval_return']:.3f} | "
-                f"{r['last10_success']:.1%} | {r['wall_s']:.0f} |"
+                f"{r['last10_success']:.1%} | {r['success_cue_in_view']:.1%} ({r['episodes_cue_in_view']}) | "
+                f"{r['success_cue_behind']:.1%} ({r['episodes_cue_behind']}) | {r['wall_s']:.0f} |"
             )
     for label, data in runs:
         done = [r for r in data if "eval_success" in r]
@@ -380,7 +385,9 @@ def minigrid_section(rows) -> list[str]:
             lines.append(
                 f"| {label}, mean | | | {np.mean([r['eval_success'] for r in done]):.1%} | "
                 f"{np.mean([r['eval_return'] for r in done]):.3f} | "
-                f"{np.mean([r['last10_success'] for r in done]):.1%} | |"
+                f"{np.mean([r['last10_success'] for r in done]):.1%} | "
+                f"{np.mean([r['success_cue_in_view'] for r in done]):.1%} | "
+                f"{np.mean([r['success_cue_behind'] for r in done]):.1%} | |"
             )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
