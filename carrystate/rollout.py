@@ -154,7 +154,8 @@ class Rollout:
                 f"{env_label(self.env)}: reset returned observations of shape {self.obs.shape}, "
                 f"expected {(self.env.num_agents, *self.obs_shape)}"
             )
-        check_finite("obs from reset", self.obs, env_label(self.env), self.agents_per_env)
+        space = self.env.single_observation_space
+        check_finite("obs from reset", self.obs, env_label(self.env), self.agents_per_env, space=space)
         for lane in self.lanes:
             lane.pending = None
             self.store.reset(lane.key, torch.ones(lane.env.num_agents, dtype=torch.bool))
@@ -188,7 +189,13 @@ class Rollout:
         if res is None:
             res = self._env_call(lane.env, "step_wait")
         check_step_result(
-            res, lane.env.num_agents, self.obs_shape, self.agents_per_env, env_label(lane.env), lane.rows.start
+            res,
+            lane.env.num_agents,
+            self.obs_shape,
+            self.agents_per_env,
+            env_label(lane.env),
+            lane.rows.start,
+            self.env.single_observation_space,
         )
         return res
 

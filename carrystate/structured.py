@@ -112,6 +112,15 @@ class StructuredSpace(gym.spaces.Box):
             out[f.name] = raw.reshape((*lead, *f.shape))
         return out
 
+    def finite_rows(self, records: np.ndarray) -> np.ndarray:
+        """Records [rows, bytes] → [rows] bool: every float entry of the row's record is finite."""
+        ok = np.ones(len(records), bool)
+        for f in self.fields:
+            if f.dtype.kind == "f":
+                values = np.ascontiguousarray(records[:, f.offset : f.offset + f.nbytes]).view(f.dtype)
+                ok &= np.isfinite(values).all(1)
+        return ok
+
     def __eq__(self, other) -> bool:
         return isinstance(other, StructuredSpace) and other.shape == self.shape and other.fields == self.fields
 

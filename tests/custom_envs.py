@@ -64,6 +64,19 @@ class DictObsEnv(gym.Env):
 
 gym.register("CarrystateDictObs-v0", entry_point=DictObsEnv, max_episode_steps=20)
 
+
+class NaNDictObsEnv(DictObsEnv):
+    """DictObsEnv whose pos entry turns NaN at its third step."""
+
+    def _obs(self):
+        obs = super()._obs()
+        if self.t == 3:
+            obs["pos"][0] = np.nan
+        return obs
+
+
+gym.register("CarrystateNaNDictObs-v0", entry_point=NaNDictObsEnv, max_episode_steps=20)
+
 NOT_A_CLASS = 3
 
 

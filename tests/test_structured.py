@@ -238,3 +238,25 @@ def test_pettingzoo_dict_observations_are_packed_per_agent_row():
     assert fields["who"][0].tolist() == [0, 1, 2, 0, 1, 2]
     # a leaves after 2 steps: its row is padding (zero bytes, so zeros) from then on; b and c count their steps
     assert fields["t"][..., 0].T.tolist()[:3] == [[0, 1, 0, 0], [0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_non_finite_float_entry_of_a_record_stops_the_rollout_naming_the_row():
+    cfg = load_config(
+        overrides=[
+            "env.name=gymnasium",
+            "env.gymnasium.id=tests.custom_envs:CarrystateNaNDictObs-v0",
+            "env.num_envs=2",
+            "trainer.batch_size=64",
+            "trainer.bptt_horizon=8",
+            "trainer.minibatch_size=32",
+        ]
+    )
+    from carrystate.envs.base import EnvError
+    from carrystate.trainer import Trainer
+
+    tr = Trainer(cfg, quiet=True)
+    try:
+        with pytest.raises(EnvError, match=r"non-finite obs from step at agent row 0 .*2 rows affected"):
+            tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+    finally:
+        tr.env.close()

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from carrystate.structured import StructuredSpace
+
 
 @dataclass
 class StepResult:
@@ -107,19 +109,31 @@ def check_step_type(res, env: str) -> None:
 
 
 def check_finite(
-    what: str, value: np.ndarray, env: str, agents_per_env: int = 1, first_row: int = 0, rows: np.ndarray | None = None
+    what: str,
+    value: np.ndarray,
+    env: str,
+    agents_per_env: int = 1,
+    first_row: int = 0,
+    rows: np.ndarray | None = None,
+    space: gym.Space | None = None,
 ) -> None:
     """Raise EnvError naming `env`, `what` (e.g. 'obs from step') and the first agent row where `value`
-    [agents, ...] is not finite; only the rows where the mask `rows` is true are checked, if given."""
+    [agents, ...] is not finite; only the rows where the mask `rows` is true are checked, if given. Records of a
+    `StructuredSpace` `space` are checked entry by entry (their float entries)."""
     value = np.asarray(value)
-    if value.dtype.kind in "iub":
+    if isinstance(space, StructuredSpace):
+        bad = ~space.finite_rows(value)
+    elif value.dtype.kind in "iub":
         return
-    checked = value if rows is None else value[rows]
-    if np.isfinite(checked).all():  # the per-step case: one check, no row search
-        return
-    bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
+    else:
+        checked = value if rows is None else value[rows]
+        if np.isfinite(checked).all():  # the per-step case: one check, no row search
+            return
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
     if rows is not None:
         bad &= rows
+    if not bad.any():
+        return
     row = first_row + int(np.flatnonzero(bad)[0])
     raise EnvError(
         f"{env}: non-finite {what} at agent row {row} (env {row // agents_per_env}, agent {row % agents_per_env})"
@@ -134,6 +148,7 @@ def check_step_result(
     agents_per_env: int = 1,
     env: str = "the env",
     first_row: int = 0,
+    space: gym.Space | None = None,
 ) -> None:
     """Raise EnvError naming `env`, the field and the agent where a step's output breaks the contract: its type,
     every field's shape, numeric observations and rewards, and no NaN or infinity in what training reads (the
@@ -160,7 +175,7 @@ def check_step_result(
     if res.valid is not None and np.shape(res.valid) != (num_agents,):
         raise EnvError(f"{env}: step returned valid of shape {np.shape(res.valid)}, expected ({num_agents},)")
     where = {"env": env, "agents_per_env": agents_per_env, "first_row": first_row}
-    check_finite("obs from step", res.obs, **where)
+    check_finite("obs from step", res.obs, space=space, **where)
     check_finite("reward from step", res.reward, **where)
     ended = np.asarray(res.terminated, bool) | np.asarray(res.truncated, bool)
     if ended.any():
@@ -168,5 +183,6 @@ def check_step_result(
             "final_obs from step (the last observation of an episode that ended there)",
             res.final_obs,
             rows=ended,
+            space=space,
             **where,
         )
