@@ -396,7 +396,7 @@ def minigrid_section(rows) -> list[str]:
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     for (label, data), colour in zip(runs, ("tab:blue", "tab:gray"), strict=False):
-        for r in data:
+        for r, style in zip(sorted(data, key=lambda r: r["seed"]), ("-", "--", ":", "-."), strict=False):
             pts = [(p["step"], p["charts/success_rate"]) for p in r.get("curve", []) if "charts/success_rate" in p]
             if len(pts) >= 5:
                 x, y = np.array(pts).T
@@ -404,6 +404,7 @@ def minigrid_section(rows) -> list[str]:
                     x[4:],
                     np.convolve(y, np.ones(5) / 5, "valid"),
                     color=colour,
+                    ls=style,
                     lw=1,
                     label=f"{label}, seed {r['seed']}",
                 )
@@ -411,7 +412,7 @@ def minigrid_section(rows) -> list[str]:
     ax.set_xlabel("agent-steps")
     ax.set_ylabel("success rate of the batch (5-batch mean)")
     ax.legend(fontsize=7)
-    return lines + _save_plot(fig, "minigrid_memory", "MiniGrid-MemoryS7 success rate, LSTM and memoryless")
+    return lines + _save_plot(fig, "minigrid_memory", "MiniGrid-MemoryS7 success rate, GRU and memoryless")
 
 
 def settings_ablation_section(rows) -> list[str]:
