@@ -35,6 +35,15 @@ def train(config: str | None, overrides: list[str], episodes: int = 300) -> dict
     }
 
 
+def train_chunk(tr, iterations: int) -> None:
+    """`iterations` more iterations of `tr`; exits the experiment if none ran (a SIGINT/SIGTERM asked the trainer to
+    stop, after which `train` returns at once, and a `while` loop over chunks would spin)."""
+    before = tr.iteration
+    tr.train(stop_after=iterations)
+    if tr.iteration == before and before < tr.num_iterations:
+        raise SystemExit(f"stopped at iteration {before} of {tr.num_iterations}")
+
+
 def fresh_episodes(policy, cfg, seed: int, episodes: int):
     """`policy` run on `episodes` fresh episodes of `cfg`'s env, seeded `seed`."""
     return carrystate.evaluate(policy, cfg, episodes, seed=seed)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import torch
-from common import ROOT, fresh_episodes, save
+from common import ROOT, fresh_episodes, save, train_chunk
 
 import carrystate
 
@@ -58,7 +58,7 @@ def main():
         rows.append(row)
         t0 = time.perf_counter()
         while tr.iteration < tr.num_iterations:
-            tr.train(stop_after=a.chunk)
+            train_chunk(tr, a.chunk)
             row.update(
                 steps=tr.global_step,
                 wall_s=time.perf_counter() - t0,

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import torch
-from common import ROOT, fresh_episodes, load, save
+from common import ROOT, fresh_episodes, load, save, train_chunk
 
 import carrystate
 
@@ -71,10 +71,7 @@ def run(core: str, seeds: list[int], steps: int, overrides: list[str], name: str
         row = {"core": core, "seed": seed, "overrides": overrides}
         rows = [r for r in rows if r["seed"] != seed] + [row]
         while tr.iteration < tr.num_iterations:
-            before = tr.iteration
-            tr.train(stop_after=20)
-            if tr.iteration == before:  # a stop was asked for (SIGINT/SIGTERM): train returns at once from now on
-                raise SystemExit(f"seed {seed} stopped at iteration {before}")
+            train_chunk(tr, 20)
             row.update(
                 steps=tr.global_step,
                 wall_s=time.perf_counter() - t0,
