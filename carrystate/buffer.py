@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from carrystate.envs.base import obs_dtype as env_obs_dtype
 from carrystate.state import State
 
 
@@ -35,12 +36,10 @@ def action_layout(space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
 
 
 def obs_dtype(space: gym.Space) -> torch.dtype:
-    """How observations of `space` are stored: integer and bool boxes in the dtype the env emits (MettaGrid's
-    uint8 tokens take a quarter of float32's memory and copying), everything else as float32. The encoders
-    convert on the way in."""
-    if isinstance(space, gym.spaces.Box) and (np.issubdtype(space.dtype, np.integer) or space.dtype == np.bool_):
-        return torch.from_numpy(np.zeros(0, space.dtype)).dtype
-    return torch.float32
+    """How observations of `space` are stored (`envs.base.obs_dtype`, as torch dtype): integer and bool boxes in
+    the dtype the env emits (MettaGrid's uint8 tokens take a quarter of float32's memory and copying), everything
+    else as float32. The encoders convert on the way in."""
+    return torch.from_numpy(np.zeros(0, env_obs_dtype(space))).dtype
 
 
 class SegmentBuffer:

@@ -65,6 +65,14 @@ class EpisodeTracker:
         return out
 
 
+def obs_dtype(space: gym.Space) -> np.dtype:
+    """The dtype observations of `space` travel and are stored in: an integer or bool Box's own (MettaGrid's uint8
+    tokens, a `StructuredSpace`'s records), float32 for everything else."""
+    if isinstance(space, gym.spaces.Box) and (np.issubdtype(space.dtype, np.integer) or space.dtype == np.bool_):
+        return np.dtype(space.dtype)
+    return np.dtype(np.float32)
+
+
 def check_actions(actions: np.ndarray, space: gym.Space, num_agents: int) -> np.ndarray:
     """Actions as an array of the right batch shape and within the space, or a ValueError saying why."""
     actions = np.asarray(actions)

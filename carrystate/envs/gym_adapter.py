@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from carrystate.config import ConfigError
-from carrystate.envs.base import EpisodeTracker, StepResult, check_actions
+from carrystate.envs.base import EpisodeTracker, StepResult, check_actions, obs_dtype
 from carrystate.envs.custom import import_module, make_wrappers
 from carrystate.structured import PackedObservation
 
@@ -96,8 +96,7 @@ class GymVecEnv:
         self.seed = seed
         self.tracker = EpisodeTracker(num_envs)
         self._obs_shape = (num_envs, *self.single_observation_space.shape)
-        dtype = self.single_observation_space.dtype
-        self._obs_dtype = dtype if np.issubdtype(dtype, np.integer) or dtype == np.bool_ else np.float32
+        self._obs_dtype = obs_dtype(self.single_observation_space)
         self.success_above = success_above
 
     @staticmethod
