@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from carrystate.normalize import FieldNorm, ObsNorm
 from carrystate.policy.core import RecurrentCore
 from carrystate.policy.encoders import ENCODERS, MLPEncoder, TokenEncoder, make_encoder, module_key, vector_fields
-from carrystate.policy.heads import make_head
+from carrystate.policy.heads import make_head, orthogonal_linear
 from carrystate.state import State, zero_state
 from carrystate.structured import StructuredSpace
 
@@ -39,9 +39,7 @@ class Policy(nn.Module):
         if cfg.critic == "separate":  # its own encoder and recurrent core, and so its own carried state
             self.critic_encoder = make_encoder(obs_space, cfg)
             self.critic_core = self._core(cfg, self.critic_encoder.out_size)
-        self.critic = nn.Linear(cfg.hidden_size, 1)
-        nn.init.orthogonal_(self.critic.weight, 1.0)
-        nn.init.zeros_(self.critic.bias)
+        self.critic = orthogonal_linear(cfg.hidden_size, 1, 1.0)
         cores = [c for c in (self.core, self.critic_core) if c is not None]
         self.num_state_tensors = sum(c.num_state_tensors for c in cores)
         self.num_layers, self.hidden_size = cfg.num_layers, cfg.hidden_size

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from carrystate.policy.heads import orthogonal_linear
 from carrystate.structured import StructuredSpace
 
 if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
@@ -29,10 +30,7 @@ class MLPEncoder(nn.Module):
         layers, width = [], int(np.prod(obs_shape))
         self.obs_ndim = len(obs_shape)
         for size in sizes:
-            linear = nn.Linear(width, size)
-            nn.init.orthogonal_(linear.weight, np.sqrt(2))
-            nn.init.zeros_(linear.bias)
-            layers += [linear, nn.ReLU()]
+            layers += [orthogonal_linear(width, size, np.sqrt(2)), nn.ReLU()]
             width = size
         self.net = nn.Sequential(*layers)
         self.out_size = width
@@ -98,13 +96,6 @@ class TokenEncoder(nn.Module):
         return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
 
 
-def _relu_linear(width: int, size: int) -> nn.Sequential:
-    linear = nn.Linear(width, size)
-    nn.init.orthogonal_(linear.weight, np.sqrt(2))
-    nn.init.zeros_(linear.bias)
-    return nn.Sequential(linear, nn.ReLU())
-
-
 DISCRETE = (gym.spaces.Discrete, gym.spaces.MultiDiscrete)
 
 
@@ -159,7 +150,7 @@ class ImageEncoder(nn.Module):
             width = size
             h, w = (h + 2 * pad - 3) // stride + 1, (w + 2 * pad - 3) // stride + 1
         self.cnn = nn.Sequential(*layers)
-        self.head = _relu_linear(width * h * w, out_size)
+        self.head = MLPEncoder((width * h * w,), [out_size])
         self.out_size = out_size
 
     def forward(self, image: Tensor) -> Tensor:

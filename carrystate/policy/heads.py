@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 
-def _layer(i: int, o: int, std: float) -> nn.Linear:
+def orthogonal_linear(i: int, o: int, std: float) -> nn.Linear:
+    """nn.Linear(i, o) with orthogonal weights of gain `std` and zero bias (the init of every linear layer here)."""
     layer = nn.Linear(i, o)
     nn.init.orthogonal_(layer.weight, std)
     nn.init.zeros_(layer.bias)
@@ -28,7 +29,7 @@ class CategoricalHead(nn.Module):
     def __init__(self, in_size: int, nvec: list[int], multi: bool):
         super().__init__()
         self.nvec, self.multi = list(nvec), multi
-        self.linear = _layer(in_size, sum(nvec), 0.01)
+        self.linear = orthogonal_linear(in_size, sum(nvec), 0.01)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.linear(h)
@@ -85,7 +86,7 @@ class GaussianHead(nn.Module):
     def __init__(self, in_size: int, shape: tuple[int, ...]):
         super().__init__()
         self.shape, self.dim = shape, int(np.prod(shape))
-        self.mean = _layer(in_size, self.dim, 0.01)
+        self.mean = orthogonal_linear(in_size, self.dim, 0.01)
         self.log_std = nn.Parameter(torch.zeros(self.dim))
 
     def forward(self, h: Tensor) -> Tensor:
