@@ -212,12 +212,18 @@ class PolicyConfig(_Section):
     cnn_channels: list[int] = [16, 32]
     """Structured observations with an image: output channels of the CNN's 3×3 convolutions (a flatten and one
     ReLU layer of encoder_sizes[-1] follow)."""
-    core: Literal["lstm", "gru", "none"] = "lstm"
-    """Recurrent core; `none` is a feed-forward control that shows whether a task needs memory."""
+    core: Literal["lstm", "gru", "window", "none"] = "lstm"
+    """Recurrent core. `window` is frame stacking: the encoder's outputs of the last `window` steps (zeros before
+    the episode's start) read by one ReLU layer; it recalls exactly `window - 1` steps back and nothing older
+    (measured: POPGym RepeatPreviousMedium, EXPERIMENTS.md). `none` is a feed-forward control that shows
+    whether a task needs memory."""
     hidden_size: int = Field(64, ge=1)
-    """Width of the recurrent state (and of the feed-forward core when core=none)."""
+    """Width of the recurrent state (and the output width of the window and feed-forward cores)."""
     num_layers: int = Field(1, ge=1)
     """Stacked recurrent layers."""
+    window: int = Field(32, ge=2)
+    """core=window: steps the core sees, the current one included; its carried state is the encoder's outputs of
+    the `window - 1` steps before."""
     # choices and documentation come from the unroll registry (carrystate/policy/unroll/__init__.py)
     sequence_impl: Literal[("auto", *unroll.names())] = Field("auto", description=unroll.describe())
     critic: Literal["shared", "separate"] = "shared"

@@ -105,7 +105,7 @@ def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed:
     policy, cfg = load_policy(checkpoint)
     t = cfg.trainer
     env = make_env(cfg.env, seed=seed)
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
+    store = StateStore(policy.state_shapes)
     rollout = Rollout(env, store, seed=seed)
     buffer = SegmentBuffer.for_spaces(
         env.num_agents,

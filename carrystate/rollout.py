@@ -378,7 +378,7 @@ def evaluate(
     max_steps: int = 1_000_000,
 ) -> RolloutStats:
     """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size, device)
+    store = StateStore(policy.state_shapes, device)
     rollout = Rollout(env, store, device, seed=seed, double_buffer=False)
     generator = torch.Generator(device).manual_seed(seed)
     return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps)

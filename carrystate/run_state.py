@@ -363,7 +363,7 @@ def _stand_in(cfg: Config, policy: Policy, env: VecEnv, obs: np.ndarray, meta: d
     from carrystate.state import StateStore
 
     t, agents = cfg.trainer, env.num_agents
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
+    store = StateStore(policy.state_shapes)
     for start, sub in lane_slices(env):
         store.register(start, sub.num_agents)
     buffer = SegmentBuffer.for_spaces(

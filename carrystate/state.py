@@ -1,14 +1,15 @@
 """Recurrent state: the `State` type, zero states and masking, and the `StateStore` of every agent's state.
 
-A state is a tuple of tensors, each `[num_layers, batch, hidden]` (LSTM: (h, c); GRU: (h,); none: ()).
-The recurrent core never keeps state: callers pass it in and get the new one back.
+A state is a tuple of tensors, each `[depth, batch, width]`, their shapes the core's `state_shapes` (LSTM: (h, c),
+each [num_layers, batch, hidden]; GRU: (h,); window: the last window - 1 frames, [window - 1, batch, frame];
+none: ()). The recurrent core never keeps state: callers pass it in and get the new one back.
 
 `StateStore`: the recurrent state of every agent, carried across steps and rollouts, and the single place
 where a carried state is zeroed (an episode ended). Replay applies the same resets inside a segment with
 `mask_state`, at the steps the rollout recorded.
 
 Keyed by the start of the env batch's slice of agents (several batches may alternate, as in
-double-buffered vectorisation); each entry is a tuple of tensors `[num_layers, agents_in_slice, hidden]`.
+double-buffered vectorisation); each entry is a tuple of tensors `[depth, agents_in_slice, width]`.
 Lifecycle: born as zeros at `register`; replaced after every rollout step by `set` (always detached: the
 store never holds a graph); zeroed by `reset(mask)` for exactly the agents whose episode just ended,
 before they see their next episode's first observation; saved and restored with `state_dict`.
@@ -20,13 +21,12 @@ import torch
 from torch import Tensor
 
 State = tuple[Tensor, ...]
+Shapes = tuple[tuple[int, int], ...]  # (depth, width) of each state tensor: the shape without the batch
 
 
-def zero_state(
-    num_tensors: int, num_layers: int, batch: int, hidden_size: int, device: torch.device | str = "cpu"
-) -> State:
-    """`num_tensors` zero tensors `[num_layers, batch, hidden_size]`: the state of an episode's first step."""
-    return tuple(torch.zeros(num_layers, batch, hidden_size, device=device) for _ in range(num_tensors))
+def zero_state(shapes: Shapes, batch: int, device: torch.device | str = "cpu") -> State:
+    """One zero tensor `[depth, batch, width]` per entry of `shapes`: the state of an episode's first step."""
+    return tuple(torch.zeros(depth, batch, width, device=device) for depth, width in shapes)
 
 
 def mask_state(state: State, reset: Tensor) -> State:
@@ -39,8 +39,9 @@ def mask_state(state: State, reset: Tensor) -> State:
 
 
 class StateStore:
-    def __init__(self, num_tensors: int, num_layers: int, hidden_size: int, device: torch.device | str = "cpu"):
-        self.num_tensors, self.num_layers, self.hidden_size = num_tensors, num_layers, hidden_size
+    def __init__(self, shapes: Shapes, device: torch.device | str = "cpu"):
+        self.shapes = tuple(tuple(s) for s in shapes)  # the policy's `state_shapes`
+        self.num_tensors = len(self.shapes)
         self.device = torch.device(device)
         self.slices: dict[int, State] = {}
         self.sizes: dict[int, int] = {}
@@ -51,7 +52,7 @@ class StateStore:
             if start < other + size and other < start + num_agents and other != start:
                 raise ValueError(f"agent slice [{start}, {start + num_agents}) overlaps [{other}, {other + size})")
         self.sizes[start] = num_agents
-        self.slices[start] = zero_state(self.num_tensors, self.num_layers, num_agents, self.hidden_size, self.device)
+        self.slices[start] = zero_state(self.shapes, num_agents, self.device)
 
     def get(self, start: int) -> State:
         return self.slices[start]
@@ -76,17 +77,17 @@ class StateStore:
     def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
         for start, size in self.sizes.items():
             loaded = []
-            for i in range(self.num_tensors):
+            for i, (depth, width) in enumerate(self.shapes):
                 key = f"slice{start}.{i}"
                 if key not in tensors:
                     raise ValueError(f"saved recurrent state lacks {key}: the checkpoint has other env slices")
                 t = tensors[key]
-                want = (self.num_layers, size, self.hidden_size)
+                want = (depth, size, width)
                 if tuple(t.shape) != want:
                     raise ValueError(
                         f"saved recurrent state {key} has shape {tuple(t.shape)} but this run needs {want} "
-                        "([num_layers, agents, hidden_size]): policy.hidden_size, policy.num_layers or the "
-                        "number of agents differ from the checkpoint's"
+                        "([depth, agents, width]): policy.core, policy.hidden_size, policy.num_layers, "
+                        "policy.window or the number of agents differ from the checkpoint's"
                     )
                 loaded.append(t.to(self.device))
             self.slices[start] = tuple(loaded)

@@ -47,9 +47,7 @@ class Trainer:
         self.policy = Policy(cfg.policy, self.env.single_observation_space, self.env.single_action_space)
         self.policy.to(self.device)
         self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
-        self.store = StateStore(
-            self.policy.num_state_tensors, self.policy.num_layers, self.policy.hidden_size, self.device
-        )
+        self.store = StateStore(self.policy.state_shapes, self.device)
         self.rollout = Rollout(self.env, self.store, self.device, seed=seed, slow_env_warning_s=cfg.env.worker_timeout)
         self.buffer = SegmentBuffer.for_spaces(
             self.env.num_agents,

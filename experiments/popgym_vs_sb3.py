@@ -8,7 +8,7 @@ GRU (sb3-contrib has only the LSTM): the 1M comparison in EXPERIMENTS.md was mea
 networks run with `--set policy.core=lstm`.
 
     python experiments/popgym_vs_sb3.py [--steps 1000000] [--seeds 1 2 3] [--envs ...] [--trainers carrystate sb3]
-        [--name NAME] [--set key=value ...]
+        [--name NAME] [--config configs/popgym.yaml] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ ENVS = ("RepeatPreviousEasy", "RepeatPreviousMedium", "RepeatFirstMedium", "Posi
 CONFIG = "configs/popgym.yaml"
 
 
-def carrystate_run(env_id: str, steps: int, seed: int, overrides: list[str] = ()) -> dict:
+def carrystate_run(env_id: str, steps: int, seed: int, overrides: list[str] = (), config: str = CONFIG) -> dict:
     r = train(
-        CONFIG,
+        config,
         [
             f"env.popgym.id={env_id}",
             f"trainer.total_timesteps={steps}",
@@ -38,7 +38,13 @@ def carrystate_run(env_id: str, steps: int, seed: int, overrides: list[str] = ()
         ],
         episodes=100,
     )
-    return {"steps": r["steps"], "wall_s": r["wall_s"], "sps": r["sps"], "curve": returns_curve(r["history"])}
+    return {
+        "steps": r["steps"],
+        "wall_s": r["wall_s"],
+        "sps": r["sps"],
+        "curve": returns_curve(r["history"]),
+        "eval": r["eval_return"],  # the final policy on 100 fresh episodes (carrystate.evaluate, as `carrystate eval`)
+    }
 
 
 def random_run(env_id: str, steps: int, seed: int) -> dict:
@@ -113,14 +119,15 @@ def main():
         "--trainers", nargs="+", default=["carrystate", "sb3", "random"], choices=["carrystate", "sb3", "random"]
     )
     p.add_argument("--name", default="popgym_vs_sb3", help="results file (rows are appended to it)")
-    p.add_argument("--set", nargs="*", default=[], help="config overrides for carrystate on top of " + CONFIG)
+    p.add_argument("--config", default=CONFIG, help=f"carrystate's config (sb3 and random read {CONFIG})")
+    p.add_argument("--set", nargs="*", default=[], help="config overrides for carrystate on top of --config")
     a = p.parse_args()
     rows = load(a.name, [])
     for env_id in a.envs:
         for seed in a.seeds:
             for trainer in a.trainers:
                 if trainer == "carrystate":
-                    out = carrystate_run(env_id, a.steps, seed, a.set)
+                    out = carrystate_run(env_id, a.steps, seed, a.set, a.config)
                 else:
                     out = {"sb3": sb3_run, "random": random_run}[trainer](env_id, a.steps, seed)
                 row = {
@@ -128,6 +135,7 @@ def main():
                     "trainer": trainer,
                     "seed": seed,
                     "budget": a.steps,
+                    "config": a.config if trainer == "carrystate" else CONFIG,
                     "overrides": a.set if trainer == "carrystate" else [],
                     "mmer": max((r for _, r in out["curve"]), default=float("nan")),
                     **out,

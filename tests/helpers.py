@@ -91,7 +91,11 @@ def make_policy(
     impl: str = "auto",
     **settings,
 ) -> Policy:
-    """A small policy; `settings` are further PolicyConfig fields (critic, obs_norm, forget_bias, ...)."""
+    """A small policy; `settings` are further PolicyConfig fields (critic, obs_norm, forget_bias, ...). A window
+    core sees 5 steps unless told: fewer than the tests' segments, so that it both reads frames carried in from
+    the segment before and forgets."""
+    if core == "window":
+        settings.setdefault("window", 5)
     torch.manual_seed(seed)
     cfg = PolicyConfig(
         core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16], sequence_impl=impl, **settings
@@ -102,7 +106,7 @@ def make_policy(
 def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 1, seed: int = 0, **options):
     """Run `rollouts` collection phases (`options`: further Rollout arguments); returns (rollout, store,
     [buffer per phase])."""
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
+    store = StateStore(policy.state_shapes)
     rollout = Rollout(env, store, **options)
     gen = torch.Generator().manual_seed(seed)
     buffers = []

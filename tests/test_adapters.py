@@ -100,7 +100,7 @@ def test_pettingzoo_rows_padding_and_same_step_reset():
 def test_dropped_agent_state_is_zeroed_exactly_when_its_next_episode_starts():
     env = PettingZooVecEnv(DropoutEnv, num_envs=2)
     policy = make_policy(obs_dim=4)
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
+    store = StateStore(policy.state_shapes)
     rollout = Rollout(env, store)
     steps, horizon = 16, 8
     buf = SegmentBuffer.for_spaces(

@@ -122,7 +122,7 @@ def test_burn_in_steps_contribute_no_loss_and_rebuild_the_start_state():
     assert torch.count_nonzero(b.obs.grad[k]) > 0
 
 
-@pytest.mark.parametrize("core", ["lstm", "gru"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "window"])
 def test_chain_gradients_equal_full_backprop_over_the_chain(core):
     policy = make_policy(core)
     n, C, H = 3, 4, 8

@@ -1,4 +1,5 @@
-"""Learning with a fixed step budget: the LSTM solves the default T-maze, the memoryless control cannot."""
+"""Learning with a fixed step budget: the LSTM solves the default T-maze, the memoryless control cannot, and a
+window core can exactly when the corridor fits in its window."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from carrystate.trainer import Trainer
 BUDGET = 400_000  # agent-steps, the default config's budget
 
 
-def _train_and_score(core: str) -> float:
-    cfg = load_config(None, [f"policy.core={core}", f"trainer.total_timesteps={BUDGET}", "trainer.seed=1"])
+def _train_and_score(core: str, *overrides: str) -> float:
+    cfg = load_config(None, [f"policy.core={core}", f"trainer.total_timesteps={BUDGET}", "trainer.seed=1", *overrides])
     trainer = Trainer(cfg, quiet=True)
     trainer.train()
     env = make_env(cfg.env, seed=999)  # fresh episodes the policy has not seen
@@ -26,6 +27,15 @@ def test_lstm_solves_default_tmaze_while_memoryless_core_stays_at_chance():
     none = _train_and_score("none")
     assert lstm >= 0.9, f"LSTM success {lstm:.3f} after {BUDGET} steps"
     assert 0.35 <= none <= 0.65, f"feed-forward success {none:.3f} should be near chance (0.5)"
+
+
+def test_window_core_solves_tmaze_whose_cue_lies_inside_its_window_and_not_outside():
+    """The default T-maze's cue comes 8-24 steps before the junction: a window of 32 steps sees it there, a
+    window of 4 never does (and is a memoryless policy for this task)."""
+    inside = _train_and_score("window", "policy.window=32")
+    outside = _train_and_score("window", "policy.window=4")
+    assert inside >= 0.9, f"window 32 success {inside:.3f} after {BUDGET} steps"
+    assert 0.35 <= outside <= 0.65, f"window 4 success {outside:.3f} should be near chance (0.5)"
 
 
 def test_continuous_actions_train_on_pendulum():

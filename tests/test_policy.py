@@ -13,7 +13,7 @@ from torch.distributions import Categorical, Normal
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import PolicyConfig
 from carrystate.policy import Policy, unroll
-from carrystate.policy.core import RecurrentCore
+from carrystate.policy.core import RecurrentCore, WindowCore
 from carrystate.policy.heads import make_head
 from carrystate.policy.kernels import triton_scan
 from carrystate.rollout import Rollout
@@ -180,7 +180,7 @@ def test_replay_matches_rollout_for_other_action_spaces(space):
     env = ScriptedEnv(2, 16, ends={(0, 5): "term", (1, 9): "trunc"})
     env.single_action_space = space
     policy = Policy(PolicyConfig(hidden_size=8, encoder_sizes=[8]), env.single_observation_space, space)
-    store = StateStore(2, 1, 8)
+    store = StateStore(policy.state_shapes)
     rollout = Rollout(env, store)
     shape, dtype = ((2,), torch.long) if isinstance(space, gym.spaces.MultiDiscrete) else ((3,), torch.float32)
     buf = SegmentBuffer(
@@ -275,3 +275,59 @@ def test_config_choices_and_docs_of_sequence_impl_come_from_the_unroll_registry(
     assert all(f"`{u.name}` ({u.doc})" in field.description for u in unroll.UNROLLS.values())
     assert unroll.resolve_auto("lstm", torch.device("cpu"), 64) == "scan"
     assert unroll.resolve_auto("gru", torch.device("cpu"), 64) == "bucketed"
+
+
+def _window_reference(core: WindowCore, x: torch.Tensor, before: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
+    """Plain Python: each row's inputs since its episode started (the given earlier frames count as this
+    episode's unless the row resets), the last `window` of them zero-padded in front, through the layer."""
+    W, F = core.window, x.shape[-1]
+    out = torch.zeros(x.shape[0], x.shape[1], core.hidden_size)
+    for b in range(x.shape[0]):
+        seen = [before[i, b] for i in range(W - 1)]  # the carried frames, oldest first
+        for t in range(x.shape[1]):
+            if resets[b, t]:
+                seen = []
+            seen.append(x[b, t])
+            frames = ([torch.zeros(F)] * W + seen)[-W:]
+            out[b, t] = torch.relu(core.read.weight @ torch.cat(frames) + core.read.bias)
+    return out
+
+
+def test_window_core_reads_exactly_the_last_window_inputs_of_the_episode():
+    torch.manual_seed(0)
+    core = WindowCore(3, 6, 4)
+    B, T = 5, 13
+    x = torch.randn(B, T, 3)
+    resets = torch.rand(B, T) < 0.2
+    resets[0] = False  # one row that only ever reads carried frames and forgets them after 3 steps
+    state = (torch.randn(3, B, 3),)
+    with torch.no_grad():
+        y, (end,) = core.sequence(x, state, resets)
+        ys, s = [], state
+        for t in range(T):
+            step_y, s = core.step(x[:, t], mask_state(s, resets[:, t]))
+            ys.append(step_y)
+    ref = _window_reference(core, x, state[0], resets)
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.stack(ys, 1), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(end, s[0], atol=0, rtol=0)
+    # the end state is the last 3 inputs where no reset came in between
+    for b in range(B):
+        since = max([t for t in range(T) if resets[b, t]], default=-1)
+        for i, t in enumerate(range(T - 3, T)):
+            want = x[b, t] if t >= since else torch.zeros(3)
+            torch.testing.assert_close(end[i, b], want, atol=0, rtol=0)
+
+
+def test_window_core_gradient_reaches_window_minus_one_steps_back_and_no_further():
+    core = WindowCore(2, 4, 5)
+    x = torch.randn(1, 12, 2, requires_grad=True)
+    y, _ = core.sequence(x, core.initial_state(1), torch.zeros(1, 12, dtype=torch.bool))
+    (grad,) = torch.autograd.grad(y[0, -1].sum(), x)
+    reach = grad[0].abs().sum(-1) > 0
+    assert reach[-5:].all() and not reach[:-5].any(), reach
+
+
+def test_window_core_refuses_an_unroll_choice():
+    with pytest.raises(ValueError, match="not core=window; use auto"):
+        PolicyConfig(core="window", sequence_impl="bucketed")

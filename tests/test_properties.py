@@ -21,7 +21,7 @@ def scenarios(draw):
     for a in range(agents):
         for t in draw(st.sets(st.integers(0, steps - 1), max_size=steps)):
             ends[(a, t)] = draw(st.sampled_from(["term", "trunc"]))
-    core = draw(st.sampled_from(["lstm", "gru"]))
+    core = draw(st.sampled_from(["lstm", "gru", "window"]))
     return agents, horizon, rows, ends, core
 
 

@@ -213,7 +213,7 @@ def test_nonfinite_observation_in_the_second_of_two_batches_names_its_row_among_
         collect(make_policy("lstm"), env, 64, 16)
 
 
-@pytest.mark.parametrize("core", ["lstm", "gru"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "window"])
 def test_final_obs_is_checked_exactly_where_an_episode_ended(core):
     """final_obs is meaningful only where an episode ended (a truncated one bootstraps from its value): a NaN
     elsewhere is no fault, a NaN there stops the rollout naming the env, the field and the agent."""

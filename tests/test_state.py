@@ -11,7 +11,7 @@ from tests.helpers import ScriptedEnv, collect, make_policy, manual_states
 
 
 def test_reset_zeroes_exactly_the_masked_agents():
-    store = StateStore(2, 2, 4)
+    store = StateStore(((2, 4), (2, 4)))
     store.register(0, 5)
     state = tuple(torch.randn(2, 5, 4) for _ in range(2))
     store.set(0, state)
@@ -22,7 +22,7 @@ def test_reset_zeroes_exactly_the_masked_agents():
 
 
 def test_slices_are_independent():
-    store = StateStore(1, 1, 3)
+    store = StateStore(((1, 3),))
     store.register(0, 2)
     store.register(2, 2)
     store.set(0, (torch.ones(1, 2, 3),))
@@ -34,7 +34,7 @@ def test_slices_are_independent():
 
 
 def test_store_never_holds_a_graph():
-    store = StateStore(1, 1, 3)
+    store = StateStore(((1, 3),))
     store.register(0, 2)
     x = torch.randn(1, 2, 3, requires_grad=True)
     store.set(0, (x * 2,))

@@ -136,7 +136,7 @@ def test_env_in_a_worker_returning_a_tuple_gets_an_error_naming_it_and_what_step
 
 def _rollout(env, double_buffer: bool, steps=24, horizon=8, seed=0):
     policy = make_policy(obs_dim=4, num_actions=2)
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
+    store = StateStore(policy.state_shapes)
     rollout = Rollout(env, store, seed=5, double_buffer=double_buffer)
     buf = SegmentBuffer.for_spaces(
         env.num_agents,
@@ -215,7 +215,7 @@ def test_config_builds_double_buffered_worker_batches():
 
 
 def _rollout_env(env, policy):
-    store = StateStore(policy.num_state_tensors, policy.num_layers, policy.hidden_size)
+    store = StateStore(policy.state_shapes)
     rollout = Rollout(env, store)
     buf = SegmentBuffer.for_spaces(
         env.num_agents,

@@ -13,10 +13,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from carrystate.normalize import FieldNorm, ObsNorm
-from carrystate.policy.core import RecurrentCore
+from carrystate.policy.core import RecurrentCore, WindowCore, make_core
 from carrystate.policy.encoders import ENCODERS, MLPEncoder, TokenEncoder, make_encoder, module_key, vector_fields
 from carrystate.policy.heads import make_head, orthogonal_linear
-from carrystate.state import State, zero_state
+from carrystate.state import Shapes, State, zero_state
 from carrystate.structured import StructuredSpace
 
 if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
@@ -33,16 +33,16 @@ class Policy(nn.Module):
         self.structured = obs_space if isinstance(obs_space, StructuredSpace) else None
         self.obs_norm = self._obs_norm(cfg, obs_space)
         self.encoder = make_encoder(obs_space, cfg)
-        self.core = self._core(cfg, self.encoder.out_size)
+        self.core = make_core(cfg, self.encoder.out_size)
         self.actor = make_head(cfg.hidden_size, action_space)
         self.critic_encoder = self.critic_core = None
         if cfg.critic == "separate":  # its own encoder and recurrent core, and so its own carried state
             self.critic_encoder = make_encoder(obs_space, cfg)
-            self.critic_core = self._core(cfg, self.critic_encoder.out_size)
+            self.critic_core = make_core(cfg, self.critic_encoder.out_size)
         self.critic = orthogonal_linear(cfg.hidden_size, 1, 1.0)
         cores = [c for c in (self.core, self.critic_core) if c is not None]
-        self.num_state_tensors = sum(c.num_state_tensors for c in cores)
-        self.num_layers, self.hidden_size = cfg.num_layers, cfg.hidden_size
+        self.state_shapes: Shapes = sum((c.state_shapes for c in cores), ())  # the actor core's, then the critic's
+        self.num_state_tensors = len(self.state_shapes)
 
     @staticmethod
     def _obs_norm(cfg: PolicyConfig, space: gym.Space) -> ObsNorm | FieldNorm | None:
@@ -53,12 +53,8 @@ class Policy(nn.Module):
             return FieldNorm(shapes, cfg.obs_clip) if shapes else None
         return ObsNorm(tuple(space.shape), cfg.obs_clip)
 
-    @staticmethod
-    def _core(cfg: PolicyConfig, in_size: int) -> RecurrentCore:
-        return RecurrentCore(cfg.core, in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias)
-
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        return zero_state(self.num_state_tensors, self.num_layers, batch, self.hidden_size, device)
+        return zero_state(self.state_shapes, batch, device)
 
     def _fields(self, obs: Tensor) -> Tensor | dict[str, Tensor]:
         """obs as the normaliser and the encoder read it: records of a StructuredSpace unpacked into fields."""
@@ -118,4 +114,4 @@ class Policy(nn.Module):
         return (p, v, *end)
 
 
-__all__ = ["Policy", "RecurrentCore", "ENCODERS", "MLPEncoder", "TokenEncoder"]
+__all__ = ["Policy", "RecurrentCore", "WindowCore", "ENCODERS", "MLPEncoder", "TokenEncoder"]

@@ -82,9 +82,10 @@ def check(name: str, kind: str) -> None:
         raise ValueError(f"policy.sequence_impl={name!r} is not one of {', '.join(('auto', *UNROLLS))}")
     if name != "auto" and kind not in UNROLLS[name].kinds:
         fitting = ["auto", *(u.name for u in UNROLLS.values() if kind in u.kinds)]
+        use = f"{', '.join(fitting[:-1])} or {fitting[-1]}" if len(fitting) > 1 else "auto"
         raise ValueError(
             f"policy.sequence_impl={name} is written for core={' or core='.join(UNROLLS[name].kinds)}, "
-            f"not core={kind}; use {', '.join(fitting[:-1])} or {fitting[-1]}"
+            f"not core={kind}; use {use}"
         )
 
 
