@@ -490,15 +490,25 @@ def tmaze_memory_section(rows) -> list[str]:
 def popgym_5m_section(rows) -> list[str]:
     # the same script with --set policy.core=gru: --name popgym_5m_gru (seeds 1-4, the default Adam) and
     # --name popgym_5m_gru_b (seeds 4-5, started while Adam was fused by default: it rounds differently)
+    # and --config configs/popgym_repeat_previous.yaml: --name popgym_5m_window (seeds 1-3) and
+    # popgym_5m_window_b (seeds 4-5), two processes side by side
     fused = [{**r, "variant": "fused Adam"} for r in load("popgym_5m_gru_b", [])]
-    rows = rows + load("popgym_5m_gru", []) + fused
+    window = load("popgym_5m_window", []) + load("popgym_5m_window_b", [])
+    rows = rows + load("popgym_5m_gru", []) + fused + window
 
     def policy(r):
+        config = r.get("config", "configs/popgym.yaml")
         return (
             r["trainer"]
+            + (f", `{config}`" if config != "configs/popgym.yaml" else "")
             + "".join(f", {o}" for o in r.get("overrides", []))
             + (f" ({r['variant']})" if "variant" in r else "")
         )
+
+    def core(r):
+        if "window" in r.get("config", ""):
+            return "window"
+        return "GRU" if "policy.core=gru" in r.get("overrides", []) else "LSTM"
 
     envs = list(dict.fromkeys(r["env"] for r in rows))
     ours = [r for r in rows if r["trainer"] == "carrystate"]
@@ -510,14 +520,20 @@ def popgym_5m_section(rows) -> list[str]:
         "RepeatFirstMedium --trainers carrystate --name popgym_5m` (and `--steps 200000 --trainers random` for the "
         "random policy; `--set policy.core=gru --name popgym_5m_gru` for the GRU rows: seeds 1–4 in one process "
         "with the default Adam, seeds 4–5 in a second one started while Adam was fused by default "
-        "(`trainer.fused_adam` now), which rounds differently, so seed 4 appears twice). carrystate with "
-        f"`configs/popgym.yaml` plus the overrides the policy column names, {budget:,} agent-steps per "
+        "(`trainer.fused_adam` now), which rounds differently, so seed 4 appears twice; "
+        "`--envs RepeatPreviousMedium --config configs/popgym_repeat_previous.yaml --name popgym_5m_window` for "
+        "the window core, seeds 1–3 and 4–5 in two processes side by side). carrystate with "
+        "`configs/popgym.yaml` (or the config the policy column names) plus the overrides it names, "
+        f"{budget:,} agent-steps per "
         "run, seeds 1–5. Score: the mean of the per-batch mean episodic returns over the last 10% of training "
-        "(`last 10%`), beside MMER (the maximum over batches, POPGym's score). Returns lie in [-1, 1]; the random "
+        "(`last 10%`), beside MMER (the maximum over batches, POPGym's score), and, where recorded, the final "
+        "policy's mean return on 100 fresh episodes (`carrystate.evaluate`, what `carrystate eval` runs; actions "
+        "sampled). Returns lie in [-1, 1]; the random "
         "row is uniformly random actions. Target: `last 10%` clearly above the random policy on every seed.",
         "",
-        "| env | policy | last 10% per seed (seed: value) | last 10% mean | MMER mean | steps/s |",
-        "|---|---|---|---|---|---|",
+        "| env | policy | last 10% per seed (seed: value) | last 10% mean | MMER mean | fresh episodes per seed | "
+        "steps/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     last = lambda r: float(np.mean([v for _, v in r["curve"][-max(1, len(r["curve"]) // 10) :]]))  # noqa: E731
     for e in envs:
@@ -527,20 +543,20 @@ def popgym_5m_section(rows) -> list[str]:
             lines.append(
                 f"| {e} | {name} | "
                 + " / ".join(f"{r['seed']}: {x:.2f}" for r, x in zip(rs, v))
-                + f" | {np.mean(v):.2f} | "
-                f"{np.mean([r['mmer'] for r in rs]):.2f} | {np.median([r['sps'] for r in rs]):,.0f} |"
+                + f" | {np.mean(v):.2f} | {np.mean([r['mmer'] for r in rs]):.2f} | "
+                + (" / ".join(f"{r['eval']:.2f}" for r in rs) if all("eval" in r for r in rs) else "")
+                + f" | {np.median([r['sps'] for r in rs]):,.0f} |"
             )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.4), squeeze=False)
     for ax, e in zip(axes[0], envs):
-        for r in (r for r in ours if r["env"] == e):
-            gru = "policy.core=gru" in r.get("overrides", [])
+        for r in (r for r in rows if r["env"] == e and r["trainer"] == "carrystate"):
             ax.plot(
                 [c[0] for c in r["curve"]],
                 [c[1] for c in r["curve"]],
                 lw=0.6,
-                ls="-" if gru else ":",
-                label=f"{'GRU' if gru else 'LSTM'} seed {r['seed']}",
+                ls={"LSTM": ":", "GRU": "-", "window": "--"}[core(r)],
+                label=f"{core(r)} seed {r['seed']}",
             )
         rand = [last(r) for r in rows if r["env"] == e and r["trainer"] == "random"]
         if rand:
@@ -557,18 +573,18 @@ def popgym_probes_section() -> list[str]:
     if not rows:
         return []
     lines = [
-        "### What was tried on the Medium tasks (one seed each, 2M agent-steps)",
+        "### What was tried on the Medium tasks (one seed each)",
         "",
-        "Script: `python experiments/popgym_probes.py ENV 2000000 1 NAME:overrides ...`. Probes on seed 1 only, "
+        "Script: `python experiments/popgym_probes.py ENV STEPS 1 NAME:overrides ...`. Probes on seed 1 only, "
         "to choose what to run on five seeds; `last 10%` and the quarters are means of the per-batch returns, "
-        "`eval` the final policy on 50 fresh episodes.",
+        "`eval` the final policy on 50 fresh episodes. The 1M window probes ran two at a time.",
         "",
-        "| env | overrides on configs/popgym.yaml | last 10% | by quarter of training | eval | steps/s |",
-        "|---|---|---|---|---|---|",
+        "| env | overrides on configs/popgym.yaml | agent-steps | last 10% | by quarter of training | eval | steps/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['env']} | {', '.join(r['overrides']) or '(none)'} | {r['last10']:.2f} | "
+            f"| {r['env']} | {', '.join(r['overrides']) or '(none)'} | {r['steps']:,} | {r['last10']:.2f} | "
             + " / ".join(f"{q:.2f}" for q in r["quarters"])
             + f" | {r['eval']:.2f} | {r['sps']:,.0f} |"
         )

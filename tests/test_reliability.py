@@ -36,6 +36,7 @@ def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
     [
         ["env.name=tmaze"],
         ["env.name=recall", "trainer.optimizer=muon", "trainer.learning_rate=0.02", "policy.core=gru"],
+        ["env.name=tmaze", "policy.core=window", "policy.window=12", "policy.critic=separate"],
         [
             "env.name=tmaze",
             "policy.critic=separate",
