@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from common import ROOT, load
 
+from carrystate.config import load_config
+
 PLOTS = ROOT / "experiments" / "plots"
 
 
@@ -506,9 +508,11 @@ def popgym_5m_section(rows) -> list[str]:
         )
 
     def core(r):
-        if "window" in r.get("config", ""):
-            return "window"
-        return "GRU" if "policy.core=gru" in r.get("overrides", []) else "LSTM"
+        # configs/popgym.yaml held an LSTM when its rows were run (GRU rows name the override); another config
+        # names its own core
+        if "config" not in r or r["config"] == "configs/popgym.yaml":
+            return "GRU" if "policy.core=gru" in r.get("overrides", []) else "LSTM"
+        return load_config(ROOT / r["config"], r.get("overrides", [])).policy.core
 
     envs = list(dict.fromkeys(r["env"] for r in rows))
     ours = [r for r in rows if r["trainer"] == "carrystate"]
