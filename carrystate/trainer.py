@@ -36,7 +36,8 @@ class Trainer:
         check_machine(cfg, self.device, run_dir if self.dist.is_main else None)  # before anything is built
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
-        kernels.build(self.device, cfg.policy.core)  # compiled now (once per machine), not inside a timed phase
+        # compiled now (once per machine), not inside a timed phase
+        kernels.build(self.device, cfg.policy.core, cfg.policy.encoder)
         torch.manual_seed(seed)
         self.env = make_env(cfg.env, seed=seed)
         try:

@@ -10,6 +10,7 @@ import torch
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import ConfigError, load_config
 from carrystate.policy import Policy, TokenEncoder
+from carrystate.policy.kernels import cpu
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
 from tests.helpers import make_policy
@@ -237,11 +238,25 @@ def test_popgym_by_gym_id_and_unknown_id():
 # ---- token encoder -------------------------------------------------------------------------------------------
 
 
-def test_token_encoder_ignores_order_and_empty_tokens():
+@pytest.fixture(params=["cpp", "embedding_bag"])
+def token_sum(request, monkeypatch):
+    """Each test of the token encoder runs twice: with the C++ sum over uint8 tokens (policy/kernels/
+    tokens_cpu.cpp, skipped where it cannot be built) and with the `nn.EmbeddingBag` call that runs elsewhere."""
+    if request.param == "cpp":
+        if cpu.get() is None:
+            pytest.skip("the CPU kernels are not built here")
+        probe = cpu.token_bag(torch.full((1, 1, 3), 255, dtype=torch.uint8), torch.zeros(2 * 256, 2), 1)
+        assert probe is not None, "uint8 tokens on the CPU take the C++ sum"
+    else:
+        monkeypatch.setattr(cpu, "token_bag", lambda *args: None)
+    return request.param
+
+
+def test_token_encoder_ignores_order_and_empty_tokens(token_sum):
     torch.manual_seed(0)
     enc = TokenEncoder((6, 3), embed_size=8, sizes=[16])
     tokens = torch.tensor(
-        [[[3, 1, 10], [17, 2, 200], [255, 255, 255], [255, 255, 255], [40, 5, 1], [255, 255, 255]]], dtype=torch.float32
+        [[[3, 1, 10], [17, 2, 200], [255, 255, 255], [255, 255, 255], [40, 5, 1], [255, 255, 255]]], dtype=torch.uint8
     )  # [1, tokens, 3]
     shuffled = tokens[:, [4, 2, 0, 5, 1, 3]]
     short = tokens[:, [0, 1, 4]]  # the same tokens without padding
@@ -256,7 +271,7 @@ def test_token_encoder_ignores_order_and_empty_tokens():
         TokenEncoder((4,), 8, [16])
 
 
-def test_token_encoder_equals_linear_layer_on_dense_location_feature_grid_with_gradients():
+def test_token_encoder_equals_linear_layer_on_dense_location_feature_grid_with_gradients(token_sum):
     """The encoder sums table rows over present tokens only; building the dense [location, feature] grid of
     presence and value/255 and multiplying it by the table must give the same features and parameter
     gradients, including for a row with no tokens at all."""
@@ -291,7 +306,7 @@ def test_token_encoder_equals_linear_layer_on_dense_location_feature_grid_with_g
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
-def test_token_encoder_tells_where_a_feature_is_and_rejects_feature_ids_beyond_its_table():
+def test_token_encoder_tells_where_a_feature_is_and_rejects_feature_ids_beyond_its_table(token_sum):
     torch.manual_seed(2)
     enc = TokenEncoder((2, 3), embed_size=8, sizes=[16], features=4)
     here = torch.tensor([[[3, 1, 10], [17, 2, 200]]], dtype=torch.uint8)

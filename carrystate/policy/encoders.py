@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from carrystate.policy.heads import orthogonal_linear
+from carrystate.policy.kernels import cpu
 from carrystate.structured import StructuredSpace
 
 if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
@@ -50,8 +51,10 @@ class TokenEncoder(nn.Module):
     byte is 255 is empty. A token's (location, feature) pair picks two rows of one table: a presence row, added
     as it is, and a value row, scaled by value / 255. A row's features are ReLU of the sum over its present
     tokens, then an MLP: a linear layer on the dense [location, feature] grid of presence and value, computed
-    by one `nn.EmbeddingBag` call over the present tokens without building the grid. The sum does not depend
-    on the order of the tokens or on how many empty tokens pad the list, and it keeps which feature is where.
+    without building the grid. The sum does not depend on the order of the tokens or on how many empty tokens
+    pad the list, and it keeps which feature is where. On the CPU, uint8 tokens are summed in C++ straight from
+    the token list, forward and backward (policy/kernels/tokens_cpu.cpp); elsewhere one `nn.EmbeddingBag` call
+    over the present tokens computes the same sum.
     """
 
     EMPTY = 255
@@ -75,25 +78,37 @@ class TokenEncoder(nn.Module):
         return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes, cfg.token_features)
 
     def forward(self, obs: Tensor) -> Tensor:
-        # Only the present tokens enter the bag (MettaGrid fills ~30 of 200 slots); their order in `flat` is
-        # row-major, so each row's entries are contiguous and `offsets` marks where each row's bag starts.
-        lead, slots = obs.shape[:-2], obs.shape[-2]
+        lead = obs.shape[:-2]
+        summed = cpu.token_bag(obs, self.table.weight, self.features)  # C++ on the CPU for uint8 tokens
+        if summed is None:
+            summed = self._bag(obs)
+        pooled, max_feature = summed
+        if max_feature >= self.features:
+            raise ValueError(
+                f"a token has feature id {max_feature}, but policy.token_features={self.features}: "
+                "raise policy.token_features above the largest feature id the env emits"
+            )
+        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
+
+    def _bag(self, obs: Tensor) -> tuple[Tensor, int]:
+        """The sum with one `nn.EmbeddingBag` call (any device and dtype), and the largest feature id among the
+        present tokens (on CUDA -1, unchecked: reading it would wait for the device). Only the present tokens
+        enter the bag (MettaGrid fills ~30 of 200 slots); their order in `flat` is row-major, so each row's
+        entries are contiguous and `offsets` marks where each row's bag starts."""
+        slots = obs.shape[-2]
         flat = obs.reshape(-1, 3)  # [rows * slots, 3]
         rows = flat.shape[0] // slots
         present = flat[:, 0] != self.EMPTY
         loc, feat, value = flat[present].long().unbind(1)
-        if not feat.is_cuda and feat.numel() and int(feat.max()) >= self.features:  # (no device sync on CUDA)
-            raise ValueError(
-                f"a token has feature id {int(feat.max())}, but policy.token_features={self.features}: "
-                "raise policy.token_features above the largest feature id the env emits"
-            )
+        max_feature = int(feat.max()) if not feat.is_cuda and feat.numel() else -1
+        feat = feat.clamp(max=self.features - 1)  # (an id beyond the table is raised on by forward)
         cell = loc * self.features + feat
         index = torch.stack([cell, cell + self.LOCATIONS * self.features], 1).reshape(-1)
         weight = torch.stack([torch.ones_like(value, dtype=torch.float32), value.float() / 255.0], 1).reshape(-1)
         count = present.view(rows, slots).sum(1)
         offsets = 2 * (torch.cumsum(count, 0) - count)
         pooled = self.table(index, offsets, per_sample_weights=weight.to(self.table.weight.dtype))
-        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
+        return pooled, max_feature
 
 
 DISCRETE = (gym.spaces.Discrete, gym.spaces.MultiDiscrete)

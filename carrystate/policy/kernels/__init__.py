@@ -14,13 +14,13 @@ import torch
 from carrystate.policy.kernels import cpu
 
 
-def build(device: torch.device | str = "cpu", core: str = "lstm") -> Path | None:
-    """Build now the kernels a `core` policy on `device` uses: the C++ kernels for an LSTM on the CPU (its
-    rollout step and the `scan` unroll; about 30 s once per machine, afterwards a load from torch's cache).
-    Returns the built library's path, or None where nothing is built: another core or device (triton compiles
-    its kernels itself on their first launch, per shape), `CARRYSTATE_NO_CPP=1`, or a failed build (warned;
-    the torch-op loop runs instead)."""
-    if core != "lstm" or torch.device(device).type != "cpu":
+def build(device: torch.device | str = "cpu", core: str = "lstm", encoder: str = "mlp") -> Path | None:
+    """Build now the kernels a `core` policy with an `encoder` on `device` uses: the C++ kernels on the CPU for
+    an LSTM (its rollout step and the `scan` unroll) or a token encoder (its sum and backward); about 30 s once
+    per machine, afterwards a load from torch's cache. Returns the built library's path, or None where nothing
+    is built: other cores and encoders or another device (triton compiles its kernels itself on their first
+    launch, per shape), `CARRYSTATE_NO_CPP=1`, or a failed build (warned; torch ops run instead)."""
+    if (core != "lstm" and encoder != "token") or torch.device(device).type != "cpu":
         return None
     module = cpu.build()
     return Path(module.__file__) if module is not None else None

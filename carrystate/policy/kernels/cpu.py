@@ -1,7 +1,7 @@
-"""The C++ kernels for the CPU (scan_cpu.cpp): their build, and the calls into them (the scan's recurrence
-and the rollout's LSTM step).
+"""The C++ kernels for the CPU (scan_cpu.cpp and tokens_cpu.cpp, one library): their build, and the calls into
+them (the scan's recurrence, the rollout's LSTM step, and the token encoder's sum and its backward).
 
-`build()` compiles scan_cpu.cpp for this machine (about 30 s) into a folder of its own, named for what the
+`build()` compiles both sources for this machine (about 30 s) into a folder of its own, named for what the
 library depends on: torch's version, the Python, the CPU level and a hash of the source and flags
 (`kernel_folder`, under `TORCH_EXTENSIONS_DIR` or torch's default root), so environments with different torch
 installs never rebuild one folder in turn, and a later process only loads the library. Builders of one folder
@@ -37,7 +37,7 @@ _SIMD_FLAGS = {
 }
 _CFLAGS = ("-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp-simd")  # NaN stays NaN: scan_cpu.cpp
 _LDFLAGS = ("-lmvec",)  # tuples: torch's load appends to the lists it is given
-_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("scan_cpu.cpp", "tokens_cpu.cpp"))
 LOCK_WAIT_S = 600.0  # seconds a build waits for another process building the same folder (env overrides)
 
 
@@ -53,7 +53,7 @@ def kernel_folder(
     torch_version: str = torch.__version__,
     python_tag: str = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}",
 ) -> Path:
-    """The build folder under `root` for scan_cpu.cpp's `source` compiled with `flags` at CPU `level` against
+    """The build folder under `root` for the kernels' `source` compiled with `flags` at CPU `level` against
     `torch_version` and the Python `python_tag`: one folder per library that can differ."""
     digest = hashlib.sha256(source + b"\0" + "\0".join(flags).encode()).hexdigest()[:12]
     name = f"carrystate_scan_cpu-{level.lower()}-torch{torch_version}-{python_tag}-{digest}"
@@ -120,7 +120,7 @@ def _ninja_on_path():
 
 
 def build():
-    """scan_cpu.cpp compiled for this machine (or loaded from its build folder), or None where
+    """The kernels compiled for this machine (or loaded from their build folder), or None where
     `CARRYSTATE_NO_CPP=1` or the build fails (warned). Tried once per process."""
     global _module
     if _module is None:
@@ -155,7 +155,7 @@ def build_spec() -> BuildSpec:
     return BuildSpec(
         f"carrystate_scan_cpu_{level.lower()}",
         cflags,
-        kernel_folder(root, level, _SOURCE.read_bytes(), [*cflags, *_LDFLAGS]),
+        kernel_folder(root, level, b"\0".join(p.read_bytes() for p in _SOURCES), [*cflags, *_LDFLAGS]),
     )
 
 
@@ -180,7 +180,7 @@ def _load():
         with _ninja_on_path():
             return load(
                 spec.name,
-                [str(_SOURCE)],
+                [str(p) for p in _SOURCES],
                 extra_cflags=list(spec.cflags),
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(spec.folder),
@@ -234,3 +234,32 @@ def lstm_step(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Te
         return None
     y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights)
     return y, (h, c)
+
+
+class TokenBagCPU(torch.autograd.Function):
+    """`TokenEncoder`'s sum over present tokens, read from the uint8 token list in C++ (tokens_cpu.cpp): obs
+    [rows, slots, 3] uint8, table [2 * 256 * features, embed] → [rows, embed] and the largest feature id among
+    the present tokens (a 0-d tensor, -1 if none); the gradient flows to the table only."""
+
+    @staticmethod
+    def forward(ctx, obs: Tensor, table: Tensor, features: int):
+        out, max_feature = get().token_bag_forward(obs, table, features)
+        ctx.mark_non_differentiable(max_feature)
+        ctx.save_for_backward(obs)
+        ctx.features = features
+        return out, max_feature
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _):
+        (obs,) = ctx.saved_tensors
+        return None, get().token_bag_backward(obs, grad, ctx.features), None
+
+
+def token_bag(obs: Tensor, table: Tensor, features: int) -> tuple[Tensor, int] | None:
+    """obs [..., slots, 3] → the token sum [rows, embed] of `TokenBagCPU` and the largest feature id among the
+    present tokens (-1 if none), or None where the kernel does not apply (uint8 tokens and a float32 table on the
+    CPU, built) and the caller computes the sum with `nn.EmbeddingBag`."""
+    if obs.dtype != torch.uint8 or obs.device.type != "cpu" or for_input(table) is None:
+        return None
+    out, max_feature = TokenBagCPU.apply(obs.reshape(-1, *obs.shape[-2:]), table, features)
+    return out, int(max_feature)

@@ -168,8 +168,14 @@ std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor 
   return {inp, h_new, c_new};
 }
 
+// tokens_cpu.cpp, compiled into the same library
+std::vector<torch::Tensor> token_bag_forward(torch::Tensor obs, torch::Tensor table, int64_t F);
+torch::Tensor token_bag_backward(torch::Tensor obs, torch::Tensor grad, int64_t F);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "scan forward (CPU)");
   m.def("backward", &backward, "scan backward (CPU)");
   m.def("step", &step, "one rollout step of every layer (CPU)");
+  m.def("token_bag_forward", &token_bag_forward, "token encoder sum from uint8 tokens (CPU)");
+  m.def("token_bag_backward", &token_bag_backward, "its gradient for the table (CPU)");
 }
