@@ -284,11 +284,17 @@ METTAGRID_RUNS = [
     ("mettagrid_arena", "mean/max-pooled token encoder (before issue 16), norm_reward off"),
     ("mettagrid_arena_bag", "EmbeddingBag token encoder (issue 16), norm_reward off"),
     ("mettagrid_arena_bag_normrew", "EmbeddingBag token encoder, norm_reward on (--set trainer.norm_reward=true)"),
+    ("mettagrid_arena_cpp", "same encoder, summed in C++ (issue 16, 12-01), norm_reward off"),
 ]
+# runs whose seeds were split over two processes, each saving its own results file: name → the other file
+METTAGRID_SPLIT = {"mettagrid_arena_cpp": "mettagrid_arena_cpp_b"}
 
 
 def mettagrid_section(rows) -> list[str]:
-    runs = [(name, label, load(name)) for name, label in METTAGRID_RUNS]
+    runs = [
+        (name, label, sorted(load(name, []) + load(METTAGRID_SPLIT.get(name, ""), []), key=lambda r: r["seed"]))
+        for name, label in METTAGRID_RUNS
+    ]
     runs = [(name, label, data) for name, label, data in runs if data]
     lines = [
         "## MettaGrid arena, 24 agents per map",
@@ -296,8 +302,9 @@ def mettagrid_section(rows) -> list[str]:
         "Script: `python experiments/mettagrid_arena.py [--name NAME] [--set key=value ...]` with "
         "`configs/mettagrid_arena.yaml`: 8 maps of 25×25 with "
         "24 agents each (192 agent rows), token observations through the token encoder, LSTM 128, 49,152-step "
-        "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate, each stepped in 2 worker "
-        "processes. `return` is the mean episodic return per agent (1,000-step episodes) of a policy on 192 "
+        "batches, 64-step segments, 2 epochs; two batches of 4 maps alternate (double buffering), each stepped in "
+        "worker processes as the config said at the time of the run (1 per batch now). `return` is the mean "
+        "episodic return per agent (1,000-step episodes) of a policy on 192 "
         "fresh agent-episodes: the untrained policy first, then the trained one. The curve shows the mean reward "
         "per agent-step of each rollout batch (×1,000 = a per-episode rate); all maps reset together every "
         "1,000 steps, so consecutive batches see different phases of an episode and the raw curve cycles, "
