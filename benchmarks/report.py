@@ -340,19 +340,24 @@ def write(markdown: Path, results: Path) -> None:
         "Gumbel-max and returns the log-probabilities in the same call. The buffer is preallocated and "
         "there is no `.item()` per step, but small per-step tensors are still allocated by the ops "
         "themselves; only a captured graph (CUDA graphs) would remove them on a GPU.",
-        "- MettaGrid against PufferLib (missed: 0.87–1.05× over the four settings on 2026-11-30; before issue 16 "
-        "the token encoder ran 2.3–3.1k agent-steps/s against PufferLib's 6.8–11.2k, 0.25–0.35×). What moved "
-        "it: the token encoder is one `nn.EmbeddingBag` call over the present tokens (minibatch forward+backward "
-        "435 ms → 40–88 ms); observations stay uint8 in the buffer; workers write into shared memory; Adam is "
-        "fused (`trainer.fused_adam`: 1.4 ms a step against 6.5–13.7). What is left, per 8-map iteration: the "
-        "learner is 42–55% of "
-        "the time and at parity with PufferLib's per minibatch (the LSTM's forward+backward, ~42 ms per 6,144 "
-        "steps, is the same GEMMs as the fused call; the token encoder costs 1.6–2.7× the MLP that PufferLib "
-        "runs on the flattened tokens, ~70% of it the EmbeddingBag backward's sort and accumulation over ~350k "
-        "entries); waiting for the env is 0.2–1.0 s even with double buffering, because on 2 cores the worker "
-        "and the policy share one core's worth of slack, and a pipe write that wakes a worker cost 0.67 ms per "
-        "step in a profile beside other work. 1.2× at 2 epochs would need the update itself well below the "
-        "fused LSTM's cost, which no change to bookkeeping can give.",
+        "- MettaGrid against PufferLib (met in two of three whole bench runs on 2026-12-01, missed at one setting "
+        "in the other). Ratios at 4/8 maps × 1/2 epochs: run 1 1.30 / 1.34 / 1.06 / 1.25×, run 2 1.23 / 1.29 / "
+        "1.24 / 1.26×, run 3 (the table above) 1.33 / 1.32 / 1.31 / 1.41×; a separate 5-round measurement of the "
+        "setting run 1 missed (4 maps, 2 epochs) gave 1.20× (`results/mettagrid_cpu_12-01_run1.json`, "
+        "`_run2.json`). PufferLib's own rounds spread by up to 20% within a run, and run 1's carrystate rounds at "
+        "that setting were the slowest measured (14.3k against 19.2–19.4k in the other three). On 2026-11-30 "
+        "the ratios were 0.87–1.05×, and before issue 16 the token encoder ran at 0.25–0.35×. What moved it: "
+        "the token encoder's sum is C++ on the CPU (`policy/kernels/tokens_cpu.cpp`), read straight from the "
+        "uint8 tokens with no index lists, and its backward adds each row's gradient into the rows its tokens "
+        "picked, split by table column, with no sort. A minibatch's forward+backward went 435 ms (pooled encoder) "
+        "→ 40–88 ms (`nn.EmbeddingBag`) → 12–25 ms, now 0.46–0.82× the MLP that PufferLib runs on the flattened "
+        "tokens. Before that: observations stay uint8 in the buffer; workers write into shared memory; Adam is "
+        "fused (`trainer.fused_adam`: 1.4 ms a step against 6.5–13.7). What is left, per iteration: the learner is "
+        "40–60% of the time, at parity with PufferLib's per minibatch (the LSTM's forward+backward is the same "
+        "GEMMs as the fused call: per step a [96, 128] × [128, 512] product each way); the rollout's LSTM step is "
+        "GEMM-bound at 48 rows per lane (0.26 ms); waking a worker through its pipe costs 0.1–0.7 ms per step "
+        "depending on what else runs. The env layout that is fastest changes from run to run (the config's 1 "
+        "worker + double buffer was fastest at 8 maps in runs 2 and 3, in-process in run 1).",
         "",
         "## How to run",
         "",
