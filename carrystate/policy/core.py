@@ -113,7 +113,6 @@ class WindowCore(nn.Module):
     first step are zeros. The state is those last `window - 1` inputs, oldest first: one tensor
     [window - 1, batch, in_size], carried, stored and reset like any other (a reset zeroes every frame)."""
 
-    kind = "window"
     num_state_tensors = 1
 
     def __init__(self, in_size: int, hidden_size: int, window: int):
