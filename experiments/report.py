@@ -280,22 +280,27 @@ def popgym_section(rows) -> list[str]:
 
 
 # MettaGrid result sets, oldest first: (results name, what was run)
+# (results files, label): a run whose seeds were split over two processes has one file per process
 METTAGRID_RUNS = [
-    ("mettagrid_arena", "mean/max-pooled token encoder (before issue 16), norm_reward off"),
-    ("mettagrid_arena_bag", "EmbeddingBag token encoder (issue 16), norm_reward off"),
-    ("mettagrid_arena_bag_normrew", "EmbeddingBag token encoder, norm_reward on (--set trainer.norm_reward=true)"),
-    ("mettagrid_arena_cpp", "same encoder, summed in C++ (issue 16, 12-01), norm_reward off"),
+    (("mettagrid_arena",), "mean/max-pooled token encoder (before issue 16), norm_reward off"),
+    (("mettagrid_arena_bag",), "EmbeddingBag token encoder (issue 16), norm_reward off"),
+    (
+        ("mettagrid_arena_bag_normrew",),
+        "EmbeddingBag token encoder, norm_reward on (--set trainer.norm_reward=true)",
+    ),
+    (
+        ("mettagrid_arena_cpp", "mettagrid_arena_cpp_b"),
+        "same encoder, summed in C++ (issue 16, 12-01), norm_reward off",
+    ),
 ]
-# runs whose seeds were split over two processes, each saving its own results file: name → the other file
-METTAGRID_SPLIT = {"mettagrid_arena_cpp": "mettagrid_arena_cpp_b"}
 
 
 def mettagrid_section(rows) -> list[str]:
     runs = [
-        (name, label, sorted(load(name, []) + load(METTAGRID_SPLIT.get(name, ""), []), key=lambda r: r["seed"]))
-        for name, label in METTAGRID_RUNS
+        (label, sorted((r for name in names for r in load(name, [])), key=lambda r: r["seed"]))
+        for names, label in METTAGRID_RUNS
     ]
-    runs = [(name, label, data) for name, label, data in runs if data]
+    runs = [(label, data) for label, data in runs if data]
     lines = [
         "## MettaGrid arena, 24 agents per map",
         "",
@@ -317,7 +322,7 @@ def mettagrid_section(rows) -> list[str]:
         "first 5 batches | last 5 batches | wall s | agent-steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for _, label, data in runs:
+    for label, data in runs:
         for r in data:
             c = [p["charts/reward_per_agent_step"] for p in r.get("curve", [])]
             if not c:
@@ -330,7 +335,7 @@ def mettagrid_section(rows) -> list[str]:
             )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), sharey=True, squeeze=False)
-    for ax, (_, label, data) in zip(axes[0], runs):
+    for ax, (label, data) in zip(axes[0], runs):
         for r, colour in zip(data, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
             steps = np.array([p["step"] for p in r.get("curve", [])])
             vals = np.array([p["charts/reward_per_agent_step"] for p in r.get("curve", [])])
@@ -562,12 +567,13 @@ def popgym_5m_section(rows) -> list[str]:
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.4), squeeze=False)
     for ax, e in zip(axes[0], envs):
         for r in (r for r in rows if r["env"] == e and r["trainer"] == "carrystate"):
+            kind = core(r)
             ax.plot(
                 [c[0] for c in r["curve"]],
                 [c[1] for c in r["curve"]],
                 lw=0.6,
-                ls={"LSTM": ":", "GRU": "-", "window": "--"}[core(r)],
-                label=f"{core(r)} seed {r['seed']}",
+                ls={"LSTM": ":", "GRU": "-", "window": "--"}[kind],
+                label=f"{kind} seed {r['seed']}",
             )
         rand = [last(r) for r in rows if r["env"] == e and r["trainer"] == "random"]
         if rand:
