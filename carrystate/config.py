@@ -231,7 +231,12 @@ class PolicyConfig(_Section):
     and recurrent core, with its own carried state (stored, replayed and reset exactly like the actor's)."""
     forget_bias: float = 0.0
     """Initial bias of the LSTM forget gates (the long-memory literature starts it at 1 or more: the cell then
-    keeps its content by default); the other biases start at 0, recurrent weights orthogonal."""
+    keeps its content by default); the other biases start at 0, recurrent weights orthogonal. Not with
+    chrono_tmax."""
+    chrono_tmax: int = Field(0, ge=0)
+    """LSTM chrono initialisation (Tallec & Ollivier 2018) when above 0: each unit's forget-gate bias starts at
+    log(u), u uniform in [1, chrono_tmax - 1], and its input-gate bias at the negative, so units start out
+    keeping their content for 1 to chrono_tmax steps; 0 keeps every bias at 0 (plus forget_bias)."""
     obs_norm: bool | None = None
     """Normalise observations by a running per-feature mean and variance, updated after each update from
     that rollout's observations (never inside an update) and saved with the weights. None (the default): on
@@ -249,6 +254,14 @@ class PolicyConfig(_Section):
     @model_validator(mode="after")
     def _check_sequence_impl(self) -> PolicyConfig:
         unroll.check(self.sequence_impl, self.core)  # a ValueError naming the setting and the choices
+        return self
+
+    @model_validator(mode="after")
+    def _check_chrono(self) -> PolicyConfig:
+        if self.chrono_tmax and self.forget_bias:
+            raise ValueError("policy.chrono_tmax sets the forget-gate biases itself; set policy.forget_bias=0")
+        if self.chrono_tmax == 1 or self.chrono_tmax == 2:
+            raise ValueError(f"policy.chrono_tmax={self.chrono_tmax} must be 0 (off) or at least 3")
         return self
 
     @model_validator(mode="after")

@@ -41,8 +41,10 @@ class RecurrentCore(nn.Module):
         num_layers: int = 1,
         impl: str = "auto",
         forget_bias: float = 0.0,
+        chrono_tmax: int = 0,
     ):
-        """Recurrent weights start orthogonal and biases at 0, except an LSTM's forget gates at `forget_bias`."""
+        """Recurrent weights start orthogonal and biases at 0, except an LSTM's gates: with `chrono_tmax` > 0 the
+        chrono initialisation (Tallec & Ollivier 2018), else the forget gates at `forget_bias`."""
         super().__init__()
         self.kind, self.hidden_size, self.num_layers = kind, hidden_size, num_layers
         unroll.check(impl, kind)
@@ -63,10 +65,17 @@ class RecurrentCore(nn.Module):
                 nn.init.zeros_(p)
             elif p.dim() >= 2:
                 nn.init.orthogonal_(p)
-        if kind == "lstm" and forget_bias:
+        if kind == "lstm" and (forget_bias or chrono_tmax):
+            H = hidden_size
             with torch.no_grad():
                 for layer in range(num_layers):  # gates i, f, g, o: the forget gate's bias is the second quarter
-                    getattr(self.rnn, f"bias_ih_l{layer}")[hidden_size : 2 * hidden_size] = forget_bias
+                    bias = getattr(self.rnn, f"bias_ih_l{layer}")
+                    if chrono_tmax:  # forget bias log U(1, T_max - 1), input bias its negative, bias_hh stays 0
+                        forget = torch.log(1 + torch.rand(H) * (chrono_tmax - 2))
+                        bias[H : 2 * H] = forget
+                        bias[:H] = -forget
+                    else:
+                        bias[H : 2 * H] = forget_bias
 
     @property
     def state_shapes(self) -> Shapes:
@@ -162,4 +171,6 @@ def make_core(cfg: PolicyConfig, in_size: int) -> RecurrentCore | WindowCore:
     """The core `policy.core` names, reading in_size-wide features."""
     if cfg.core == "window":
         return WindowCore(in_size, cfg.hidden_size, cfg.window)
-    return RecurrentCore(cfg.core, in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias)
+    return RecurrentCore(
+        cfg.core, in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias, cfg.chrono_tmax
+    )
