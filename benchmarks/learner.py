@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from carrystate.policy import RecurrentCore, unroll
+from carrystate.policy import unroll
+from carrystate.policy.cores.recurrent import LSTMCore
 from carrystate.policy.kernels import triton_scan
 
 
@@ -108,7 +109,7 @@ def bench_learner(device, hiddens, horizons, rows, repeats, reset_every=50, seed
     for hidden in hiddens:
         for T in horizons:
             torch.manual_seed(seed)
-            core = RecurrentCore("lstm", hidden, hidden, 1).to(device)
+            core = LSTMCore(hidden, hidden, 1).to(device)
             x = torch.randn(rows, T, hidden, device=device, requires_grad=True)
             state = tuple(torch.randn(1, rows, hidden, device=device) for _ in range(2))
             g = torch.Generator().manual_seed(seed)
@@ -209,7 +210,7 @@ def bench_memory(device, hidden, horizons, steps, reset_everys, impl):
         rows = max(1, steps // T)
         for every in reset_everys:
             torch.manual_seed(0)
-            core = RecurrentCore("lstm", hidden, hidden, 1, impl).to(device)
+            core = LSTMCore(hidden, hidden, 1, impl).to(device)
             x = torch.randn(rows, T, hidden, device=device, requires_grad=True)
             state = core.initial_state(rows, device)
             g = torch.Generator().manual_seed(0)
@@ -236,12 +237,12 @@ def bench_memory(device, hidden, horizons, steps, reset_everys, impl):
 
 @torch.no_grad()
 def bench_rollout_step(device, shapes=((64, 64), (256, 128), (1024, 128), (256, 256)), repeats=7, steps=50):
-    """The rollout's recurrent step (`RecurrentCore.step`: the C++ step on the CPU) against nn.LSTM called with
+    """The rollout's recurrent step (`LSTMCore.step`: the C++ step on the CPU) against nn.LSTM called with
     T=1, per (agents, hidden): median time per step over `repeats` runs of `steps` carried steps."""
     rows = []
     for agents, hidden in shapes:
         torch.manual_seed(0)
-        core = RecurrentCore("lstm", hidden, hidden, 1).to(device)
+        core = LSTMCore(hidden, hidden, 1).to(device)
         x = torch.randn(agents, hidden, device=device)
 
         def fused():

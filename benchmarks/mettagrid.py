@@ -35,7 +35,7 @@ import torch
 
 import carrystate
 from carrystate.envs import make_env
-from carrystate.policy import MLPEncoder
+from carrystate.policy.encoders import MLPEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "mettagrid_arena.yaml"

@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from carrystate import registry
 from carrystate.policy import unroll
 
 OWN = (
@@ -136,7 +137,7 @@ def write(markdown: Path, results: Path) -> None:
         "",
         "About one episode end per 50 steps per row (`resets` counts them). The default unroll is `scan` for an "
         "LSTM on the CPU and `triton` for an LSTM on CUDA. `policy.sequence_impl`: "
-        + unroll.describe()
+        + registry.describe_unrolls()
         + " Beside them, `loop_graphed` is `loop` captured as CUDA graphs and `torchrl` is torchrl's "
         "`LSTMModule` in recurrent mode.",
         "",
@@ -192,7 +193,7 @@ def write(markdown: Path, results: Path) -> None:
         lines += [
             "## Rollout step: one recurrent step for every agent",
             "",
-            f"{cpu['info']['device']}, no gradient. `RecurrentCore.step` (on the CPU the C++ step of "
+            f"{cpu['info']['device']}, no gradient. `LSTMCore.step` (on the CPU the C++ step of "
             "`policy/kernels/scan_cpu.cpp`: the input and recurrent GEMMs and one fused elementwise pass, the scan's "
             "math) against `nn.LSTM` called with T=1; time per step, median over repeats of 50 carried steps.",
             "",
@@ -330,7 +331,7 @@ def write(markdown: Path, results: Path) -> None:
         "resets at these small minibatches and ~0.5 ms per minibatch for the PPO loss and the categorical "
         "log-probabilities (about 60 small ops forward and backward; `log_softmax` over 2 actions alone is "
         "0.1 ms). The staleness diagnostic adds ~7 ms per iteration (four replays of 16 segments).",
-        "- Rollout step: on the CPU `RecurrentCore.step` runs the C++ step (`policy/kernels/scan_cpu.cpp`: per layer "
+        "- Rollout step: on the CPU `LSTMCore.step` runs the C++ step (`policy/kernels/scan_cpu.cpp`: per layer "
         "the input GEMM with both biases, the recurrent GEMM in place and one fused elementwise pass, all "
         "layers in one call; the scan's math, so replay reproduces the rollout's state). `nn.LSTM` with T=1 "
         "pays about 60 µs of fixed per-call work (76 µs for 5 agents × hidden 32, where the C++ step takes 12), "

@@ -11,6 +11,7 @@ step, zeroed when an episode ends).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -75,8 +76,27 @@ class Agent:
 
 
 def load(path, device: torch.device | str = "cpu", seed: int = 0) -> Agent:
-    """The agent of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint)."""
-    from carrystate.run_state import load_policy_and_spaces
+    """The agent of a checkpoint (a checkpoint folder, or a run folder for its newest intact checkpoint), after
+    `checkpoint_checks.check` found the whole checkpoint sound (what a resume would refuse, this refuses too)."""
+    from carrystate.checkpoint import load_checkpoint
+    from carrystate.checkpoint_checks import check
+    from carrystate.distributed import rank_config
+    from carrystate.envs import make_env
+    from carrystate.errors import CheckpointError
 
-    policy, cfg, (observation_space, action_space) = load_policy_and_spaces(path, str(device))
-    return Agent(policy, cfg, observation_space, action_space, seed=seed, device=device)
+    ckpt = load_checkpoint(Path(path))
+    cfg = ckpt["config"]
+    world_size = ckpt["meta"].get("world_size", 1)
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise CheckpointError(
+            f"checkpoint {ckpt['path']} is not usable: meta.json world_size is {world_size!r}, expected an integer >= 1"
+        )
+    env = make_env(rank_config(cfg, world_size).env, seed=cfg.trainer.seed)
+    try:
+        spaces = env.single_observation_space, env.single_action_space
+        policy = Policy(cfg.policy, *spaces)
+        check(ckpt, policy, env)
+    finally:
+        env.close()
+    policy.load_state_dict(ckpt["model"])
+    return Agent(policy.to(device), cfg, *spaces, seed=seed, device=device)

@@ -99,7 +99,7 @@ class SegmentBuffer:
         device: torch.device | str = "cpu",
         burn_in: int = 0,
     ):
-        """`state_template`: a state of batch 1 whose tensors give the layers and width of the start states."""
+        """`state_template`: a state of batch 1 whose tensors give the depth and width of the start states."""
         if batch_size % (num_agents * horizon):
             raise ValueError(
                 f"batch_size={batch_size} is not a multiple of agents × bptt_horizon = {num_agents} × {horizon}"
@@ -122,11 +122,12 @@ class SegmentBuffer:
         self.final_values = z(S, H)  # value of the final observation at truncated steps, else 0
         self.advantages = z(S, H)
         self.returns = z(S, H)
-        # [num_layers, segments, hidden] per state tensor: the state each row held at its first step
+        # [depth, segments, width] per state tensor (the core's state_shapes): the state each row held at its first step
         self.start_state: State = tuple(torch.zeros(s.shape[0], S, *s.shape[2:], device=device) for s in state_template)
         self.last_value = z(num_agents)  # [agents] value after the rollout's last step
         self._timelines: dict[str, Tensor] = {}  # write's views, of tensors allocated here once
         self.position = 0  # steps of the current rollout written (every agent's first `position` steps)
+        self.trained = False  # the whole rollout in the buffer has had its update (the learner sets it)
         # Burn-in (R2D2): the state at column H - burn_in of every row, and the previous rollout's last
         # burn_in steps per agent, so that every segment can be warmed up from the steps that precede it.
         self.burn_in = burn_in
@@ -182,19 +183,28 @@ class SegmentBuffer:
             for dst, src in zip(self.tail_state, self.burn_in_state):
                 dst[:] = src[:, last]
             self.tail_ready = True
-        self.position = 0
+        self.position, self.trained = 0, False
 
-    def state_dict(self, first: int = 0) -> dict[str, Tensor]:
-        """Steps [first, position) of every agent, what the rollout recorded at them, and the burn-in tail:
-        the part of the buffer a checkpoint must hold for the run to go on exactly. `first` = 0 while a rollout
-        is in progress or its update is still to come (a checkpoint then holds `position` × agents steps: of
-        each an observation, an action and 7 small numbers and flags, plus a start state per begun segment; at
-        most the whole buffer, e.g. about 31 MB for MettaGrid's arena, 29.5 MB of it uint8 observations);
-        `first` = steps - burn_in once the rollout is trained, as the next rollout's burn-in reads
-        only those steps (nothing without burn-in). Views, not copies: `{name: tensor}` with the per-step
-        fields as [agents, steps, ...], the start and burn-in states as [layers, agents, rows, hidden]."""
-        if not 0 <= first <= self.position <= self.steps:
-            raise ValueError(f"steps [{first}, {self.position}) are not a part of this buffer's {self.steps}")
+    @property
+    def update_pending(self) -> bool:
+        """The buffer holds a whole rollout that has not had its update (a stop cut the update short)."""
+        return self.position == self.steps and not self.trained
+
+    @property
+    def first_kept(self) -> int:
+        """The first step a checkpoint keeps: all of a rollout in progress or awaiting its update; of a trained
+        one only the last burn_in steps, which the next rollout's burn-in reads."""
+        return self.steps - self.burn_in if self.position == self.steps and self.trained else 0
+
+    def state_dict(self) -> dict:
+        """The part of the buffer a checkpoint must hold for the run to go on exactly: `position` and `first`
+        (`first_kept`), and steps [first, position) of every agent, what the rollout recorded at them, and the
+        burn-in tail. While a rollout is in progress or its update is still to come that is `position` × agents
+        steps (of each an observation, an action and a few small numbers and flags, plus a start state per
+        begun segment; at most the whole buffer); once the rollout is trained, only what the next rollout's
+        burn-in reads (nothing without burn-in). Views, not copies: the per-step fields as [agents, steps, ...],
+        the start and burn-in states as [depth, agents, rows, width]."""
+        first = self.first_kept
         out = {f: self.timeline(getattr(self, f))[:, first : self.position] for f in self.STEP_FIELDS}
         starts, burn_ins = self._rows(first)
         for i, s in enumerate(self.start_state):
@@ -208,27 +218,31 @@ class SegmentBuffer:
             for i, s in enumerate(self.tail_state):
                 out[f"tail.state.{i}"] = s
             out["tail.ready"] = torch.tensor(self.tail_ready)
-        return out
+        return {**out, "position": self.position, "first": first}
 
-    def load_state_dict(self, tensors: dict[str, Tensor], position: int, first: int = 0) -> None:
-        """Put back what `state_dict(first)` returned when the buffer's position was `position` (the caller has
-        checked names and shapes)."""
-        self.position = position
+    def load_state_dict(self, state: dict) -> None:
+        """Put back what `state_dict` returned (the caller has checked names and shapes). A trained rollout of
+        which nothing was kept (no burn-in) stands as a whole trained rollout of this buffer's size, whatever
+        trainer.batch_size it had."""
+        position, first = state["position"], state["first"]
+        if first == position > 0:
+            position = first = self.steps
+        self.position, self.trained = position, position == self.steps and first > 0
         self.final_values.zero_()  # as begin_rollout left it: the steps still to come write only truncated ones
         for f in self.STEP_FIELDS:
-            self.timeline(getattr(self, f))[:, first:position] = tensors[f]
+            self.timeline(getattr(self, f))[:, first:position] = state[f]
         starts, burn_ins = self._rows(first)
         for i, s in enumerate(self.start_state):
-            self._by_agent(s)[:, :, starts] = tensors[f"start_state.{i}"]
-        if "last_value" in tensors:
-            self.last_value[:] = tensors["last_value"]
+            self._by_agent(s)[:, :, starts] = state[f"start_state.{i}"]
+        if "last_value" in state:
+            self.last_value[:] = state["last_value"]
         if self.burn_in:
             for i, s in enumerate(self.burn_in_state):
-                self._by_agent(s)[:, :, burn_ins] = tensors[f"burn_in_state.{i}"]
-            self.tail_obs[:], self.tail_starts[:] = tensors["tail.obs"], tensors["tail.starts"]
+                self._by_agent(s)[:, :, burn_ins] = state[f"burn_in_state.{i}"]
+            self.tail_obs[:], self.tail_starts[:] = state["tail.obs"], state["tail.starts"]
             for i, s in enumerate(self.tail_state):
-                s[:] = tensors[f"tail.state.{i}"]
-            self.tail_ready = bool(tensors["tail.ready"])
+                s[:] = state[f"tail.state.{i}"]
+            self.tail_ready = bool(state["tail.ready"])
 
     def _rows(self, first: int) -> tuple[slice, slice]:
         """Of each agent's rows: those whose start state, and those whose burn-in state, the rollout recorded
@@ -244,7 +258,7 @@ class SegmentBuffer:
         )
 
     def _by_agent(self, s: Tensor) -> Tensor:
-        """A [layers, segments, hidden] state tensor viewed as [layers, agents, rows, hidden]."""
+        """A [depth, segments, width] state tensor viewed as [depth, agents, rows, width]."""
         return s.view(s.shape[0], self.num_agents, self.rows_per_agent, *s.shape[2:])
 
     def burn_in_inputs(self, idx: Tensor) -> tuple[Tensor, Tensor, State, Tensor]:

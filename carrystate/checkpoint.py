@@ -28,12 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from carrystate.config import Config, config_from_dict
+from carrystate.errors import CheckpointError
 
 FILES = ("model.safetensors", "tensors.safetensors", "optimizer.pt")
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint, or one that does not fit the run it is loaded into."""
 
 
 def _sha256(path: Path) -> str:

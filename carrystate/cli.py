@@ -1,20 +1,22 @@
 """Command line: `carrystate train | eval | probe | report | bench | build-kernels | config`. Parsing and
-printing only; the work lives in the modules."""
+printing only; the work lives in the modules, each imported when its subcommand runs (so `--help` and a bad
+argument answer without loading torch). `key=value` overrides may stand anywhere among the options."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from carrystate.checkpoint import CheckpointError
-from carrystate.config import ConfigError
-from carrystate.distributed import DistributedError, env_rank, env_world_size, exit_now, shutdown
-from carrystate.envs.base import EnvError
-from carrystate.learner import NumericalError
-from carrystate.report import ReportError
+from carrystate.errors import (
+    CheckpointError,
+    ConfigError,
+    DistributedError,
+    EnvError,
+    NumericalError,
+    ReportError,
+)
 
 TRAIN_EPILOG = """examples:
   carrystate train                                   # built-in T-maze, default settings
@@ -23,18 +25,28 @@ TRAIN_EPILOG = """examples:
 settings are listed with their documentation by `carrystate config`"""
 
 
-def _train(args: argparse.Namespace) -> int:
-    from carrystate.config import load_config
-    from carrystate.trainer import Trainer, default_run_dir
-
+def split_items(items: list[str]) -> tuple[str | None, list[str]]:
+    """`carrystate train`'s words: (the config file or None, the key=value overrides in their order)."""
     config_path, overrides = None, []
-    for item in args.items:
+    for item in items:
         if "=" in item:
             overrides.append(item)
         elif config_path is None:
             config_path = item
         else:
-            raise ConfigError(f"two config files given ({config_path}, {item}); pass one, then key=value overrides")
+            raise ConfigError(f"two config files given ({config_path}, {item}); pass one, and key=value overrides")
+    return config_path, overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    from carrystate.config import load_config
+
+    config_path, overrides = split_items(args.items)
+    cfg = None if args.resume else load_config(config_path, overrides)  # a bad setting answers before torch loads
+
+    from carrystate.trainer import Trainer
+    from carrystate.wiring import default_run_dir
+
     if args.resume:
         if config_path is not None:
             raise ConfigError("with --resume the run folder's own config is used; pass only key=value overrides")
@@ -48,7 +60,6 @@ def _train(args: argparse.Namespace) -> int:
         if trainer.resume_note and trainer.dist.is_main:
             print(f"note: {trainer.resume_note}", flush=True)
     else:
-        cfg = load_config(config_path, overrides)
         run_dir = default_run_dir(cfg)  # under torchrun, rank 0's is used by all
         trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)  # checks the settings against this machine
         if trainer.dist.is_main:
@@ -60,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
     import carrystate
 
     agent = carrystate.load(Path(args.checkpoint))
@@ -83,6 +96,11 @@ def _config(args: argparse.Namespace) -> int:
     if args.show:
         print(dump_config(load_config(args.show if args.show != "-" else None)), end="")
         return 0
+    if args.metrics:
+        from carrystate.metrics import table
+
+        print(table())
+        return 0
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
@@ -97,15 +115,13 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    import carrystate
     from carrystate.diagnostics import probe
 
-    horizons = [h if h == "episode" else int(h) for h in args.gradient_horizon] if args.gradient_horizon else None
-    if horizons is None:
-        import carrystate
-
-        cfg = carrystate.load(Path(args.checkpoint)).cfg
-        horizons = [cfg.trainer.bptt_horizon, "episode"]
-    result = probe(Path(args.checkpoint), horizons, args.max_lag, args.seed, args.out)
+    agent = carrystate.load(Path(args.checkpoint))
+    horizons = [h if h == "episode" else int(h) for h in args.gradient_horizon or ()]
+    horizons = horizons or [agent.cfg.trainer.bptt_horizon, "episode"]
+    result = probe(agent.policy, agent.cfg, horizons, args.max_lag, args.seed, args.out)
     T = result["bptt_horizon"]
     names = list(result["curves"])
     print("lag  " + "  ".join(f"{'gh ' + n:>12}" for n in names))
@@ -261,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "build-kernels",
         help="compile the CPU kernels now (else the first training run does)",
         description="Compile the C++ kernels of the CPU scan unroll and rollout step for this machine "
-        "(about 30 s, cached by torch) and print where the library lies.",
+        "(once; torch caches them) and print where the library lies.",
     )
     p.set_defaults(func=_build_kernels)
     p = sub.add_parser(
@@ -270,13 +286,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Without options: every setting, its default and documentation.",
     )
     p.add_argument("--show", metavar="CONFIG", help="print the full resolved YAML of CONFIG ('-' for defaults)")
+    p.add_argument("--metrics", action="store_true", help="list every metric a run logs, with its meaning")
     p.set_defaults(func=_config)
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `train`'s config file and `key=value` overrides may stand before, between or after its
+    options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    words = [a for a in extra if not a.startswith("-")]  # a config file or overrides after an option
+    unknown = [a for a in extra if a not in words] if hasattr(args, "items") else extra
+    if hasattr(args, "items"):
+        args.items += words
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    prog = f"carrystate (rank {env_rank()})" if env_world_size() > 1 else "carrystate"
+    args = parse(argv)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # as torchrun announces them
+    prog = f"carrystate (rank {os.environ.get('RANK', '0')})" if ranks > 1 else "carrystate"
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, ReportError) as err:
@@ -285,13 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     except (EnvError, NumericalError, DistributedError) as err:
         print(f"{prog}: training stopped: {err}", file=sys.stderr)
         if isinstance(err, DistributedError):
+            from carrystate.distributed import exit_now
+
             exit_now(1)  # the process group is broken: leaving it in order is impossible
         return 1
     except KeyboardInterrupt as err:
         print(f"\n{prog}: {err or 'interrupted'}; the last good checkpoint is left as it was", file=sys.stderr)
         return 130
     finally:
-        shutdown()  # leave the process group (under torchrun), also after an error
+        if "carrystate.distributed" in sys.modules:  # leave the process group (under torchrun), also after an error
+            sys.modules["carrystate.distributed"].shutdown()
 
 
 if __name__ == "__main__":

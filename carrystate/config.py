@@ -7,21 +7,19 @@ checked as soon as the env is built and has counted them.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from carrystate.policy import unroll
+from carrystate import registry
+from carrystate.errors import ConfigError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-class ConfigError(ValueError):
-    """A setting (or combination of settings) that cannot work; the message says which and why."""
+OTHER_TORCH_DEVICES = ("meta", "xpu", "xla", "hpu", "mtia", "ipu", "lazy", "vulkan", "ve", "privateuseone", "hip")
 
 
 class _Section(BaseModel):
@@ -134,10 +132,8 @@ class CustomEnvConfig(_Section):
 
 
 class EnvConfig(_Section):
-    name: Literal["tmaze", "recall", "gymnasium", "pettingzoo", "popgym", "mettagrid", "custom"] = "tmaze"
-    """Which environment: the built-in `tmaze` or `recall` memory tasks, any `gymnasium` id, a `pettingzoo`
-    parallel env, a `popgym` env, `mettagrid` (needs `pip install -e .[mettagrid]`), or `custom`: your own
-    VecEnv, built by env.custom.factory."""
+    # choices and documentation come from the env registry (carrystate/registry.py)
+    name: Literal[tuple(registry.ENVS)] = Field("tmaze", description=registry.describe_envs())
     num_envs: int = Field(64, ge=1)
     """Environment copies stepped together (in all batches together when double_buffer is on)."""
     tmaze: TMazeConfig = TMazeConfig()
@@ -212,11 +208,10 @@ class PolicyConfig(_Section):
     cnn_channels: list[int] = [16, 32]
     """Structured observations with an image: output channels of the CNN's 3×3 convolutions (a flatten and one
     ReLU layer of encoder_sizes[-1] follow)."""
-    core: Literal["lstm", "gru", "window", "none"] = "lstm"
-    """Recurrent core. `window` is frame stacking: the encoder's outputs of the last `window` steps (zeros before
-    the episode's start) read by one ReLU layer; it recalls exactly `window - 1` steps back and nothing older
-    (measured: POPGym RepeatPreviousMedium, EXPERIMENTS.md). `none` is a feed-forward control that shows
-    whether a task needs memory."""
+    # choices and documentation come from the core registry (carrystate/registry.py)
+    core: str = Field("lstm", description=registry.describe_cores())
+    core_options: dict[str, Any] = {}
+    """With your own core (policy.core=module:Class): keyword arguments its constructor receives."""
     hidden_size: int = Field(64, ge=1)
     """Width of the recurrent state (and the output width of the window and feed-forward cores)."""
     num_layers: int = Field(1, ge=1)
@@ -224,8 +219,8 @@ class PolicyConfig(_Section):
     window: int = Field(32, ge=2)
     """core=window: steps the core sees, the current one included; its carried state is the encoder's outputs of
     the `window - 1` steps before."""
-    # choices and documentation come from the unroll registry (carrystate/policy/unroll/__init__.py)
-    sequence_impl: Literal[("auto", *unroll.names())] = Field("auto", description=unroll.describe())
+    # choices and documentation come from the unroll registry (carrystate/registry.py)
+    sequence_impl: Literal[("auto", *registry.UNROLLS)] = Field("auto", description=registry.describe_unrolls())
     critic: Literal["shared", "separate"] = "shared"
     """`shared`: the value head reads the actor's recurrent core. `separate`: the critic has its own encoder
     and recurrent core, with its own carried state (stored, replayed and reset exactly like the actor's)."""
@@ -240,9 +235,8 @@ class PolicyConfig(_Section):
     obs_norm: bool | None = None
     """Normalise observations by a running per-feature mean and variance, updated after each update from
     that rollout's observations (never inside an update) and saved with the weights. None (the default): on
-    for encoder=mlp, off for encoder=token (token ids and values are not intensities). Measured: CartPole
-    without velocity 477 against 352 without it (5 seeds, EXPERIMENTS.md). Structured observations normalise
-    their vector entries only (not images, not Discrete values)."""
+    for encoder=mlp, off for encoder=token (token ids and values are not intensities; its effect: EXPERIMENTS.md).
+    Structured observations normalise their vector entries only (not images, not Discrete values)."""
     obs_clip: float = Field(10.0, gt=0)
     """With obs_norm: clip normalised observations to ±obs_clip."""
 
@@ -253,7 +247,13 @@ class PolicyConfig(_Section):
 
     @model_validator(mode="after")
     def _check_sequence_impl(self) -> PolicyConfig:
-        unroll.check(self.sequence_impl, self.core)  # a ValueError naming the setting and the choices
+        registry.check_core(self.core)  # ValueErrors naming the setting and the choices
+        registry.check_unroll(self.sequence_impl, self.core)
+        if self.core_options and self.core in registry.CORES:
+            raise ValueError(
+                f"policy.core_options are for a core of your own (module:Class); core={self.core} takes its "
+                "settings from the policy section"
+            )
         return self
 
     @model_validator(mode="after")
@@ -332,10 +332,9 @@ class TrainerConfig(_Section):
     adam_eps: float = Field(1e-5, gt=0)
     """Adam's epsilon."""
     fused_adam: bool = True
-    """Adam as torch's one-kernel step where the device has one (CPU, CUDA): the same update rounded differently,
-    1.4 ms against 6.5-13.7 ms per step with MettaGrid's 2.1M-entry token table (about 3% of an arena iteration).
-    CartPole's slow test (seeds 1-5) on one checkout: 486 / 493 / 456 / 436 / 500 fused, 500 / 500 / 429 / 441 /
-    500 without: the same learning, other rounding."""
+    """Adam as torch's one-kernel step where the device has one (CPU, CUDA): the same update, rounded differently
+    (the same learning: EXPERIMENTS.md), and faster than the per-tensor loop, most of all with large tables such as
+    MettaGrid's token table (BENCHMARKS.md)."""
     gamma: float = Field(0.99, ge=0, le=1)
     """Discount factor."""
     gae_lambda: float = Field(0.95, ge=0, le=1)
@@ -355,8 +354,7 @@ class TrainerConfig(_Section):
     norm_reward: bool = True
     """Divide rewards by the running standard deviation of the discounted return (as sb3's VecNormalize), so
     value losses have a similar size on every task and one vf_coef serves them; updated from each rollout,
-    saved with the run. Measured: default T-maze solved by 5 of 5 seeds (3 of 5 without), CartPole without
-    velocity 477 against 233 (EXPERIMENTS.md)."""
+    saved with the run (its effect: EXPERIMENTS.md)."""
     reward_clip: float = Field(10.0, gt=0)
     """With norm_reward: clip scaled rewards to ±reward_clip."""
     max_grad_norm: float = Field(0.5, gt=0)
@@ -392,14 +390,11 @@ class TrainerConfig(_Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, name: str) -> str:
-        try:
-            device = torch.device(name)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"trainer.device={name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-        if device.type not in DEVICE_TYPES:
-            raise ValueError(
-                f"trainer.device={name!r}: a {device.type} device cannot train here; use cpu, cuda or cuda:N"
-            )
+        match = re.fullmatch(r"([a-z_]+)(:\d+)?", name)
+        if match is None or match[1] not in (*DEVICE_TYPES, *OTHER_TORCH_DEVICES):
+            raise ValueError(f"trainer.device={name!r} is not a torch device; use cpu, cuda or cuda:N")
+        if match[1] not in DEVICE_TYPES:
+            raise ValueError(f"trainer.device={name!r}: a {match[1]} device cannot train here; use cpu, cuda or cuda:N")
         return name
 
     def chain_length(self, rows_per_agent: int) -> int:

@@ -18,12 +18,16 @@ Comparing two replays by the same code makes the staleness of an unchanged polic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from carrystate import replay
 from carrystate.buffer import SegmentBuffer
+from carrystate.config import Config
 from carrystate.policy import Policy
 from carrystate.state import State, mask_state
 
@@ -38,9 +42,15 @@ def _diff(a: State, b: State) -> State:
 
 @torch.no_grad()
 def staleness(
-    old: Policy, new: Policy, buffer: SegmentBuffer, samples: int, window: int | None, generator: torch.Generator
+    new: Policy,
+    rollout_weights: Callable[[], AbstractContextManager],
+    buffer: SegmentBuffer,
+    samples: int,
+    window: int | None,
+    generator: torch.Generator,
 ) -> dict[str, float]:
-    """Staleness metrics over `samples` random segments that have earlier rows in the rollout (see module doc)."""
+    """Staleness metrics over `samples` random segments that have earlier rows in the rollout (see module doc).
+    `new` is the updated policy; inside `rollout_weights()` it holds the rollout's weights (`Learner.weights`)."""
     K = buffer.rows_per_agent
     if K < 2 or samples <= 0 or not new.num_state_tensors:
         return {}
@@ -51,7 +61,8 @@ def staleness(
     for b in torch.unique(back).tolist():
         rows = pick[back == b]
         opens = buffer.starts[rows, 0]  # a segment that opens an episode starts from zeros either way
-        s_old = mask_state(replay.state_after_rows(old, buffer, rows, b), opens)
+        with rollout_weights():
+            s_old = mask_state(replay.state_after_rows(new, buffer, rows, b), opens)
         s_new = mask_state(replay.state_after_rows(new, buffer, rows, b), opens)
         stored = tuple(s[:, rows] for s in buffer.start_state)
         eps = 1e-12
@@ -94,31 +105,23 @@ def gradient_reach(policy: Policy, buffer: SegmentBuffer, chain: int, max_lag: i
     return reach
 
 
-def probe(checkpoint, gradient_horizons: list, max_lag: int | None = None, seed: int = 0, out=None) -> dict:
-    """Gradient reach of a checkpoint's policy on fresh rollouts of its env, for each gradient horizon
-    (`bptt_horizon`, multiples of it, or 'episode'); plots the curves to `out` (PNG) if given."""
+def probe(
+    policy: Policy, cfg: Config, gradient_horizons: list, max_lag: int | None = None, seed: int = 0, out=None
+) -> dict:
+    """Gradient reach of a trained policy (of a run of `cfg`) on fresh rollouts of its env, for each gradient
+    horizon (`bptt_horizon`, multiples of it, or 'episode'); plots the curves to `out` (PNG) if given."""
     from carrystate.envs import make_env
-    from carrystate.rollout import Rollout
-    from carrystate.run_state import load_policy
-    from carrystate.state import StateStore
+    from carrystate.wiring import build_parts
 
-    policy, cfg = load_policy(checkpoint)
     t = cfg.trainer
     env = make_env(cfg.env, seed=seed)
-    store = StateStore(policy.state_shapes)
-    rollout = Rollout(env, store, seed=seed)
-    buffer = SegmentBuffer.for_spaces(
-        env.num_agents,
-        env.single_observation_space,
-        env.single_action_space,
-        policy.initial_state(1),
-        batch_size=t.batch_size,
-        horizon=t.bptt_horizon,
-    )
-    gen = torch.Generator().manual_seed(seed)
-    rollout.collect(policy, buffer, gen)  # warm the carried state up first
-    rollout.collect(policy, buffer, gen)
-    env.close()
+    try:
+        parts = build_parts(cfg, env, policy, seed)
+        parts.rollout.collect(policy, parts.buffer, parts.generators.sample)  # warm the carried state up first
+        parts.rollout.collect(policy, parts.buffer, parts.generators.sample)
+    finally:
+        env.close()
+    buffer = parts.buffer
     max_lag = max_lag or buffer.steps - 1
     curves = {}
     for gh in gradient_horizons:

@@ -38,10 +38,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from carrystate.config import Config, ConfigError, config_from_dict
-
-
-class DistributedError(RuntimeError):
-    """Another rank stopped, or did not answer within trainer.dist_timeout_s."""
+from carrystate.errors import DistributedError
 
 
 def env_rank() -> int:
@@ -310,7 +307,7 @@ def setup(cfg: Config) -> DistContext:
         # torch.distributed.nn binds `group.WORLD` as default arguments when first imported. Imported after
         # the group exists (torch._dynamo imports it, and building an optimizer imports torch._dynamo), those
         # defaults keep the group alive past destroy_process_group: gloo's threads then outlive the
-        # interpreter and its exit can abort (SIGABRT after a finished run; 2 of 50 4-rank runs here).
+        # interpreter and its exit can abort (SIGABRT after a finished run; BENCHMARKS.md, Other measurements).
         # Imported first, they hold None.
         import torch.distributed.nn
 

@@ -5,31 +5,31 @@ optimizer step. Numerical checks stop a run at the first non-finite loss or grad
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from carrystate import ppo, replay
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import TrainerConfig
 from carrystate.distributed import DistContext
+from carrystate.errors import NumericalError
 from carrystate.normalize import ReturnScale
 from carrystate.optim import make_optimizer, set_lr_fraction
 from carrystate.policy import Policy
 
 
-class NumericalError(RuntimeError):
-    """A non-finite loss or gradient: training stops and the last good checkpoint is left as it is."""
-
-
 class Learner:
     """Owns the optimizer and the minibatch shuffling; trains `policy` on what `buffer` holds."""
 
-    def __init__(self, policy: Policy, buffer: SegmentBuffer, cfg: TrainerConfig, dist: DistContext, seed: int):
+    def __init__(
+        self, policy: Policy, buffer: SegmentBuffer, cfg: TrainerConfig, dist: DistContext, generator: torch.Generator
+    ):
         self.policy, self.buffer, self.cfg, self.dist = policy, buffer, cfg, dist
         self.optimizer = make_optimizer(policy, cfg)
-        self.generator = torch.Generator().manual_seed(seed + 1)  # minibatch plans
+        self.generator = generator  # minibatch plans
         self.chain = cfg.chain_length(buffer.rows_per_agent)  # segments per gradient chain
         self.clip_coef, self.ent_coef = cfg.clip_coef, cfg.ent_coef  # as scheduled for this iteration
         self.return_scale = (
@@ -114,6 +114,7 @@ class Learner:
                 if self.dist.mean(np.mean(totals["approx_kl"][-(m + 1) :])) > t.target_kl:
                     break
         out = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
+        out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         if t.clip_coef_final is not None:
             out["charts/clip_coef"] = self.clip_coef
         if t.ent_coef_final is not None:
@@ -133,6 +134,23 @@ class Learner:
                 None if self.return_scale is None else {k: v.clone() for k, v in self.return_scale.state_dict().items()}
             ),
         }
+
+    @contextmanager
+    def weights(self, model: dict[str, Tensor]):
+        """The policy with `model`'s weights (a snapshot's) for the duration of the block: the tensors are swapped
+        in and back, not copied; `model` holds its own tensors again afterwards."""
+        live = {**dict(self.policy.named_parameters()), **dict(self.policy.named_buffers())}
+        live = {name: live[name] for name in model}
+
+        def swap():
+            for name, t in live.items():
+                t.data, model[name] = model[name], t.data
+
+        swap()
+        try:
+            yield self.policy
+        finally:
+            swap()
 
     def rollback(self, snapshot: dict) -> None:
         """Back to the `snapshot` taken before an update that a stop cut short, bit for bit, so that the

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from carrystate.metrics import TIME_SPLIT
+
 
 @dataclass
 class Summary:
@@ -94,6 +96,14 @@ class Monitor:
         self.success: deque[float] = deque(maxlen=200)
         self.history: list[dict[str, float]] = []  # every iteration's logged scalars, for experiments
 
+    def state_dict(self) -> dict:
+        """The recent episodes that progress and the summary average over."""
+        return {"returns": list(self.returns), "success": list(self.success)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns.extend(state["returns"])
+        self.success.extend(state["success"])
+
     def open(self, run_dir: Path | None, cfg=None) -> None:
         """Start writing TensorBoard events to `run_dir`/tb (None: no events), and with cfg.logging.wandb, the
         same scalars to a W&B run."""
@@ -104,31 +114,11 @@ class Monitor:
             if cfg is not None and cfg.logging.wandb:
                 self.wandb = open_wandb(cfg, run_dir)
 
-    def record(
-        self,
-        step: int,
-        stats,
-        losses: dict[str, float],
-        sps: float,
-        learning_rate: float,
-        buffer=None,
-    ) -> None:
-        """One completed iteration: `stats` of its rollout, the learner's `losses`, and the `buffer` it filled."""
+    def record(self, step: int, stats, scalars: dict[str, float]) -> None:
+        """One completed iteration: its rollout's `stats` (episodes for progress and the summary) and every
+        metric of it (`carrystate.metrics`), written to the history, TensorBoard, W&B and the progress line."""
         self.returns.extend(stats.episode_returns)
         self.success.extend(stats.success)
-        scalars = dict(losses)
-        scalars["charts/SPS"] = sps
-        scalars["perf/env_seconds"] = stats.env_seconds
-        scalars["perf/policy_seconds"] = stats.seconds - stats.env_seconds
-        scalars["charts/learning_rate"] = learning_rate
-        if buffer is not None:  # mean reward per present agent-step of this rollout
-            valid = buffer.valid
-            scalars["charts/reward_per_agent_step"] = float((buffer.rewards * valid).sum() / valid.sum().clamp(min=1))
-        if stats.episode_returns:
-            scalars["charts/episodic_return"] = float(np.mean(stats.episode_returns))
-            scalars["charts/episodic_length"] = float(np.mean(stats.episode_lengths))
-        if stats.success:
-            scalars["charts/success_rate"] = float(np.mean(stats.success))
         self.history.append({"step": step, **scalars})
         if self.writer is not None:
             for k, v in scalars.items():
@@ -136,7 +126,7 @@ class Monitor:
             self.writer.flush()  # readable now, by `carrystate report` on a running run
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
-        self.progress(step, sps, scalars)
+        self.progress(step, scalars["charts/SPS"], scalars)
 
     def progress(self, step: int, sps: float, values: dict[str, float]) -> None:
         if self.quiet:
@@ -164,7 +154,7 @@ class Monitor:
     @staticmethod
     def _split(values: dict[str, float]) -> str:
         """Where the last iteration's time went: env, policy (rollout inference), learner."""
-        parts = [values.get(k, 0.0) for k in ("perf/env_seconds", "perf/policy_seconds", "perf/learn_seconds")]
+        parts = [values.get(k, 0.0) for k in TIME_SPLIT]
         total = sum(parts)
         if total <= 0:
             return ""

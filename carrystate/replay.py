@@ -24,8 +24,8 @@ from carrystate.state import State, mask_state
 
 
 def start_states(mode: str, policy: Policy, buffer: SegmentBuffer) -> State:
-    """The state every segment's replay starts from under `mode` (stored | zero | refresh): [layers, segments,
-    hidden] per state tensor."""
+    """The state every segment's replay starts from under `mode` (stored | zero | refresh): [depth, segments,
+    width] per state tensor (the core's state_shapes)."""
     if mode == "zero":
         return tuple(torch.zeros_like(s) for s in buffer.start_state)
     if mode == "refresh":

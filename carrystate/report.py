@@ -10,46 +10,23 @@ diagnostics.py), each with its meaning; and any other scalar the run logged.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from carrystate.errors import ReportError
+from carrystate.metrics import METRICS, RESULTS, TIME_SPLIT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPORT_NAME = "report.html"
-
-RESULTS = ("charts/episodic_return", "charts/success_rate")
-TIME_SPLIT = ("perf/env_seconds", "perf/policy_seconds", "perf/learn_seconds")
-MEANINGS = {
-    "charts/episodic_return": "Mean undiscounted return of the episodes that ended in the iteration's rollout.",
-    "charts/success_rate": "Fraction of the rollout's ended episodes that the task counts as solved.",
-    "charts/SPS": "Agent-steps per second since the run (or its resume) started, rollout and update included.",
-    "perf/env_seconds": "Seconds of the iteration's rollout spent stepping the environments.",
-    "perf/policy_seconds": "Seconds of the iteration's rollout spent in the policy (choosing actions).",
-    "perf/learn_seconds": "Seconds of the iteration spent in the update (advantages, epochs, diagnostics).",
-    "losses/policy_loss": "PPO's clipped surrogate loss (lower is better for the policy).",
-    "losses/value_loss": "Squared error of the value head against the GAE returns (clipped when clip_vloss).",
-    "losses/entropy": "Mean entropy of the action distribution: how much the policy still explores.",
-    "losses/approx_kl": "Approximate KL between the rollout policy and the updated one: how far an update moved.",
-    "losses/clipfrac": "Fraction of samples whose probability ratio left the PPO clip range.",
-    "losses/explained_variance": "How much of the returns' variance the rollout's value estimates explain (1: all).",
-    "memory/state_distance": "Relative distance (0 to 2) between a segment's start state recomputed with the "
-    "updated weights and with the rollout's weights: how stale a stored start state is after the update.",
-    "memory/kl_first": "KL between the updated policy's actions from the fresh and from the stale start state, at "
-    "the first step of a segment: what the staleness costs the policy there.",
-    "memory/kl_last": "The same KL at the segment's last step: whether the stale start state still matters after "
-    "a whole segment.",
-    "memory/value_gap_first": "R2D2's value discrepancy |V(stale) - V(fresh)| / max |V(fresh)| at a segment's "
-    "first step.",
-    "memory/value_gap_last": "The same value discrepancy at the segment's last step.",
-    "memory/replay_rounding": "Float rounding between the rollout's batched steps and the replay of a segment (not "
-    "staleness; near 1e-7, larger means the replay does not reproduce the rollout).",
-}
-
-
-class ReportError(ValueError):
-    """The folder is not a run folder (no TensorBoard events), or its events cannot be read."""
 
 
 def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -73,8 +50,75 @@ def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for tag, v in series.items()}
 
 
-def _png(panels: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]], stacked: bool = False) -> str:
-    """A row of panels (title, [(label, x, y)]) as a PNG data URI; `stacked`: areas summed (the time split)."""
+_UNITS = ((1e3, "k"), (1e6, "M"), (1e9, "B"), (1e12, "T"))
+
+
+def _compact(x: float, decimals: int) -> tuple[str, float]:
+    """`x` as a compact label with at most `decimals` decimals of its unit, and the value the label stands for."""
+    size, unit = 1.0, ""
+    for s, u in _UNITS:
+        if abs(x) >= s:
+            size, unit = s, u
+    v = round(abs(x) / size, decimals)
+    if v >= 1000 and unit != _UNITS[-1][1]:  # 999,999 to no decimals is 1M, not 1000k
+        size, unit = next((s, u) for s, u in _UNITS if s > size)
+        v = round(abs(x) / size, decimals)
+    text = f"{v:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    negative = x < 0 and v != 0
+    return ("\N{MINUS SIGN}" if negative else "") + text + unit, -v * size if negative else v * size
+
+
+def compact_steps(x: float, decimals: int = 2) -> str:
+    """A count of agent-steps as a short label: 0, 999, 1k, 1.5k, 100k, 1.5M, 5M, 1.2B (at most `decimals`
+    decimals of the unit, no trailing zeros)."""
+    return _compact(x, decimals)[0]
+
+
+@functools.cache
+def _step_formatter_class():
+    from matplotlib.ticker import Formatter
+
+    class StepFormatter(Formatter):
+        """compact_steps on an axis, with the fewest decimals that label each tick exactly (1.25M beside 1.5M)."""
+
+        decimals = 2
+
+        def set_locs(self, locs):
+            super().set_locs(locs)
+            locs = np.sort(np.asarray(locs, dtype=float))
+            spacing = float(np.min(np.diff(locs))) if len(locs) > 1 else 1.0
+            self.decimals = next(
+                (d for d in range(7) if all(abs(_compact(x, d)[1] - x) <= 1e-3 * spacing for x in locs)), 6
+            )
+
+        def __call__(self, x, pos=None):
+            return _compact(x, self.decimals)[0]
+
+        def format_data(self, value):
+            return compact_steps(value)
+
+    return StepFormatter
+
+
+def steps_axis(ax, which: str = "x") -> None:
+    """Label the `which` axis of `ax` ("x", "y" or "both") as agent-steps: compact labels (0, 500, 50k, 1.5M,
+    1.2B: no offset, no scientific notation) on ticks at 1, 2 or 5 times a power of ten, as many as the axis
+    has room for. The one step formatter of the project's plots (report.html and experiments/)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in {"x": (ax.xaxis,), "y": (ax.yaxis,), "both": (ax.xaxis, ax.yaxis)}[which]:
+        axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 5, 10]))
+        axis.set_major_formatter(_step_formatter_class()())
+
+
+Panel = tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]  # title, [(label, agent-steps, values)]
+
+
+def figure(panels: list[Panel], stacked: bool = False, steps_y: bool = False) -> Figure:
+    """A row of panels against agent-steps; `stacked`: areas summed (the time split); `steps_y`: the values
+    are agent-steps too (per second: SPS), labelled as compactly."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.6 * len(panels), 3.2), dpi=90, layout="constrained")
@@ -86,9 +130,15 @@ def _png(panels: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]], sta
                 ax.plot(x, y, marker="." if len(x) < 30 else None, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("agent-steps")
+        steps_axis(ax, "both" if steps_y else "x")
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend(fontsize=8)
+    return fig
+
+
+def _png(fig: Figure) -> str:
+    """`fig` as a PNG data URI."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -96,57 +146,55 @@ def _png(panels: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]], sta
 
 def _meanings(tags: list[str]) -> str:
     items = "".join(
-        f"<li><code>{html.escape(t)}</code>: {html.escape(MEANINGS.get(t, 'logged by the run.'))}</li>" for t in tags
+        f"<li><code>{html.escape(t)}</code>: {html.escape(METRICS.get(t, 'logged by the run.'))}</li>" for t in tags
     )
     return f"<ul>{items}</ul>"
 
 
-def _panels(scalars, tags: list[str], per_row: int = 3) -> str:
+def _rows(scalars, tags: list[str], per_row: int = 3) -> list[tuple[str, Figure]]:
     rows = [tags[i : i + per_row] for i in range(0, len(tags), per_row)]
-    return "".join(
-        f'<img alt="{html.escape(", ".join(row))}" src="{_png([(t, [(t, *scalars[t])]) for t in row])}">'
-        for row in rows
-    )
+    return [(", ".join(row), figure([(t, [(t, *scalars[t])]) for t in row])) for row in rows]
 
 
-def render(run_dir: Path) -> str:
-    """The report of `run_dir` as one HTML page (see the module doc)."""
-    run_dir = Path(run_dir)
-    scalars = read_scalars(run_dir)
+@dataclass
+class Section:
+    """A heading of the report, its plots (alt text, figure), the tags it explains and what it says without plots
+    ("": nothing)."""
+
+    heading: str
+    figures: list[tuple[str, Figure]] = field(default_factory=list)
+    explained: list[str] = field(default_factory=list)
+    empty: str = ""
+
+
+def sections(scalars: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Section]:
+    """The report's sections of `scalars` (read_scalars), figures drawn (see the module doc)."""
     shown: set[str] = set()
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>carrystate report: {html.escape(run_dir.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
-        "img{max-width:100%;display:block;margin:.5em 0}td,th{padding:.2em .8em;text-align:left}</style>",
-        f"</head><body><h1>Run {html.escape(run_dir.name)}</h1>",
-    ]
-    parts.append(_overview(run_dir, scalars))
+    out = []
 
-    parts.append("<h2>Episodic return and success rate</h2>")
     results = [t for t in RESULTS if t in scalars]
     shown.update(results)
-    if results:
-        parts.append(_panels(scalars, results) + _meanings(results))
-    else:
-        parts.append("<p>No episode ended in the logged iterations.</p>")
+    out.append(
+        Section(
+            "Episodic return and success rate",
+            _rows(scalars, results),
+            results,
+            "No episode ended in the logged iterations.",
+        )
+    )
 
-    parts.append("<h2>Throughput and time split</h2>")
     split = [t for t in TIME_SPLIT if t in scalars]
     shown.update(split + ["charts/SPS"])
-    panels = []
+    throughput = Section("Throughput and time split", explained=[t for t in ("charts/SPS", *split) if t in scalars])
     if "charts/SPS" in scalars:
-        panels.append(("charts/SPS", [("SPS", *scalars["charts/SPS"])]))
-    if split:
-        x = scalars[split[0]][0]
-        panels.append(
-            ("seconds per iteration: env, policy, learner", [(t.split("/")[1], x, scalars[t][1]) for t in split])
+        throughput.figures.append(
+            ("charts/SPS", figure([("charts/SPS", [("SPS", *scalars["charts/SPS"])])], steps_y=True))
         )
-    if panels:
-        for title, lines in panels:
-            stacked = title.startswith("seconds")
-            parts.append(f'<img alt="{html.escape(title)}" src="{_png([(title, lines)], stacked=stacked)}">')
-        parts.append(_meanings([t for t in ("charts/SPS", *split) if t in scalars]))
+    if split:
+        title, x = "seconds per iteration: env, policy, learner", scalars[split[0]][0]
+        lines = [(t.split("/")[1], x, scalars[t][1]) for t in split]
+        throughput.figures.append((title, figure([(title, lines)], stacked=True)))
+    out.append(throughput)
 
     for heading, prefix, empty in (
         ("Losses", "losses/", "No losses logged."),
@@ -158,12 +206,33 @@ def render(run_dir: Path) -> str:
     ):
         tags = sorted(t for t in scalars if t.startswith(prefix))
         shown.update(tags)
-        parts.append(f"<h2>{heading}</h2>")
-        parts.append(_panels(scalars, tags) + _meanings(tags) if tags else f"<p>{html.escape(empty)}</p>")
+        out.append(Section(heading, _rows(scalars, tags), tags, empty))
 
     other = sorted(set(scalars) - shown)
     if other:
-        parts.append("<h2>Other scalars</h2>" + _panels(scalars, other))
+        out.append(Section("Other scalars", _rows(scalars, other)))
+    return out
+
+
+def render(run_dir: Path) -> str:
+    """The report of `run_dir` as one HTML page (see the module doc)."""
+    run_dir = Path(run_dir)
+    scalars = read_scalars(run_dir)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>carrystate report: {html.escape(run_dir.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%;display:block;margin:.5em 0}td,th{padding:.2em .8em;text-align:left}</style>",
+        f"</head><body><h1>Run {html.escape(run_dir.name)}</h1>",
+        _overview(run_dir, scalars),
+    ]
+    for section in sections(scalars):
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        if section.figures:
+            parts += [f'<img alt="{html.escape(alt)}" src="{_png(fig)}">' for alt, fig in section.figures]
+            parts += [_meanings(section.explained)] if section.explained else []
+        elif section.empty:
+            parts.append(f"<p>{html.escape(section.empty)}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -44,6 +44,10 @@ class RolloutStats:
     episode_lengths: list[int] = field(default_factory=list)
     success: list[float] = field(default_factory=list)
 
+    def episodes(self) -> dict[str, list]:
+        """The episodes that ended, as plain lists (a checkpoint's JSON)."""
+        return {"returns": self.episode_returns, "lengths": self.episode_lengths, "success": self.success}
+
 
 @dataclass
 class _Step:
@@ -139,10 +143,31 @@ class Rollout:
         self.agents_per_env = getattr(env, "agents_per_env", 1)
         self.obs_shape = tuple(env.single_observation_space.shape)
         self.seed = seed
+        self.stats = RolloutStats()  # the statistics of the rollout in progress (or last collected)
         self.new_episodes()
         space = env.single_action_space
         self._box = isinstance(space, gym.spaces.Box)
         self._low, self._high = (space.low, space.high) if self._box else (None, None)
+
+    def state_dict(self) -> dict:
+        """What the next step depends on besides the carried state: the current observation, which agents start
+        an episode there, which rows are padding (tensors), and the episodes the rollout in progress has seen."""
+        return {
+            "obs": torch.from_numpy(np.ascontiguousarray(self.obs)),
+            "starts": torch.from_numpy(self.starts.copy()),
+            "valid": torch.from_numpy(self.valid.copy()),
+            "episodes": self.stats.episodes(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.obs, self.starts = state["obs"].numpy().copy(), state["starts"].numpy().copy()
+        self.valid = state["valid"].numpy().copy() if "valid" in state else np.ones(len(self.obs), bool)  # format 1
+        episodes = state["episodes"]
+        self.stats = RolloutStats(
+            episode_returns=list(episodes["returns"]),
+            episode_lengths=list(episodes["lengths"]),
+            success=list(episodes["success"]),
+        )
 
     def new_episodes(self) -> None:
         """Reset the env batch and zero every agent's carried state (fresh episodes everywhere)."""
@@ -272,20 +297,19 @@ class Rollout:
         buffer: SegmentBuffer,
         generator: torch.Generator,
         should_stop=lambda: False,
-        stats: RolloutStats | None = None,
     ) -> RolloutStats:
         """Fill `buffer`: from its first step, or, where a stop cut its rollout short (0 < buffer.position <
-        steps), from `buffer.position` on, adding to `stats` (that rollout's statistics so far). `should_stop()`
+        steps), from `buffer.position` on, adding to `self.stats` (that rollout's statistics so far). `should_stop()`
         is asked before every step; once it turns true, collection returns with `interrupted` set and
         `buffer.position` at the first step not taken (steps already sent to the env are always finished, so
         the buffer, the carried state and the env all stand at that step, and a later call continues exactly).
 
         Order per step t, lane by lane: finish the lane's step t-1 (wait for its env), then compute and send
         its actions for step t. With two lanes, lane 1's env steps while lane 0 is finished and acted on."""
-        if stats is None or not 0 < buffer.position < buffer.steps:
-            stats = RolloutStats()
         if not 0 < buffer.position < buffer.steps:
+            self.stats = RolloutStats()
             buffer.begin_rollout()
+        stats = self.stats
         stats.interrupted = False
         self._env_seconds, started = 0.0, time.perf_counter()
         t = buffer.position

@@ -31,7 +31,7 @@ def zero_state(shapes: Shapes, batch: int, device: torch.device | str = "cpu") -
 
 def mask_state(state: State, reset: Tensor) -> State:
     """Zero the rows of every state tensor where `reset` [batch] is true; other rows pass unchanged. A multiply
-    by 0/1, as the unroll kernels reset (a third of masked_fill's time on the rollout's small tensors)."""
+    by 0/1, as the unroll kernels reset (cheaper than masked_fill on the rollout's small tensors: BENCHMARKS.md)."""
     if not state:
         return state
     keep = (~reset).to(state[0].dtype).view(1, -1, 1)
@@ -69,9 +69,12 @@ class StateStore:
         self.slices[start] = mask_state(self.slices[start], mask.to(self.device))
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Flat name → tensor mapping (safetensors-ready): `slice{start}.{i}`."""
+        """Flat name → tensor mapping (safetensors-ready): `slice{start}.{i}`, on the CPU (on the meta device for a
+        store built there, which holds shapes only)."""
         return {
-            f"slice{start}.{i}": t.contiguous().cpu() for start, st in self.slices.items() for i, t in enumerate(st)
+            f"slice{start}.{i}": t.contiguous() if t.is_meta else t.contiguous().cpu()
+            for start, st in self.slices.items()
+            for i, t in enumerate(st)
         }
 
     def load_state_dict(self, tensors: dict[str, Tensor]) -> None:

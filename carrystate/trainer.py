@@ -3,27 +3,24 @@ at once. The Trainer wires the parts together; each phase lives in its own modul
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from carrystate import diagnostics, distributed, run_state
-from carrystate.buffer import SegmentBuffer
 from carrystate.checkpoint import load_checkpoint, remove_unfinished, save_checkpoint
+from carrystate.checkpoint_checks import check_resume
 from carrystate.config import Config, ConfigError, apply_overrides, check_layout, config_from_dict, dump_config
 from carrystate.envs import make_env
-from carrystate.learner import Learner
-from carrystate.monitor import Monitor, Summary, wandb_problem
+from carrystate.metrics import rollout_metrics
+from carrystate.monitor import Monitor, Summary
 from carrystate.policy import Policy, kernels
-from carrystate.rollout import Rollout
+from carrystate.rollout import RolloutStats
 from carrystate.signals import GracefulStop
-from carrystate.state import StateStore
+from carrystate.wiring import build_parts, check_machine, run_dir_problem
 
 
 class Trainer:
@@ -36,8 +33,7 @@ class Trainer:
         check_machine(cfg, self.device, run_dir if self.dist.is_main else None)  # before anything is built
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
-        # compiled now (once per machine), not inside a timed phase
-        kernels.build(self.device, cfg.policy.core, cfg.policy.encoder)
+        kernels.build(self.device, cfg.policy.core, cfg.policy.encoder)  # compiled now, not in a timed phase
         torch.manual_seed(seed)
         self.env = make_env(cfg.env, seed=seed)
         try:
@@ -48,24 +44,14 @@ class Trainer:
         self.policy = Policy(cfg.policy, self.env.single_observation_space, self.env.single_action_space)
         self.policy.to(self.device)
         self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
-        self.store = StateStore(self.policy.state_shapes, self.device)
-        self.rollout = Rollout(self.env, self.store, self.device, seed=seed, slow_env_warning_s=cfg.env.worker_timeout)
-        self.buffer = SegmentBuffer.for_spaces(
-            self.env.num_agents,
-            self.env.single_observation_space,
-            self.env.single_action_space,
-            self.policy.initial_state(1, self.device),
-            batch_size=t.batch_size,
-            horizon=t.bptt_horizon,
-            burn_in=t.burn_in,
-            device=self.device,
+        self.parts = build_parts(cfg, self.env, self.policy, seed, self.device, self.dist)
+        self.store, self.rollout, self.buffer, self.learner = (
+            self.parts.store,
+            self.parts.rollout,
+            self.parts.buffer,
+            self.parts.learner,
         )
-        self.learner = Learner(self.policy, self.buffer, t, self.dist, seed)
-        self.diag_gen = torch.Generator().manual_seed(seed + 2)  # staleness samples
-        self.sample_gen = torch.Generator(self.device).manual_seed(seed)  # action sampling
         self.iteration, self.global_step = 0, 0  # completed iterations and their agent-steps
-        self.rollout_stats = None  # the statistics of the rollout in the buffer, until its update is done
-        self.update_pending = False  # the buffer holds a whole rollout whose update a stop cut short
         self.num_iterations = -(-t.total_timesteps // (t.batch_size * self.dist.world_size))
         self.run_dir = self.dist.broadcast_object(Path(run_dir) if run_dir is not None else None)  # rank 0's
         self.quiet = quiet or not self.dist.is_main
@@ -79,63 +65,38 @@ class Trainer:
         """Run iterations until the budget is spent (or `stop_after` iterations of this call, or a signal)."""
         writes = self.run_dir is not None and self.dist.is_main  # rank 0 alone logs and writes the run folder
         if writes:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ConfigError(_run_dir_problem(self.run_dir, self.cfg, f"{type(err).__name__}: {err}")) from None
-            remove_unfinished(self.run_dir)  # left by a save that was killed
-            (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
+            self._open_run_dir()
         self.monitor.open(self.run_dir if writes else None, self.run_cfg)
         start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration
         stop, batch_done = self.stop, lambda: stop_after is not None and self.iteration - first_iteration >= stop_after
         with stop.installed():
             while self.iteration < self.num_iterations and not stop() and not batch_done():
+                began = time.perf_counter()
                 self.learner.anneal(self.iteration / self.num_iterations)
-                if not self.update_pending:  # else a stop cut the update short: its rollout is in the buffer
-                    self.rollout_stats = self.rollout.collect(
-                        self.policy, self.buffer, self.sample_gen, self.dist.every(32, stop), self.rollout_stats
-                    )  # ranks agree every 32 steps
-                    if self.rollout_stats.interrupted:  # the checkpoint keeps the steps taken; resume goes on
+                if not self.buffer.update_pending:  # else a stop cut the update short: its rollout is in the buffer
+                    should_stop = self.dist.every(32, stop)  # ranks agree every 32 steps
+                    stats = self.rollout.collect(self.policy, self.buffer, self.parts.generators.sample, should_stop)
+                    if stats.interrupted:  # the checkpoint keeps the steps taken; resume goes on
                         break
-                    self.update_pending = True
-                losses = self.update()
-                if losses is None:  # a stop cut the update short: undone, the checkpoint redoes it on resume
+                metrics = self.update()
+                if metrics is None:  # a stop cut the update short: undone, the checkpoint redoes it on resume
                     break
-                stats, self.rollout_stats, self.update_pending = self.rollout_stats, None, False
+                stats, self.rollout.stats = self.rollout.stats, RolloutStats()
                 self.dist.share_episodes(stats)
                 self.iteration += 1  # the counters count completed iterations only
                 self.global_step += self.buffer.steps * self.env.num_agents * self.dist.world_size
-                sps = (self.global_step - steps_at_start) / (time.perf_counter() - start)
-                lr = self.learner.optimizer.param_groups[0]["lr"]
-                self.monitor.record(self.global_step, stats, losses, sps, lr, self.buffer)
-                if self.run_dir and (
-                    self.iteration % self.cfg.trainer.checkpoint_interval == 0
-                    or self.iteration == self.num_iterations
-                    or stop()
-                    or batch_done()
-                ):
+                metrics["perf/iteration_seconds"] = seconds = time.perf_counter() - began
+                metrics["perf/policy_seconds"] = max(0.0, seconds - stats.env_seconds - metrics["perf/learn_seconds"])
+                metrics["charts/SPS"] = (self.global_step - steps_at_start) / (time.perf_counter() - start)
+                self.monitor.record(self.global_step, stats, {**rollout_metrics(stats, self.buffer), **metrics})
+                if self.run_dir and (self.iteration % self.cfg.trainer.checkpoint_interval == 0 or stop() or
+                                     self.iteration == self.num_iterations or batch_done()):  # fmt: skip
                     self.save()
             # A stop in the middle of a rollout or an update, or one that arrived while the last checkpoint was
             # being written (after its meta was taken): write a checkpoint of where the run stands, marked.
             if self.run_dir and self.dist.any_rank(stop.signal is not None and stop.saved != stop.signal):
                 self.save()
-        self.monitor.close()
-        summary = self.monitor.summary(
-            self.iteration,
-            self.global_step,
-            self.global_step - steps_at_start,
-            time.perf_counter() - start,
-            self.run_dir,
-            self.last_checkpoint,
-            stop.signal,
-        )
-        if writes:
-            (self.run_dir / "summary.json").write_text(
-                json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2)
-            )
-            if self.cfg.logging.report:
-                write_report(self.run_dir)
-        return summary
+        return self._finish(time.perf_counter() - start, self.global_step - steps_at_start, writes)
 
     def update(self) -> dict[str, float] | None:
         """Advantages, the learner's epochs, and the staleness of carried state that the update caused. If a
@@ -145,21 +106,19 @@ class Trainer:
         started = time.perf_counter()
         before = self.learner.snapshot()
         self.learner.compute_advantages()
-        d = self.cfg.diagnostics
-        rollout_policy = copy.deepcopy(self.policy) if d.staleness_segments else None
-        losses = self.learner.learn(self.iteration + 1, self.stop)
-        if losses is None:
+        metrics = self.learner.learn(self.iteration + 1, self.stop)
+        if metrics is None:
             self.learner.rollback(before)
             return None
+        self.buffer.trained = True
         self.policy.update_obs_norm(self.buffer.obs, self.buffer.valid, self.dist)  # for the next rollout
-        losses["perf/learn_seconds"] = time.perf_counter() - started
-        if rollout_policy is not None:
-            losses.update(
-                diagnostics.staleness(
-                    rollout_policy, self.policy, self.buffer, d.staleness_segments, d.staleness_window, self.diag_gen
-                )
-            )
-        return losses
+        d = self.cfg.diagnostics
+        if d.staleness_segments:  # the rollout's weights are the snapshot's
+            rollout_weights = lambda: self.learner.weights(before["model"])  # noqa: E731
+            samples, window, gen = d.staleness_segments, d.staleness_window, self.parts.generators.staleness
+            metrics.update(diagnostics.staleness(self.policy, rollout_weights, self.buffer, samples, window, gen))
+        metrics["perf/learn_seconds"] = time.perf_counter() - started
+        return metrics
 
     def save(self) -> Path | None:
         """Checkpoint everything that the next iteration depends on (`run_state`), atomically."""
@@ -186,8 +145,30 @@ class Trainer:
         ckpt = load_checkpoint(Path(run_dir))
         cfg = config_from_dict(apply_overrides(ckpt["config"].model_dump(mode="json"), list(overrides)))
         trainer = cls(cfg, run_dir=run_dir, quiet=quiet)
+        check_resume(ckpt, trainer.run_cfg, trainer.policy, trainer.env, trainer.dist)
         trainer.resume_note = run_state.restore(trainer, ckpt)
         return trainer
+
+    def _open_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(run_dir_problem(self.run_dir, self.cfg, f"{type(err).__name__}: {err}")) from None
+        remove_unfinished(self.run_dir)  # left by a save that was killed
+        (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
+
+    def _finish(self, wall: float, steps: int, writes: bool) -> Summary:
+        self.monitor.close()
+        summary = self.monitor.summary(
+            self.iteration, self.global_step, steps, wall, self.run_dir, self.last_checkpoint, self.stop.signal
+        )
+        if writes:
+            (self.run_dir / "summary.json").write_text(
+                json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2)
+            )
+            if self.cfg.logging.report:
+                write_report(self.run_dir)
+        return summary
 
 
 def write_report(run_dir: Path) -> None:
@@ -198,43 +179,3 @@ def write_report(run_dir: Path) -> None:
         report.write(run_dir)
     except Exception as err:  # noqa: BLE001 (the run itself is done and saved)
         warnings.warn(f"could not write {run_dir / report.REPORT_NAME}: {type(err).__name__}: {err}", stacklevel=2)
-
-
-def check_machine(cfg: Config, device: torch.device, run_dir: Path | str | None = None) -> None:
-    """The settings that are valid in themselves but may not work on this machine: the device is present, the
-    configured unroll runs on it, the run folder can be created. Raises ConfigError naming the setting."""
-    t = cfg.trainer
-    if device.type == "cuda" and not (
-        torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
-    ):
-        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
-        raise ConfigError(f"trainer.device={t.device!r}: this machine has {found}; use trainer.device=cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={t.device!r}: MPS is not available here; use trainer.device=cpu")
-    if cfg.policy.sequence_impl == "triton":
-        from carrystate.policy.kernels import triton_scan
-
-        why = triton_scan.why_unavailable(device, cfg.policy.hidden_size)
-        if why:
-            raise ConfigError(f"policy.sequence_impl=triton cannot run here: {why}")
-    if cfg.logging.wandb and run_dir is not None and (why := wandb_problem()):
-        raise ConfigError(why)
-    if run_dir is not None:
-        existing = Path(run_dir).absolute()
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ConfigError(_run_dir_problem(run_dir, cfg, f"{existing} is a file, not a folder"))
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(_run_dir_problem(run_dir, cfg, f"{existing} is not writable"))
-
-
-def _run_dir_problem(run_dir: Path | str, cfg: Config, why: str) -> str:
-    return f"cannot create the run folder {run_dir} (trainer.runs_dir={cfg.trainer.runs_dir!r}): {why}"
-
-
-def default_run_dir(cfg: Config) -> Path:
-    name = cfg.trainer.run_name or (
-        f"{cfg.env.name}-{cfg.policy.core}-s{cfg.trainer.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
-    return Path(cfg.trainer.runs_dir) / name

@@ -44,6 +44,7 @@ SETTINGS = {
     "lstm": LSTM,  # every bias 0, recurrent weights orthogonal as one [4H, H] matrix
     "lstm_chrono128": [*LSTM, "policy.chrono_tmax=128"],
     "lstm_chrono64": [*LSTM, "policy.chrono_tmax=64"],
+    "lstm_chrono32": [*LSTM, "policy.chrono_tmax=32"],
     "lstm_chrono512": [*LSTM, "policy.chrono_tmax=512"],
     "lstm_forget1": [*LSTM, "policy.forget_bias=1.0"],
     "gru": ["policy.core=gru"],
@@ -69,7 +70,8 @@ def main():
                 continue
             over = [*task_over, *SETTINGS[setting], *a.set, f"trainer.seed={seed}", f"trainer.total_timesteps={steps}"]
             r = train(config, [*over, "diagnostics.staleness_segments=0"], episodes=episodes)
-            r.pop("trainer")
+            if r.pop("trainer").summary.interrupted:  # a stop signal ended the run early: record nothing
+                raise SystemExit(f"{a.task} {setting} seed {seed}: stopped before its budget; nothing recorded")
             curve = returns_curve(r["history"])
             success = [(h["step"], h["charts/success_rate"]) for h in r["history"] if "charts/success_rate" in h]
             tenth = max(1, len(curve) // 10)

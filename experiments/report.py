@@ -5,14 +5,17 @@ python experiments/report.py
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import ROOT, load
+from common import RESULTS, ROOT, load
 
 from carrystate.config import load_config
+from carrystate.report import steps_axis
 
 PLOTS = ROOT / "experiments" / "plots"
 
@@ -58,8 +61,9 @@ def staleness_section(rows) -> list[str]:
                 continue
             pts = [(c["step"], c["memory/kl_first"]) for c in r["curve"] if c.get("memory/kl_first") is not None]
             ax.semilogy([p[0] for p in pts], [max(p[1], 1e-9) for p in pts], label=r["setting"], lw=0.8)
-        ax.set_title(f"{task}: KL at a segment's first step, stored vs fresh state")
+        ax.set_title(f"{task}: KL at a segment's first step,\nstored vs fresh state", fontsize=10)
         ax.set_xlabel("agent-steps")
+        steps_axis(ax)
         ax.set_ylabel("KL(π(·|s_new) ‖ π(·|s_old))")
         ax.legend(fontsize=7)
     return lines + _save_plot(fig, "staleness", "staleness")
@@ -96,6 +100,7 @@ def long_reach_section(rows) -> list[str]:
             label=f"gradient_horizon {r['gradient_horizon']} (seed {r['seed']})",
         )
     ax.set_xlabel("agent-steps")
+    steps_axis(ax)
     ax.set_ylabel("success rate in rollouts")
     ax.set_title("T-maze, corridor 256, bptt_horizon 64")
     ax.legend(fontsize=7)
@@ -161,6 +166,7 @@ def cartpole_section(rows) -> list[str]:
                 label=name if i == 0 else None,
             )
     ax.set_xlabel("agent-steps")
+    steps_axis(ax)
     ax.set_ylabel("mean episodic return per batch")
     ax.set_title("CartPole without velocity")
     ax.legend(fontsize=7)
@@ -274,6 +280,7 @@ def popgym_section(rows) -> list[str]:
                 )
         ax.set_title(e, fontsize=9)
         ax.set_xlabel("agent-steps")
+        steps_axis(ax)
         ax.set_ylabel("mean episodic return per batch")
         ax.legend(fontsize=7)
     return lines + _save_plot(fig, "popgym", "popgym learning curves")
@@ -349,6 +356,7 @@ def mettagrid_section(rows) -> list[str]:
                     label=f"seed {r['seed']}",
                 )
         ax.set_xlabel("agent-steps")
+        steps_axis(ax)
         ax.set_title(label, fontsize=8)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("reward per agent-step (4-batch mean bold)")
@@ -380,7 +388,8 @@ def minigrid_section(rows) -> list[str]:
         "of episodes start beside the cue, which is then in view at the first step; the others start with it "
         "behind the agent, which has to turn round to see it. `first batch at ≥ 90%`: the agent-steps at the "
         "first training batch whose ended episodes succeeded 90% of the time or more. Seeds 1–3, fixed before "
-        "any run; the config's core (GRU) was chosen on one-seed probes of seed 1, listed in its header.",
+        "any run; the config's core (GRU) was chosen on one-seed probes of seed 1, listed under "
+        '"Issue 15" in "What the numbers say".',
         "",
         "| policy | seed | agent-steps | eval success | eval return | last 10% success | cue in view | cue behind "
         "| first batch at ≥ 90% | wall s |",
@@ -424,6 +433,7 @@ def minigrid_section(rows) -> list[str]:
                 )
     ax.axhline(0.5, color="k", lw=0.5, ls=":")
     ax.set_xlabel("agent-steps")
+    steps_axis(ax)
     ax.set_ylabel("success rate of the batch (5-batch mean)")
     ax.legend(fontsize=7)
     return lines + _save_plot(fig, "minigrid_memory", "MiniGrid-MemoryS7 success rate, GRU and memoryless")
@@ -496,6 +506,7 @@ def tmaze_memory_section(rows) -> list[str]:
                 )
         ax.set_title(f"T-maze, corridor L = {L}, bptt_horizon 64")
         ax.set_xlabel("agent-steps")
+        steps_axis(ax)
         ax.set_ylabel("success rate per batch")
         ax.legend(fontsize=7)
     return lines + _save_plot(fig, "tmaze_memory", "T-maze long-corridor learning curves")
@@ -580,6 +591,7 @@ def popgym_5m_section(rows) -> list[str]:
             ax.axhline(np.mean(rand), color="k", ls="--", lw=1, label="random policy")
         ax.set_title(f"POPGym {e}")
         ax.set_xlabel("agent-steps")
+        steps_axis(ax)
         ax.set_ylabel("mean episodic return per batch")
         ax.legend(fontsize=5, ncol=2)
     return lines + _save_plot(fig, "popgym_5m", "POPGym 5M learning curves") + popgym_probes_section()
@@ -613,6 +625,55 @@ def staleness_with_seeds_section(rows) -> list[str]:
     return staleness_section(rows) + (seeds_section(seeds) if seeds else [])
 
 
+def lstm_memory_section(rows) -> list[str]:
+    targets = {
+        "popgym_first": ("last 10% ≥ 0.8 on ≥ 4 of 5", lambda r: r["last10"] >= 0.8),
+        "minigrid": ("≥ 95% success on 300 fresh episodes, seeds 1–3", lambda r: r["eval_success"] >= 0.95),
+        "tmaze128": ("≥ 95% on ≥ 4 of 5", lambda r: r["eval_success"] >= 0.95),
+        "tmaze256": ("≥ 95% on ≥ 3 of 5", lambda r: r["eval_success"] >= 0.95),
+        "cartpole": ("mean ≥ 475 over seeds 1–5, none below 400", lambda r: r["eval_return"] >= 400),
+    }
+    lines = [
+        "## The LSTM on memory tasks: what makes it learn (issue 27)",
+        "",
+        "Script: `python experiments/lstm_memory.py TASK --settings NAME ... [--name FILE]` (results in "
+        "`experiments/results/lstm_memory*.json`, one file per process). Each task is a shipped config at its "
+        "budget plus the setting's overrides: `popgym_first` is `configs/popgym.yaml` on RepeatFirstMedium (5M), "
+        "`tmaze128` is `configs/tmaze_long.yaml` without its forget-bias override (2M), `cartpole` is "
+        "`configs/cartpole_novel.yaml` (100k). `lstm_chronoN` is `policy.core=lstm policy.chrono_tmax=N` (chrono "
+        "initialisation: forget-gate biases log U(1, N − 1), input-gate biases their negative). `score` is the "
+        "final policy on fresh episodes (`carrystate.evaluate`: 100 for POPGym and CartPole, returns; 300 for "
+        "the T-maze, success), `last 10%` the mean per-batch return over the last tenth of training. Runs made "
+        "two or three at a time on this 2-core machine beside other work, so seconds are not speeds. Seeds fixed "
+        "before any run; every run made is listed.",
+        "",
+        "| task | setting | agent-steps | target | seeds at target | score per seed | mean score | last 10% per seed "
+        "| s per run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = list(dict.fromkeys((r["task"], r["setting"], r["budget"]) for r in rows))
+    for task, setting, budget in keys:
+        rs = sorted((r for r in rows if (r["task"], r["setting"], r["budget"]) == (task, setting, budget)),
+                    key=lambda r: r["seed"])  # fmt: skip
+        target, hit = targets[task]
+        lines.append(
+            f"| {task} | {setting} | {budget:,} | {target} | {sum(map(hit, rs))} of {len(rs)} | "
+            + " / ".join(f"{r['seed']}: {r['score']:.2f}" for r in rs)
+            + f" | {np.mean([r['score'] for r in rs]):.2f} | "
+            + " / ".join(f"{r['last10']:.2f}" for r in rs if r["last10"] is not None)
+            + f" | {np.mean([r['wall_s'] for r in rs]):.0f} |"
+        )
+    return lines + [""]
+
+
+def load_all(prefix: str) -> list:
+    """The rows of every results file named `prefix*.json` (experiments run side by side write one each)."""
+    rows = []
+    for path in sorted(RESULTS.glob(f"{prefix}*.json")):
+        rows += json.loads(path.read_text())
+    return rows
+
+
 # result name, the script named above its section (None: the section names its own), the section
 SECTIONS = [
     ("staleness", "staleness.py", staleness_with_seeds_section),
@@ -625,6 +686,7 @@ SECTIONS = [
     ("popgym_vs_sb3", None, popgym_section),
     ("mettagrid_arena", None, mettagrid_section),
     ("minigrid_memory_gru", None, minigrid_section),
+    ("lstm_memory", None, lstm_memory_section),
 ]
 
 
@@ -641,7 +703,7 @@ def main():
         "",
     ]
     for name, script, section in SECTIONS:
-        rows = load(name)
+        rows = load_all(name) if name == "lstm_memory" else load(name)
         if rows:
             lines += ([f"Script: `python experiments/{script}`.", ""] if script else []) + section(rows)
     notes = ROOT / "experiments" / "findings.md"

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from carrystate import registry
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import PolicyConfig
 from carrystate.envs.base import EpisodeTracker, StepResult
@@ -25,6 +26,8 @@ from carrystate.rollout import Rollout
 from carrystate.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
+USER_CORE = "tests.user_core:LeakyRNN"  # a memory core of a user's own (the README's example)
+ALL_CORES = [*registry.CORES, USER_CORE]  # the invariant tests run over every one (invariant 8)
 
 # a small T-maze run: 8 agents, 512-step rollouts of 16-step segments, 2 epochs of 128-step minibatches
 SMALL_TMAZE = [
@@ -166,8 +169,8 @@ def stop_at(tr, phase: str, iteration: int, index: int) -> None:
 
     if phase == "collect":
         collect = tr.rollout.collect
-        tr.rollout.collect = lambda policy, buffer, gen, should_stop, stats=None: collect(
-            policy, buffer, gen, stopping(should_stop), stats
+        tr.rollout.collect = lambda policy, buffer, gen, should_stop: collect(
+            policy, buffer, gen, stopping(should_stop)
         )
     else:
         learn = tr.learner.learn

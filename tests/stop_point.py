@@ -29,10 +29,10 @@ def main() -> int:
     if phase == "collect":
         collect, rollouts = Rollout.collect, itertools.count()
 
-        def marked_collect(self, policy, buffer, generator, should_stop=lambda: False, stats=None):
+        def marked_collect(self, policy, buffer, generator, should_stop=lambda: False):
             if next(rollouts) == iteration:  # a fresh run: its n-th rollout is iteration n + 1's
                 should_stop = _marking(should_stop, index)
-            return collect(self, policy, buffer, generator, should_stop, stats)
+            return collect(self, policy, buffer, generator, should_stop)
 
         Rollout.collect = marked_collect
     else:

@@ -9,7 +9,8 @@ import torch
 
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import ConfigError, load_config
-from carrystate.policy import Policy, TokenEncoder
+from carrystate.policy import Policy
+from carrystate.policy.encoders import TokenEncoder
 from carrystate.policy.kernels import cpu
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
@@ -382,7 +383,7 @@ def test_mettagrid_buffer_keeps_uint8_tokens_and_replay_reproduces_the_rollout()
         [*SMALL_METTAGRID, "env.mettagrid.max_steps=20", "env.workers=0", "env.double_buffer=false"],
     )
     tr = Trainer(cfg, quiet=True)
-    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+    tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
     buf = tr.buffer
     assert buf.obs.dtype == torch.uint8 and buf.obs.shape[-2:] == (64, 3)
     assert (buf.obs[..., 0] != 255).any() and buf.starts[:, 1:].any()

@@ -138,8 +138,8 @@ TAMPERED = {
         "meta.json buffer is {'position': 99, 'first': 0}",
     ),
     "env RNG of the wrong type": (
-        _edit_meta(lambda m: m["env_state"]["rng"]["state"].update({"state": "x"})),
-        "meta.json env_state.rng.state.state is 'x'",
+        _edit_meta(lambda m: m["env"]["rng"]["state"].update({"state": "x"})),
+        "meta.json env.rng.state.state is 'x'",
     ),
     "optimizer state that does not fit its weight": (
         _edit_optimizer,

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from carrystate.cli import main
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("args", [[], ["train"], ["eval"], ["config"]])
@@ -91,3 +92,61 @@ def test_bad_override_exits_2_with_message(tmp_path, monkeypatch, capsys, overri
     err = capsys.readouterr().err
     assert message in err
     assert not (tmp_path / "runs").exists(), "no work before validation"
+
+
+# what each command imports while it parses (a fresh interpreter: this one has torch loaded already)
+IMPORTS_WHILE_PARSING = """
+import sys
+from carrystate.cli import parse
+try:
+    parse({argv!r})
+except SystemExit:
+    pass
+print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'triton', 'numpy', 'matplotlib'}}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["config", "--help"], ["eval", "--help"]])
+def test_help_imports_neither_torch_nor_triton(argv):
+    code = IMPORTS_WHILE_PARSING.format(argv=argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: carrystate" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_bad_override_fails_with_one_line_before_torch_is_needed():
+    code = "import sys\nfrom carrystate.cli import main\nrc = main(['train', 'trainer.bogus=1'])\n"
+    code += "print(rc, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False"], out
+    assert out.stderr.startswith("carrystate: invalid config: unknown setting 'trainer.bogus'; allowed here:")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_overrides_may_come_before_between_or_after_options():
+    from carrystate.cli import parse, split_items
+    from carrystate.config import dump_config, load_config
+
+    orders = [
+        ["train", "configs/cartpole_novel.yaml", "--quiet", "trainer.seed=2", "policy.core=gru"],
+        ["train", "trainer.seed=2", "--quiet", "configs/cartpole_novel.yaml", "policy.core=gru"],
+        ["train", "--quiet", "configs/cartpole_novel.yaml", "trainer.seed=2", "policy.core=gru"],
+    ]
+    configs = set()
+    for argv in orders:
+        args = parse(argv)
+        assert args.quiet
+        path, overrides = split_items(args.items)
+        configs.add(dump_config(load_config(ROOT / path, overrides)))
+    assert len(configs) == 1
+    assert "seed: 2" in configs.pop()
+
+
+def test_an_unknown_option_is_still_refused(capsys):
+    from carrystate.cli import parse
+
+    with pytest.raises(SystemExit):
+        parse(["train", "--qiet", "trainer.seed=2"])
+    assert "unrecognized arguments: --qiet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["eval", "runs/x", "trainer.seed=2"])

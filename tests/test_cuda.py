@@ -11,7 +11,7 @@ import torch
 
 from carrystate.config import load_config
 from carrystate.policy import unroll
-from carrystate.policy.core import RecurrentCore
+from carrystate.policy.cores.recurrent import LSTMCore
 from carrystate.policy.kernels import triton_scan
 from carrystate.trainer import Trainer
 
@@ -37,7 +37,7 @@ def test_unroll_equals_step_loop_on_cuda_outputs_and_gradients(impl, hidden, ste
         pytest.skip(f"triton unroll unavailable: {TRITON_WHY}")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference is fp32
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 32, hidden, layers, "loop").cuda()
+    core = LSTMCore(32, hidden, layers, "loop").cuda()
     x = torch.randn(rows, steps, 32, device="cuda", requires_grad=True)
     resets = (torch.rand(rows, steps) < 1 / 50).cuda()
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows, "cuda"))
@@ -112,7 +112,8 @@ def test_replay_equals_rollout_on_cuda_with_every_unroll(trained):
     try:
         for tf32 in (False, True):
             torch.backends.cudnn.allow_tf32 = tf32
-            tr.rollout.collect(tr.policy, b, tr.sample_gen)  # weights unchanged since: replay must equal rollout
+            # weights unchanged since: replay must equal rollout
+            tr.rollout.collect(tr.policy, b, tr.parts.generators.sample)
             for impl in TESTED if not tf32 else TESTED[-1:]:
                 tr.policy.core.impl = impl
                 with torch.no_grad():

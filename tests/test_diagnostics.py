@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -28,16 +26,15 @@ SMALL = [
 
 def _collected(extra=()):
     tr = Trainer(load_config(None, SMALL + list(extra)), quiet=True)
-    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+    tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
     tr.learner.compute_advantages()
     return tr
 
 
 def test_staleness_of_unchanged_policy_is_exactly_zero():
     tr = _collected()
-    m = diagnostics.staleness(
-        copy.deepcopy(tr.policy), tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0)
-    )
+    unchanged = lambda: tr.learner.weights({k: v.clone() for k, v in tr.policy.state_dict().items()})  # noqa: E731
+    m = diagnostics.staleness(tr.policy, unchanged, tr.buffer, 16, None, torch.Generator().manual_seed(0))
     for key in ("state_distance", "kl_first", "kl_last", "value_gap_first", "value_gap_last"):
         assert m[f"memory/{key}"] == 0.0, key
     assert 0 <= m["memory/replay_rounding"] < 1e-5
@@ -45,9 +42,10 @@ def test_staleness_of_unchanged_policy_is_exactly_zero():
 
 def test_staleness_grows_with_the_update():
     tr = _collected(["trainer.learning_rate=0.01", "trainer.update_epochs=8"])
-    old = copy.deepcopy(tr.policy)
+    before = tr.learner.snapshot()
     tr.learner.learn(1)
-    m = diagnostics.staleness(old, tr.policy, tr.buffer, 16, None, torch.Generator().manual_seed(0))
+    old = lambda: tr.learner.weights(before["model"])  # noqa: E731
+    m = diagnostics.staleness(tr.policy, old, tr.buffer, 16, None, torch.Generator().manual_seed(0))
     # at a segment's first step the stale state acts in full; by its last step an episode end inside the
     # segment may have cut it (KL then 0 up to rounding), so only the first step is asserted to differ
     assert m["memory/state_distance"] > 1e-3 and m["memory/kl_first"] > 1e-6 and m["memory/value_gap_first"] > 0
@@ -100,7 +98,7 @@ def test_zero_mode_replays_every_segment_from_zero_state():
 
 def test_burn_in_steps_contribute_no_loss_and_rebuild_the_start_state():
     tr = _collected(["trainer.burn_in=6"])
-    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)  # a second rollout: its first rows have a tail
+    tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)  # a second rollout: its first rows have a tail
     tr.learner.compute_advantages()
     b = tr.buffer
     assert b.tail_ready

@@ -105,7 +105,7 @@ def _single_process_on_union(overrides: list[str]) -> Trainer:
     for _ in range(union.num_iterations):
         union.learner.anneal(union.iteration / union.num_iterations)
         for sh in shards:
-            sh.rollout.collect(union.policy, sh.buffer, sh.sample_gen)
+            sh.rollout.collect(union.policy, sh.buffer, sh.parts.generators.sample)
         for name in SegmentBuffer.STEP_FIELDS:  # agent a of shard r is agent r * A + a of the union: rows stack
             getattr(ub, name).copy_(torch.cat([getattr(sh.buffer, name) for sh in shards]))
         ub.last_value.copy_(torch.cat([sh.buffer.last_value for sh in shards]))

@@ -1,5 +1,6 @@
 """ARCHITECTURE.md invariants 1-6, each on segments that contain episode ends, several agents, and more
-segments than agents (every agent fills several consecutive rows)."""
+segments than agents (every agent fills several consecutive rows); 1-3 over every registered core and a user's
+own (invariant 8)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from carrystate import ppo
+from carrystate import ppo, registry
 from carrystate.config import load_config
 from carrystate.trainer import Trainer
-from tests.helpers import ScriptedEnv, collect, make_policy, manual_states
+from tests.helpers import ALL_CORES, ScriptedEnv, collect, make_policy, manual_states
 
 AGENTS, HORIZON, ROWS_PER_AGENT = 3, 8, 3
 BATCH = AGENTS * HORIZON * ROWS_PER_AGENT  # 72 agent-steps: 9 segments, 3 per agent, 24 steps per agent
@@ -28,7 +29,12 @@ ENDS = {
 }
 
 
-@pytest.fixture(params=["lstm", "gru", "window"])
+# every registered core, and a user's own (tests/user_core.py) that carrystate builds from its module:Class
+
+STATELESS = "core=none carries no state"
+
+
+@pytest.fixture(params=ALL_CORES)
 def core(request):
     return request.param
 
@@ -44,12 +50,16 @@ def _row(agent, k):
     return agent * ROWS_PER_AGENT + k
 
 
-@pytest.mark.parametrize("impl", ["auto", "chunked", "packed", "bucketed", "loop", "scan"])
+# each core with every CPU unroll that runs it (the LSTM's and GRU's); a core with a sequence of its own runs it
+# under auto (the config refuses the rest: test_config, test_policy)
+UNROLLS = ["chunked", "packed", "bucketed", "loop", "scan"]
+
+
+@pytest.mark.parametrize(
+    "core, impl",
+    [(c, "auto") for c in ALL_CORES] + [(c, u) for u in UNROLLS for c in registry.UNROLLS[u].cores],
+)
 def test_replay_matches_rollout_across_episode_end(core, impl):
-    if impl == "scan" and core != "lstm":
-        pytest.skip("scan is LSTM only (GRU with scan is refused by the core, tested in test_policy)")
-    if core == "window" and impl != "auto":
-        pytest.skip("the window core has one sequence of its own, run here with impl=auto")
     for layers in (1, 2):
         policy, _, _, (buf,) = _scripted(core, layers=layers, impl=impl)
         assert buf.starts[:, 1:].any(), "segments must contain episode starts after their first step"
@@ -61,6 +71,8 @@ def test_replay_matches_rollout_across_episode_end(core, impl):
 
 
 def test_segment_start_state_equals_state_carried_from_previous_segment(core):
+    if core == "none":
+        pytest.skip(f"{STATELESS}: no start state to compare")
     policy, env, _, (buf,) = _scripted(core)
     for agent in range(AGENTS):
         done = np.array([(agent, t) in ENDS for t in range(STEPS)])
@@ -84,8 +96,10 @@ def test_segment_start_state_equals_state_carried_from_previous_segment(core):
                 torch.testing.assert_close(s[:, r + 1 : r + 2], expect, atol=1e-6, rtol=0)
 
 
-def test_segment_boundary_stops_gradient_but_not_values():
-    policy, _, _, (buf,) = _scripted("lstm")
+def test_segment_boundary_stops_gradient_but_not_values(core):
+    if core == "none":
+        pytest.skip(f"{STATELESS}: nothing, value or gradient, can cross a segment boundary")
+    policy, _, _, (buf,) = _scripted(core)
     agent, k = 2, 0  # agent 2's rows 0 and 1 are one episode across the boundary (no end at step 7)
     r = _row(agent, k)
     assert not buf.starts[r + 1, 0] and buf.start_state[0][:, r + 1].abs().sum() > 0, "values must carry"
@@ -189,7 +203,7 @@ def test_gae_over_segments_equals_gae_over_agent_timeline():
     )
     tr = Trainer(cfg, quiet=True)
     b = tr.buffer
-    tr.rollout.collect(tr.policy, b, tr.sample_gen)
+    tr.rollout.collect(tr.policy, b, tr.parts.generators.sample)
     tr.learner.compute_advantages()
     # with these sizes every agent has 8 rows of 16 steps and episodes straddle row ends
     assert b.rows_per_agent == 8
@@ -225,7 +239,7 @@ def test_every_segment_trains_update_epochs_times():
         ],
     )
     tr = Trainer(cfg, quiet=True)
-    tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+    tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
     tr.learner.compute_advantages()
     tr.buffer.obs[:, 0, 0] = torch.arange(tr.buffer.segments, dtype=torch.float32) + 100.0  # tag each row
     seen = []

@@ -13,12 +13,16 @@ from torch.distributions import Categorical, Normal
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import PolicyConfig
 from carrystate.policy import Policy, unroll
-from carrystate.policy.core import RecurrentCore, WindowCore
+from carrystate.policy.cores.feedforward import FeedForwardCore
+from carrystate.policy.cores.recurrent import GRUCore, LSTMCore
+from carrystate.policy.cores.window import WindowCore
 from carrystate.policy.heads import make_head
 from carrystate.policy.kernels import triton_scan
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore, mask_state
 from tests.helpers import ScriptedEnv
+
+RECURRENT = {"lstm": LSTMCore, "gru": GRUCore}
 
 
 def test_discrete_head_matches_categorical():
@@ -79,12 +83,14 @@ def test_gaussian_head_matches_normal():
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("impl", ["chunked", "packed", "bucketed", "loop", "scan"])
 def test_sequence_with_resets_equals_stepping(kind, layers, impl):
-    if impl == "scan" and kind != "lstm":
+    if kind == "none" and (impl != "chunked" or layers > 1):
+        pytest.skip("the feed-forward core has no unroll and one layer")
+    if impl == "scan" and kind == "gru":
         with pytest.raises(ValueError, match="sequence_impl=scan is written for core=lstm"):
-            RecurrentCore(kind, 4, 6, layers, impl)
+            GRUCore(4, 6, layers, impl)
         return
     torch.manual_seed(0)
-    core = RecurrentCore(kind, 4, 6, layers, impl)
+    core = FeedForwardCore(4, 6) if kind == "none" else RECURRENT[kind](4, 6, layers, impl)
     B, T = 5, 11
     x = torch.randn(B, T, 4)
     resets = torch.rand(B, T) < 0.2
@@ -103,7 +109,7 @@ def test_sequence_with_resets_equals_stepping(kind, layers, impl):
 @pytest.mark.parametrize("impl", ["packed", "bucketed", "loop", "scan"])
 def test_sequence_gradients_equal_chunked(impl):
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 4, 6, 2)
+    core = LSTMCore(4, 6, 2)
     x = torch.randn(6, 9, 4, requires_grad=True)
     resets = torch.rand(6, 9) < 0.25
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(6))
@@ -135,12 +141,12 @@ def _check_poisoned(y: torch.Tensor, poisoned: torch.Tensor) -> None:
 
 @pytest.mark.parametrize(
     "impl, kind",
-    [(name, kind) for name in unroll.names() for kind in ("lstm", "gru") if kind in unroll.UNROLLS[name].kinds],
+    [(name, kind) for name in unroll.names() for kind in ("lstm", "gru") if kind in unroll.UNROLLS[name].cores],
 )
 def test_nan_input_comes_out_non_finite_from_every_unroll(impl, kind):
     if impl == "triton" and (why := triton_scan.why_unavailable(torch.device("cpu"), 16)):
         pytest.skip(why)
-    core = RecurrentCore(kind, 4, 16, 2, impl)
+    core = RECURRENT[kind](4, 16, 2, impl)
     x, poisoned = _nan_input()
     state = core.initial_state(4)
     with torch.no_grad():
@@ -153,7 +159,7 @@ def test_nan_input_comes_out_non_finite_from_every_unroll(impl, kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_nan_input_comes_out_non_finite_from_the_rollout_step(kind):
     """The rollout's step (for an LSTM on the CPU: the C++ kernel) carries a NaN on in the state."""
-    core = RecurrentCore(kind, 4, 16, 2)
+    core = RECURRENT[kind](4, 16, 2)
     x, poisoned = _nan_input()
     state, ys = core.initial_state(4), []
     with torch.no_grad():
@@ -164,7 +170,7 @@ def test_nan_input_comes_out_non_finite_from_the_rollout_step(kind):
 
 
 def test_reset_at_first_step_ignores_given_state():
-    core = RecurrentCore("lstm", 3, 4)
+    core = LSTMCore(3, 4)
     x = torch.randn(2, 5, 3)
     state = tuple(torch.randn_like(s) for s in core.initial_state(2))
     resets = torch.zeros(2, 5, dtype=torch.bool)
@@ -267,12 +273,12 @@ def test_one_entry_multidiscrete_head_matches_categorical():
 def test_config_choices_and_docs_of_sequence_impl_come_from_the_unroll_registry():
     from typing import get_args
 
+    from carrystate import registry
     from carrystate.config import PolicyConfig
-    from carrystate.policy import unroll
 
     field = PolicyConfig.model_fields["sequence_impl"]
     assert get_args(field.annotation) == ("auto", *unroll.names())
-    assert all(f"`{u.name}` ({u.doc})" in field.description for u in unroll.UNROLLS.values())
+    assert all(f"`{name}` ({u.doc})" in field.description for name, u in registry.UNROLLS.items())
     assert unroll.resolve_auto("lstm", torch.device("cpu"), 64) == "scan"
     assert unroll.resolve_auto("gru", torch.device("cpu"), 64) == "bucketed"
 
@@ -329,5 +335,5 @@ def test_window_core_gradient_reaches_window_minus_one_steps_back_and_no_further
 
 
 def test_window_core_refuses_an_unroll_choice():
-    with pytest.raises(ValueError, match="not core=window; use auto"):
+    with pytest.raises(ValueError, match="core=window runs its own sequence: leave policy.sequence_impl at auto"):
         PolicyConfig(core="window", sequence_impl="bucketed")

@@ -1,14 +1,18 @@
-"""Property-based: random episode-end patterns, agent counts and horizons; invariants 1-3 must hold."""
+"""Property-based: random episode-end patterns, agent counts and horizons; invariants 1-3 must hold for every
+registered core and a user's own (invariant 8)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carrystate.policy.core import RecurrentCore
-from tests.helpers import ScriptedEnv, collect, make_policy, manual_states
+from carrystate.policy.cores.recurrent import LSTMCore
+from tests.helpers import ALL_CORES, ScriptedEnv, collect, make_policy, manual_states
+
+# every registered core, and a user's own (tests/user_core.py) that carrystate builds from its module:Class
 
 
 @st.composite
@@ -21,17 +25,18 @@ def scenarios(draw):
     for a in range(agents):
         for t in draw(st.sets(st.integers(0, steps - 1), max_size=steps)):
             ends[(a, t)] = draw(st.sampled_from(["term", "trunc"]))
-    core = draw(st.sampled_from(["lstm", "gru", "window"]))
-    return agents, horizon, rows, ends, core
+    return agents, horizon, rows, ends
 
 
+# scenarios drawn per core
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.parametrize("core", ALL_CORES)
 @SETTINGS
 @given(scenarios())
-def test_replay_matches_rollout_for_any_episode_ends(sc):
-    agents, horizon, rows, ends, core = sc
+def test_replay_matches_rollout_for_any_episode_ends(core, sc):
+    agents, horizon, rows, ends = sc
     policy = make_policy(core)
     env = ScriptedEnv(agents, horizon * rows, ends=ends)
     _, _, (buf,) = collect(policy, env, agents * horizon * rows, horizon)
@@ -42,10 +47,11 @@ def test_replay_matches_rollout_for_any_episode_ends(sc):
     torch.testing.assert_close(logp, buf.logprobs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("core", ALL_CORES)
 @SETTINGS
 @given(scenarios())
-def test_start_states_carry_values_for_any_episode_ends(sc):
-    agents, horizon, rows, ends, core = sc
+def test_start_states_carry_values_for_any_episode_ends(core, sc):
+    agents, horizon, rows, ends = sc
     policy = make_policy(core)
     steps = horizon * rows
     env = ScriptedEnv(agents, steps, ends=ends)
@@ -59,10 +65,11 @@ def test_start_states_carry_values_for_any_episode_ends(sc):
                 torch.testing.assert_close(stored[:, a * rows + k], ref[:, 0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("core", ALL_CORES)
 @SETTINGS
 @given(scenarios(), st.data())
-def test_perturbing_one_episode_changes_nothing_outside_it(sc, data):
-    agents, horizon, rows, ends, core = sc
+def test_perturbing_one_episode_changes_nothing_outside_it(core, sc, data):
+    agents, horizon, rows, ends = sc
     steps = horizon * rows
     policy = make_policy(core)
     a = data.draw(st.integers(0, agents - 1))
@@ -100,7 +107,7 @@ def test_every_fast_unroll_equals_the_step_loop_for_any_reset_pattern(batch, ste
     """The loop (one step at a time, state masked before each step) is the oracle: outputs, end state and the
     gradients of a loss using both, with respect to inputs, start state and weights, agree to 1e-5."""
     torch.manual_seed(seed)
-    core = RecurrentCore("lstm", 3, 5, layers)
+    core = LSTMCore(3, 5, layers)
     x = torch.randn(batch, steps, 3, requires_grad=True)
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(batch))
     resets = torch.rand(batch, steps) < density

@@ -106,7 +106,7 @@ def test_checkpoints_keep_newest_k_and_hold_everything(tmp_path):
         "env.length",
         "env.t",
     } <= keys
-    assert ckpt["meta"]["global_step"] == 2560 and ckpt["meta"]["env_state"]["rng"]["bit_generator"] == "PCG64"
+    assert ckpt["meta"]["global_step"] == 2560 and ckpt["meta"]["env"]["rng"]["bit_generator"] == "PCG64"
     assert ckpt["optimizer"]["state"], "optimizer moments are saved"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_report_explains_every_staleness_metric_the_run_logged(finished_run):
     assert staleness  # the small T-maze run has 4 segments per agent: staleness is measured
     text = html.unescape((finished_run / "report.html").read_text())
     for tag in staleness:
-        assert f"<code>{tag}</code>: {report.MEANINGS[tag]}" in text
+        assert f"<code>{tag}</code>: {report.METRICS[tag]}" in text
 
 
 def test_report_reads_back_what_the_run_logged(finished_run):
@@ -134,3 +135,31 @@ def test_report_of_a_running_run_shows_the_iterations_logged_so_far(tmp_path):
     trainer.train(stop_after=2)
     assert logged == [[512], [512, 1024]]
     check_page(run_dir / "report.html")
+
+
+def test_readme_shows_the_metrics_table_of_the_code():
+    from carrystate.metrics import table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- metrics:", 1)[1].split("-->", 1)[1].split("<!-- end of metrics -->")[0]
+    assert block.strip() == table().strip()
+
+
+def test_every_logged_scalar_has_a_meaning(tmp_path):
+    from carrystate.metrics import METRICS
+
+    tr = carrystate.train(
+        None,
+        [*SMALL_TMAZE, "trainer.total_timesteps=1024", "diagnostics.staleness_segments=4", "trainer.ent_coef_final=0"],
+    )
+    logged = {k for row in tr.history for k in row if k != "step"}
+    assert logged <= set(METRICS), logged - set(METRICS)
+    split = [tr.history[-1][k] for k in ("perf/env_seconds", "perf/policy_seconds", "perf/learn_seconds")]
+    assert abs(sum(split) - tr.history[-1]["perf/iteration_seconds"]) < 1e-6
+
+
+def test_a_run_logs_the_learning_rate_and_the_time_split():
+    tr = carrystate.train(None, [*SMALL_TMAZE, "trainer.total_timesteps=1024", "trainer.anneal_lr=true"])
+    lrs = [row["charts/learning_rate"] for row in tr.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == tr.cfg.trainer.learning_rate
+    assert all(row["perf/iteration_seconds"] >= row["perf/learn_seconds"] > 0 for row in tr.history)

@@ -16,14 +16,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from carrystate import registry
 from carrystate.checkpoint import _sha256, checkpoints, load_checkpoint
 from carrystate.config import load_config
 from carrystate.trainer import Trainer
 from tests.helpers import SMALL_TMAZE as SMALL
-from tests.helpers import stop_at
+from tests.helpers import USER_CORE, stop_at
 
 ITERATIONS = 5  # of SMALL's 512 agent-steps: 8 agents × 64 rollout steps, 2 epochs × 4 minibatches
 REPO = Path(__file__).resolve().parents[1]
+# every registered core, and a user's own (tests/user_core.py) with a policy.core_options keyword: invariant 8
+CORES = {name: [f"policy.core={name}"] for name in registry.CORES}
+CORES["user"] = [f"policy.core={USER_CORE}", "policy.core_options.decay=0.5"]
 
 
 def _settings(extra) -> list[str]:
@@ -45,7 +49,7 @@ def _run_state(tr: Trainer) -> dict[str, object]:
     out: dict[str, object] = {f"weight.{k}": v for k, v in tr.policy.state_dict().items()}
     out.update({f"carried.{k}": v for k, v in tr.store.state_dict().items()})
     out.update({f"optimizer.{k}": v for k, v in _flat(tr.learner.optimizer.state_dict()).items()})
-    out["rng.sample"], out["rng.shuffle"] = tr.sample_gen.get_state(), tr.learner.generator.get_state()
+    out["rng.sample"], out["rng.shuffle"] = tr.parts.generators.sample.get_state(), tr.learner.generator.get_state()
     out.update({f"env.{k}": v for k, v in _flat(tr.env.state_dict()).items()})
     out["rollout.obs"] = torch.from_numpy(tr.rollout.obs)
     out["counters"] = (tr.iteration, tr.global_step)
@@ -83,6 +87,11 @@ def _assert_same(a: dict[str, object], b: dict[str, object]) -> None:
             id="rollout-segment-start-burn-in-separate-critic",
         ),
         pytest.param(["trainer.burn_in=4"], "update", 3, 0, id="update-step-1-burn-in"),
+        *(
+            pytest.param(settings, phase, 2, index, id=f"{phase}-step-{index + 1}-{name}")
+            for name, settings in CORES.items()
+            for phase, index in (("collect", 40), ("update", 2))
+        ),
     ],
 )
 def test_stop_mid_rollout_or_mid_update_then_resume_equals_straight_run(tmp_path, extra, phase, iteration, index):
@@ -140,9 +149,11 @@ def test_checkpoint_of_format_1_resumes_exactly(tmp_path):
     format_1 = ("store.", "rng.", "env.", "rollout.obs", "rollout.starts", "return_scale.")
     tensors = {k: v for k, v in load_file(folder / "tensors.safetensors").items() if k.startswith(format_1)}
     save_file(tensors, folder / "tensors.safetensors")
-    meta = json.loads((folder / "meta.json").read_text())
-    for key in ("format", "phase", "buffer", "rollout_episodes", "world_size"):
+    meta = json.loads((folder / "meta.json").read_text())  # format 1's entries, from this format's
+    monitor, env_state = meta.pop("monitor"), meta.pop("env")
+    for key in ("format", "phase", "buffer", "rollout", "world_size"):
         del meta[key]
+    meta.update(env_state=env_state, recent_returns=monitor["returns"], recent_success=monitor["success"])
     meta["sha256"]["tensors.safetensors"] = _sha256(folder / "tensors.safetensors")
     (folder / "meta.json").write_text(json.dumps(meta))
     resumed = Trainer.resume(tmp_path / "run", quiet=True)

@@ -15,7 +15,7 @@ from torch.utils.cpp_extension import get_default_build_root
 from torch.utils.file_baton import FileBaton
 
 from carrystate.policy import kernels
-from carrystate.policy.core import RecurrentCore
+from carrystate.policy.cores.recurrent import LSTMCore
 from carrystate.policy.kernels import cpu
 from carrystate.policy.unroll import scan
 from tests.helpers import child, kill_group, outputs_and_gradients
@@ -41,7 +41,7 @@ def _run(core, x, state, resets, recurrence):
 )
 def test_cpp_scan_equals_torch_op_scan_and_step_loop(rows, steps, hidden, layers, density):
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 4, hidden, layers, "loop")
+    core = LSTMCore(4, hidden, layers, "loop")
     x = torch.randn(rows, steps, 4, requires_grad=True)
     resets = torch.rand(rows, steps) < density
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows))
@@ -68,7 +68,7 @@ def test_scan_uses_cpp_kernels_for_float32_on_cpu_and_torch_ops_otherwise(monkey
 
     spy(scan.LSTMScan)
     spy(cpu.LSTMScanCPU)
-    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    core = LSTMCore(3, 5, 1, "scan")
     x, resets = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
     core.sequence(x, core.initial_state(2), resets)
     core.double()
@@ -84,7 +84,7 @@ def test_cpp_scan_stays_finite_and_exact_for_saturating_gates():
     """Gate pre-activations far beyond exp's float range (the kernels clamp exp's argument, so fast-math's
     reordering meets no overflow) saturate as the op loop's do, outputs and gradients."""
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 4, 8, 1, "loop")
+    core = LSTMCore(4, 8, 1, "loop")
     with torch.no_grad():
         core.rnn.weight_ih_l0.mul_(300.0)  # pre-activations of several hundred, both signs
     x = torch.randn(6, 5, 4, requires_grad=True)
@@ -103,7 +103,7 @@ def test_cpp_scan_is_non_finite_exactly_where_the_torch_op_scan_is():
     """A NaN input (and a NaN start state) reaches the same outputs, end state and gradients in the C++ kernels
     as in the torch-op loop: built without -ffinite-math-only, the kernels cannot turn it into a finite value."""
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 4, 16, 1, "loop")
+    core = LSTMCore(4, 16, 1, "loop")
     x = torch.randn(6, 9, 4)
     x[1, 3, 2] = float("nan")
     x = x.requires_grad_(True)
@@ -123,7 +123,7 @@ def test_cpp_scan_is_non_finite_exactly_where_the_torch_op_scan_is():
 def test_cpp_rollout_step_equals_nn_lstm_one_step(rows, hidden, layers):
     """lstm_step (the rollout's C++ step) gives nn.LSTM's output and state for T=1, also from zeroed rows."""
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 4, hidden, layers, "scan")
+    core = LSTMCore(4, hidden, layers, "scan")
     x = torch.randn(rows, 4)
     state = tuple(torch.randn_like(s) for s in core.initial_state(rows))
     state[0][:, ::3] = 0  # rows whose episode starts here
@@ -139,7 +139,7 @@ def test_cpp_rollout_step_equals_nn_lstm_one_step(rows, hidden, layers):
 def test_rollout_step_uses_cpp_kernel_without_grad_and_nn_lstm_with_grad(monkeypatch):
     """Under no_grad (the rollout) core.step runs the C++ step; with grad enabled it must keep autograd, so
     it runs nn.LSTM, and the two agree."""
-    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    core = LSTMCore(3, 5, 1, "scan")
     calls, kernels = [], cpu._module
 
     class Spy:  # the compiled module's attributes are read-only: stand in for the module
@@ -178,7 +178,7 @@ def test_explicit_build_leaves_nothing_to_compile_for_the_rollout_or_the_learner
     assert path.parent.parent == Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     assert f"-torch{torch.__version__.replace('+', '_')}-" in path.parent.name
     monkeypatch.setattr("torch.utils.cpp_extension.load", _failing_load)
-    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    core = LSTMCore(3, 5, 1, "scan")
     x, resets = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
     with torch.no_grad():
         core.step(x[:, 0], core.initial_state(2))
@@ -202,7 +202,7 @@ def test_failed_kernel_build_warns_falls_back_and_leaves_path_as_it_was(monkeypa
         assert cpu.build() is None
     assert os.environ.get("PATH") == before
     assert cpu.get() is None and kernels.build("cpu", "lstm") is None  # tried once per process
-    core = RecurrentCore("lstm", 3, 5, 1, "scan")
+    core = LSTMCore(3, 5, 1, "scan")
     y, _ = core.sequence(torch.randn(2, 4, 3), core.initial_state(2), torch.zeros(2, 4, dtype=torch.bool))
     assert torch.isfinite(y).all()
 

@@ -4,7 +4,7 @@ reference: outputs, end state and every gradient, on random reset patterns."""
 import pytest
 import torch
 
-from carrystate.policy.core import RecurrentCore
+from carrystate.policy.cores.recurrent import GRUCore, LSTMCore
 from carrystate.policy.kernels import triton_scan
 from tests.helpers import outputs_and_gradients
 
@@ -27,7 +27,7 @@ needs_triton = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidden, layers, density, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the oracle is fp32
     torch.manual_seed(0)
-    core = RecurrentCore("lstm", 8, hidden, layers, "loop").to(DEVICE)
+    core = LSTMCore(8, hidden, layers, "loop").to(DEVICE)
     x = torch.randn(rows, steps, 8, device=DEVICE, requires_grad=True)
     resets = (torch.rand(rows, steps) < density).to(DEVICE)
     state = tuple(torch.randn_like(s).requires_grad_(True) for s in core.initial_state(rows, DEVICE))
@@ -41,8 +41,8 @@ def test_triton_unroll_equals_step_loop_outputs_and_gradients(rows, steps, hidde
 
 def test_triton_unroll_refuses_what_it_cannot_run_with_a_clear_error():
     with pytest.raises(ValueError, match="sequence_impl=triton is written for core=lstm"):
-        RecurrentCore("gru", 4, 16, 1, "triton")
-    core = RecurrentCore("lstm", 4, 6, 1, "triton")
+        GRUCore(4, 16, 1, "triton")
+    core = LSTMCore(4, 6, 1, "triton")
     x, resets = torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool)
     why = "power of two" if triton_scan.triton is not None and DEVICE.type == "cpu" else ""
     with pytest.raises(ValueError, match=f"sequence_impl=triton cannot run here: .*{why}"):

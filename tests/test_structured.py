@@ -184,7 +184,7 @@ def test_minigrid_memory_buffer_keeps_records_and_replay_reproduces_the_rollout(
 
     tr = Trainer(load_config("configs/minigrid_memory.yaml", MINIGRID_SMALL), quiet=True)
     try:
-        tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+        tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
     finally:
         tr.env.close()
     buf = tr.buffer
@@ -257,6 +257,6 @@ def test_non_finite_float_entry_of_a_record_stops_the_rollout_naming_the_row():
     tr = Trainer(cfg, quiet=True)
     try:
         with pytest.raises(EnvError, match=r"non-finite obs from step at agent row 0 .*2 rows affected"):
-            tr.rollout.collect(tr.policy, tr.buffer, tr.sample_gen)
+            tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
     finally:
         tr.env.close()

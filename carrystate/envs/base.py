@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from carrystate.errors import EnvError
 from carrystate.structured import StructuredSpace
 
 
@@ -88,10 +89,6 @@ def check_actions(actions: np.ndarray, space: gym.Space, num_agents: int) -> np.
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(f"action {actions[row]} of agent {row} is outside {space}")
     return actions
-
-
-class EnvError(RuntimeError):
-    """An environment misbehaved: raised inside step, or returned data that breaks the VecEnv contract."""
 
 
 def env_label(env) -> str:

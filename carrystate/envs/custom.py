@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carrystate.config import ConfigError
+
+if TYPE_CHECKING:
+    from carrystate.config import EnvConfig
 
 VECENV_ATTRIBUTES = ("num_agents", "single_observation_space", "single_action_space", "reset", "step", "close")
 VECENV_METHODS = ("reset", "step", "close")
@@ -74,3 +77,8 @@ def make_wrappers(entries: list) -> list[Callable[[Any], Any]]:
             raise ConfigError(f"env.gymnasium.wrappers[{i}]={spec!r} is a {type(cls).__name__}, not a wrapper class")
         wrappers.append(partial(cls, **kwargs))
     return wrappers
+
+
+def build(cfg: EnvConfig, num_envs: int, seed: int):
+    """The registry's builder of env.name=custom."""
+    return make_custom(cfg.custom.factory, cfg.custom.kwargs, num_envs, seed)

@@ -12,7 +12,7 @@ each entry keeps its dtype, and the policy gives each its own encoder. Box obser
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +21,9 @@ from carrystate.config import ConfigError
 from carrystate.envs.base import EpisodeTracker, StepResult, check_actions, obs_dtype
 from carrystate.envs.custom import import_module, make_wrappers
 from carrystate.structured import PackedObservation
+
+if TYPE_CHECKING:
+    from carrystate.config import EnvConfig
 
 # Observation entries that are positions (not velocities) in well-known environments.
 VELOCITY_FREE_INDICES: dict[str, list[int]] = {
@@ -142,3 +145,9 @@ class GymVecEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+def build(cfg: EnvConfig, num_envs: int, seed: int) -> GymVecEnv:
+    """The registry's builder of env.name=gymnasium."""
+    g = cfg.gymnasium
+    return GymVecEnv(g.id, num_envs, g.hide_velocity, g.vectorization, seed, g.kwargs, g.wrappers, g.success_above)

@@ -13,10 +13,15 @@ Both expose their full state through `state_dict`/`load_state_dict` so a run can
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gymnasium as gym
 import numpy as np
 
 from carrystate.envs.base import EpisodeTracker, StepResult, check_actions
+
+if TYPE_CHECKING:
+    from carrystate.config import EnvConfig
 
 
 class _CueTask:
@@ -109,3 +114,14 @@ class DelayedRecall(_CueTask):
         self.num_cues = num_symbols
         self.obs_dim = num_symbols + 2
         super().__init__(num_envs, delay_min, delay_max, seed)
+
+
+def build_tmaze(cfg: EnvConfig, num_envs: int, seed: int) -> TMaze:
+    """The registry's builder of env.name=tmaze."""
+    return TMaze(num_envs, cfg.tmaze.length_min, cfg.tmaze.length_max, seed=seed)
+
+
+def build_recall(cfg: EnvConfig, num_envs: int, seed: int) -> DelayedRecall:
+    """The registry's builder of env.name=recall."""
+    r = cfg.recall
+    return DelayedRecall(num_envs, r.num_symbols, r.delay_min, r.delay_max, seed=seed)

@@ -18,11 +18,15 @@ The simulator writes into views of this batch's arrays (no copy per step). Needs
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 
 from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
+
+if TYPE_CHECKING:
+    from carrystate.config import EnvConfig
 
 EMPTY_TOKEN = 255
 
@@ -175,3 +179,9 @@ class MettaGridVecEnv:
             if sim is not None:
                 sim.close()
                 self._sims[e] = None
+
+
+def build(cfg: EnvConfig, num_envs: int, seed: int) -> MettaGridVecEnv:
+    """The registry's builder of env.name=mettagrid."""
+    m = cfg.mettagrid
+    return MettaGridVecEnv(num_envs, m.map, m.agents, m.size, m.altars, m.walls, m.max_steps, m.obs_tokens, seed=seed)

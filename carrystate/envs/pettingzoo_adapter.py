@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +24,9 @@ import numpy as np
 from carrystate.config import ConfigError
 from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
 from carrystate.structured import StructuredSpace
+
+if TYPE_CHECKING:
+    from carrystate.config import EnvConfig
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:
@@ -158,3 +161,8 @@ class PettingZooVecEnv:
 def make_pettingzoo(spec: str, kwargs: dict, num_envs: int, seed: int = 0) -> PettingZooVecEnv:
     factory = resolve_factory(spec)
     return PettingZooVecEnv(lambda: factory(**kwargs), num_envs, seed=seed, name=spec)
+
+
+def build(cfg: EnvConfig, num_envs: int, seed: int):
+    """The registry's builder of env.name=pettingzoo."""
+    return make_pettingzoo(cfg.pettingzoo.env, cfg.pettingzoo.kwargs, num_envs, seed=seed)

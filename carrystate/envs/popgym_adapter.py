@@ -12,11 +12,16 @@ The copies are stepped in a Python loop (each step costs microseconds); same-ste
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gymnasium as gym
 import numpy as np
 
 from carrystate.config import ConfigError
 from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_actions
+
+if TYPE_CHECKING:
+    from carrystate.config import EnvConfig
 
 
 def popgym_registry() -> dict[str, type]:
@@ -126,3 +131,8 @@ class PopGymVecEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def build(cfg: EnvConfig, num_envs: int, seed: int) -> PopGymVecEnv:
+    """The registry's builder of env.name=popgym."""
+    return PopGymVecEnv(cfg.popgym.id, num_envs, cfg.popgym.previous_action, seed=seed)

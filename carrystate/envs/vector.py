@@ -32,14 +32,11 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from carrystate.envs.base import EnvError, StepResult, VecEnv, check_step_type, env_label
+from carrystate.envs.base import StepResult, VecEnv, check_step_type, env_label
+from carrystate.errors import EnvWorkerError
 
 WORKER_SEED_STRIDE = 100_003  # worker k of a batch resets with seed + k * stride
 BATCH_SEED_STRIDE = 10_000_019  # batch b of a double-buffered env with seed + b * stride
-
-
-class EnvWorkerError(EnvError):
-    """A worker process died, did not answer within the timeout, or its env raised."""
 
 
 class SharedResults:

@@ -1,117 +1,24 @@
-"""The policy network: observation encoder → recurrent core → actor head and critic.
+"""The policy: encoders (`encoders.py`) → core, the memory (`cores/`, with the exact unrolls of an LSTM or GRU in
+`unroll/` and their kernels in `kernels/`) → heads (`heads.py`), assembled by `Policy` (`network.py`).
 
-It holds weights only; the per-agent recurrent state lives in `StateStore` and is passed in and out.
+The package imports its parts only when they are used, so reading the registry of cores or unrolls (as the config
+does) does not import torch.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import gymnasium as gym
-import torch
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
-
-from carrystate.normalize import FieldNorm, ObsNorm
-from carrystate.policy.core import RecurrentCore, WindowCore, make_core
-from carrystate.policy.encoders import ENCODERS, MLPEncoder, TokenEncoder, make_encoder, module_key, vector_fields
-from carrystate.policy.heads import make_head, orthogonal_linear
-from carrystate.state import Shapes, State, zero_state
-from carrystate.structured import StructuredSpace
-
-if TYPE_CHECKING:  # config builds its unroll choices from policy.unroll, so policy does not import config
-    from carrystate.config import PolicyConfig
+if TYPE_CHECKING:
+    from carrystate.policy.network import Policy
 
 
-class Policy(nn.Module):
-    """Weights only: the per-agent state is passed in and out. With `critic=separate` the state tuple holds the
-    actor core's tensors, then the critic core's."""
+def __getattr__(name: str):
+    if name == "Policy":
+        from carrystate.policy.network import Policy
 
-    def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
-        super().__init__()
-        # a StructuredSpace's records are unpacked into fields before normalisation and encoding
-        self.structured = obs_space if isinstance(obs_space, StructuredSpace) else None
-        self.obs_norm = self._obs_norm(cfg, obs_space)
-        self.encoder = make_encoder(obs_space, cfg)
-        self.core = make_core(cfg, self.encoder.out_size)
-        self.actor = make_head(cfg.hidden_size, action_space)
-        self.critic_encoder = self.critic_core = None
-        if cfg.critic == "separate":  # its own encoder and recurrent core, and so its own carried state
-            self.critic_encoder = make_encoder(obs_space, cfg)
-            self.critic_core = make_core(cfg, self.critic_encoder.out_size)
-        self.critic = orthogonal_linear(cfg.hidden_size, 1, 1.0)
-        cores = [c for c in (self.core, self.critic_core) if c is not None]
-        self.state_shapes: Shapes = sum((c.state_shapes for c in cores), ())  # the actor core's, then the critic's
-        self.num_state_tensors = len(self.state_shapes)
-
-    @staticmethod
-    def _obs_norm(cfg: PolicyConfig, space: gym.Space) -> ObsNorm | FieldNorm | None:
-        if not cfg.normalizes_obs:
-            return None
-        if isinstance(space, StructuredSpace):  # the vector fields only: images and discrete values are not
-            shapes = {module_key(f.name): f.shape for f in vector_fields(space)}
-            return FieldNorm(shapes, cfg.obs_clip) if shapes else None
-        return ObsNorm(tuple(space.shape), cfg.obs_clip)
-
-    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        return zero_state(self.state_shapes, batch, device)
-
-    def _fields(self, obs: Tensor) -> Tensor | dict[str, Tensor]:
-        """obs as the normaliser and the encoder read it: records of a StructuredSpace unpacked into fields."""
-        if self.structured is None:
-            return obs
-        return {module_key(name): value for name, value in self.structured.unpack(obs).items()}
-
-    def _normalize(self, obs: Tensor) -> Tensor | dict[str, Tensor]:
-        x = self._fields(obs)
-        return x if self.obs_norm is None else self.obs_norm(x)
-
-    @torch.no_grad()
-    def update_obs_norm(self, obs: Tensor, valid: Tensor | None = None, dist=None) -> None:
-        """Add observations obs [..., *obs_shape] (a finished rollout's; where `valid` [...] is true) to the
-        running statistics (every rank's under torchrun); nothing, not even the selection, without obs_norm."""
-        if self.obs_norm is not None:
-            self.obs_norm.update(self._fields(obs if valid is None else obs[valid]), dist)
-
-    def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
-        """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
-        [batch], new state."""
-        x, n = self._normalize(obs), self.core.num_state_tensors
-        y, actor_state = self.core.step(self.encoder(x), state[:n])
-        if self.critic_core is None:
-            return self.actor(y), self.critic(y).squeeze(-1), actor_state
-        z, critic_state = self.critic_core.step(self.critic_encoder(x), state[n:])
-        return self.actor(y), self.critic(z).squeeze(-1), actor_state + critic_state
-
-    def sequence(
-        self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
-    ) -> tuple[Tensor, Tensor, State]:
-        """obs [batch, T, *obs_shape], resets [batch, T] → params [batch, T, P], values [batch, T], end state
-        (() if `end_state` is false and the unroll can skip computing it)."""
-        x, n = self._normalize(obs), self.core.num_state_tensors
-        y, actor_state = self.core.sequence(self.encoder(x), state[:n], resets, end_state)
-        if self.critic_core is None:
-            return self.actor(y), self.critic(y).squeeze(-1), actor_state
-        z, critic_state = self.critic_core.sequence(self.critic_encoder(x), state[n:], resets, end_state)
-        return self.actor(y), self.critic(z).squeeze(-1), (actor_state + critic_state) if end_state else ()
-
-    def chain(self, obs: Tensor, state: State, resets: Tensor) -> tuple[Tensor, Tensor]:
-        """Consecutive segments with gradients flowing across their boundaries: obs [n, C, H, *obs_shape],
-        resets [n, C, H], the state at the first segment's start → params [n, C, H, P], values [n, C, H].
-
-        Each segment runs under activation checkpointing: the forward keeps only each segment's inputs and
-        start state, and the backward recomputes one segment at a time, so activation memory stays that of one
-        segment plus one state per segment, whatever C is."""
-        params, values = [], []
-        for j in range(obs.shape[1]):
-            p, v, *state = checkpoint(self._segment, obs[:, j], resets[:, j], *state, use_reentrant=False)
-            params.append(p)
-            values.append(v)
-        return torch.stack(params, 1), torch.stack(values, 1)
-
-    def _segment(self, obs: Tensor, resets: Tensor, *state: Tensor):
-        p, v, end = self.sequence(obs, tuple(state), resets)
-        return (p, v, *end)
+        return Policy
+    raise AttributeError(f"module 'carrystate.policy' has no attribute {name!r}")
 
 
-__all__ = ["Policy", "RecurrentCore", "WindowCore", "ENCODERS", "MLPEncoder", "TokenEncoder"]
+__all__ = ["Policy"]

@@ -16,7 +16,7 @@ from carrystate.policy.kernels import cpu
 
 def build(device: torch.device | str = "cpu", core: str = "lstm", encoder: str = "mlp") -> Path | None:
     """Build now the kernels a `core` policy with an `encoder` on `device` uses: the C++ kernels on the CPU for
-    an LSTM (its rollout step and the `scan` unroll) or a token encoder (its sum and backward); about 30 s once
+    an LSTM (its rollout step and the `scan` unroll) or a token encoder (its sum and backward); compiled once
     per machine, afterwards a load from torch's cache. Returns the built library's path, or None where nothing
     is built: other cores and encoders or another device (triton compiles its kernels itself on their first
     launch, per shape), `CARRYSTATE_NO_CPP=1`, or a failed build (warned; torch ops run instead)."""

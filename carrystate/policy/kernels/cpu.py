@@ -1,7 +1,7 @@
 """The C++ kernels for the CPU (scan_cpu.cpp and tokens_cpu.cpp, one library): their build, and the calls into
 them (the scan's recurrence, the rollout's LSTM step, and the token encoder's sum and its backward).
 
-`build()` compiles both sources for this machine (about 30 s) into a folder of its own, named for what the
+`build()` compiles both sources for this machine (once) into a folder of its own, named for what the
 library depends on: torch's version, the Python, the CPU level and a hash of the source and flags
 (`kernel_folder`, under `TORCH_EXTENSIONS_DIR` or torch's default root), so environments with different torch
 installs never rebuild one folder in turn, and a later process only loads the library. Builders of one folder
@@ -30,6 +30,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from carrystate.errors import KernelLockTimeout
+
 _module = None  # the built library; False when it cannot be built here; None before the first try
 _SIMD_FLAGS = {
     "AVX2": ["-mavx2", "-mfma"],
@@ -39,10 +41,6 @@ _CFLAGS = ("-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp-simd")  # Na
 _LDFLAGS = ("-lmvec",)  # tuples: torch's load appends to the lists it is given
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("scan_cpu.cpp", "tokens_cpu.cpp"))
 LOCK_WAIT_S = 600.0  # seconds a build waits for another process building the same folder (env overrides)
-
-
-class KernelLockTimeout(RuntimeError):
-    """Another process held a kernel folder's build lock for longer than the wait allowed."""
 
 
 def kernel_folder(

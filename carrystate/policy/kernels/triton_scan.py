@@ -11,10 +11,10 @@ Each program owns BLOCK_B rows for the whole segment. Per step it forms the four
 by tile (`tl.dot` of the masked h_{t-1} against W_hh), applies the gates, and writes h_t, c_t and the
 activated gates, which the backward reads. h and c go through global memory (they stay in L1/L2) because
 the matmul needs h_{t-1} in a different thread layout than the elementwise part produced it in; a block
-barrier per step orders the two. (Keeping h and c in registers across steps instead was measured on an
-H200: no faster with TF32, 5-15x slower in IEEE fp32, and it needs 8 warps where this runs with 4; see
-BENCHMARKS.md.) Numerics follow `nn.LSTM` on the same device: the recurrent matmul uses
-TF32 exactly when `torch.backends.cudnn.allow_tf32` lets cuDNN use it, IEEE fp32 otherwise.
+barrier per step orders the two. (Keeping h and c in registers across steps instead was built and was no
+faster, and it needs 8 warps where this runs with 4; see BENCHMARKS.md.) Numerics follow `nn.LSTM` on the
+same device: the recurrent matmul uses TF32 exactly when `torch.backends.cudnn.allow_tf32` lets cuDNN use it,
+IEEE fp32 otherwise.
 
 With `TRITON_INTERPRET=1` the same kernels run on the CPU (slowly), which is how the tests check them
 against the reference unroll on a machine without a GPU.

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from carrystate.state import State, mask_state
 
 if TYPE_CHECKING:
-    from carrystate.policy.core import RecurrentCore
+    from carrystate.policy.cores.recurrent import RecurrentCore
 
 
 def chunked(

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from carrystate.policy.kernels import cpu, triton_scan
 
 if TYPE_CHECKING:
-    from carrystate.policy.core import RecurrentCore
+    from carrystate.policy.cores.recurrent import RecurrentCore
 
 
 class LSTMScan(torch.autograd.Function):

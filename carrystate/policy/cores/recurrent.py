@@ -1,0 +1,125 @@
+"""The LSTM and GRU cores (`lstm`, `gru`): `nn.LSTM`/`nn.GRU` weights, the rollout's `step` (for an LSTM on the
+CPU the C++ step) and training's `sequence`, which runs the unroll `policy.sequence_impl` names
+(`carrystate.policy.unroll`). `fused` is the plain fused call, which ignores resets: the unrolls run it over
+pieces of a segment, and benchmarks take it as the floor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from carrystate import registry
+from carrystate.policy import unroll
+from carrystate.policy.cores import CoreModule
+from carrystate.policy.kernels import cpu
+from carrystate.state import Shapes, State
+
+if TYPE_CHECKING:
+    from carrystate.config import PolicyConfig
+
+
+class RecurrentCore(CoreModule):
+    """A stack of `num_layers` recurrent layers: [batch, (T,) in_size] features → [batch, (T,) hidden] outputs.
+    Recurrent weights start orthogonal and biases at 0 (an LSTM's gate biases may start otherwise)."""
+
+    kind: str  # the registry name, which the unrolls and `auto` read
+    rnn_class: type[nn.RNNBase]
+    num_state_tensors: int
+
+    def __init__(self, in_size: int, hidden_size: int, num_layers: int = 1, impl: str = "auto"):
+        super().__init__()
+        registry.check_unroll(impl, self.kind)
+        self.hidden_size, self.num_layers, self.impl = hidden_size, num_layers, impl  # impl: an unroll, or auto
+        self.out_size = hidden_size
+        self.rnn = self.rnn_class(in_size, hidden_size, num_layers, batch_first=True)
+        for name, p in self.rnn.named_parameters():
+            if "bias" in name:
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                nn.init.orthogonal_(p)
+
+    @classmethod
+    def from_config(cls, in_size: int, cfg: PolicyConfig) -> RecurrentCore:
+        return cls(in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl)
+
+    @property
+    def state_shapes(self) -> Shapes:
+        return ((self.num_layers, self.hidden_size),) * self.num_state_tensors
+
+    def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
+        """One fused call with no resets: x [batch, T, in] (or a packed sequence), state at t=0 → y [batch, T,
+        hidden], state after the last step."""
+        raise NotImplementedError
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step for every row: x [batch, in], state (already zero where an episode starts: the
+        `StateStore` reset it) → y [batch, hidden], new state."""
+        y, state = self.fused(x.unsqueeze(1), state)
+        return y.squeeze(1), state
+
+    def sequence(self, x: Tensor, state: State, resets: Tensor, end_state: bool = True) -> tuple[Tensor, State]:
+        """x [batch, T, in], state at t=0, resets [batch, T] bool → y [batch, T, hidden], state after T-1
+        (or () when `end_state` is false and the unroll can skip it).
+
+        The one training unroll: `self.impl` from the registry (`auto`: the fastest there for this core and
+        device, see `unroll.resolve_auto`); every unroll applies the resets exactly and they agree to float
+        rounding."""
+        name = unroll.resolve_auto(self.kind, x.device, self.hidden_size) if self.impl == "auto" else self.impl
+        return unroll.run(name)(self, x, state, resets, end_state)
+
+
+class LSTMCore(RecurrentCore):
+    """An LSTM; state (h, c). Gate biases start at 0, or with `chrono_tmax` > 0 by the chrono initialisation
+    (Tallec & Ollivier 2018: forget bias log U(1, T_max - 1), input bias its negative), or with the forget
+    gates at `forget_bias`."""
+
+    kind, rnn_class, num_state_tensors = "lstm", nn.LSTM, 2
+
+    def __init__(
+        self,
+        in_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        impl: str = "auto",
+        forget_bias: float = 0.0,
+        chrono_tmax: int = 0,
+    ):
+        super().__init__(in_size, hidden_size, num_layers, impl)
+        H = hidden_size
+        if forget_bias or chrono_tmax:
+            with torch.no_grad():
+                for layer in range(num_layers):  # gates i, f, g, o: the forget gate's bias is the second quarter
+                    bias = getattr(self.rnn, f"bias_ih_l{layer}")  # bias_hh stays 0
+                    if chrono_tmax:
+                        forget = torch.log(1 + torch.rand(H) * (chrono_tmax - 2))
+                        bias[H : 2 * H] = forget
+                        bias[:H] = -forget
+                    else:
+                        bias[H : 2 * H] = forget_bias
+
+    @classmethod
+    def from_config(cls, in_size: int, cfg: PolicyConfig) -> LSTMCore:
+        return cls(in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias, cfg.chrono_tmax)
+
+    def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
+        y, (h, c) = self.rnn(x, state)
+        return y, (h, c)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """On the CPU the C++ step where it is built (`policy/kernels`)."""
+        if (out := cpu.lstm_step(self.rnn, x, state)) is not None:
+            return out
+        return super().step(x, state)
+
+
+class GRUCore(RecurrentCore):
+    """A GRU; state (h,)."""
+
+    kind, rnn_class, num_state_tensors = "gru", nn.GRU, 1
+
+    def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
+        y, h = self.rnn(x, state[0])
+        return y, (h,)

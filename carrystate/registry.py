@@ -1,0 +1,164 @@
+"""Every pluggable kind of part by name: recurrent cores, training unrolls, env kinds. One table each; the
+config's choices, its checks and the documentation `carrystate config` prints are read from here.
+
+Each entry names its implementation as `module:attribute`, imported only when a run builds it, so this module
+imports nothing (no torch) and the config can read it. A user's own core enters by the same form from the config
+(`policy.core=my_package.cores:MyCore`); `load` imports either.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+
+from carrystate.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Core:
+    target: str  # module:Class, built as Class(in_size, cfg: PolicyConfig) (carrystate.policy.cores.Core)
+    doc: str
+    unrolled: bool = False  # trains through the unroll registry (policy.sequence_impl applies)
+
+
+@dataclass(frozen=True)
+class Unroll:
+    target: str  # module:function, called as run(core, x, state, resets, end_state)
+    doc: str
+    cores: tuple[str, ...]  # the built-in cores it runs
+
+
+@dataclass(frozen=True)
+class Env:
+    target: str  # module:function, called as build(cfg: EnvConfig, num_envs, seed) -> VecEnv
+    doc: str
+    extra: str | None = None  # the pip extra its package comes with
+
+
+CORES = {
+    "lstm": Core("carrystate.policy.cores.recurrent:LSTMCore", "an LSTM (state h, c)", unrolled=True),
+    "gru": Core("carrystate.policy.cores.recurrent:GRUCore", "a GRU (state h)", unrolled=True),
+    "window": Core(
+        "carrystate.policy.cores.window:WindowCore",
+        "frame stacking: the encoder's outputs of the last `window` steps (zeros before the episode's start) read "
+        "by one ReLU layer; it recalls exactly `window - 1` steps back and nothing older",
+    ),
+    "none": Core(
+        "carrystate.policy.cores.feedforward:FeedForwardCore",
+        "one ReLU layer and no state: a control that shows whether a task needs memory",
+    ),
+}
+UNROLLED = tuple(name for name, c in CORES.items() if c.unrolled)
+UNROLLS = {
+    "chunked": Unroll("carrystate.policy.unroll.fragments:chunked", "fused calls between reset steps", UNROLLED),
+    "packed": Unroll("carrystate.policy.unroll.fragments:packed", "episode fragments as one packed sequence", UNROLLED),
+    "bucketed": Unroll(
+        "carrystate.policy.unroll.fragments:bucketed",
+        "fragments grouped by length, one dense fused call per group",
+        UNROLLED,
+    ),
+    "loop": Unroll("carrystate.policy.unroll.fragments:loop", "one step at a time", UNROLLED),
+    "scan": Unroll(
+        "carrystate.policy.unroll.scan:scan",
+        "LSTM only: a step loop with a hand-written backward, a reset is one multiply; C++ on the CPU, "
+        "built by `carrystate build-kernels` or as training starts",
+        ("lstm",),
+    ),
+    "triton": Unroll(
+        "carrystate.policy.unroll.scan:triton",
+        "LSTM on a CUDA GPU: that loop as one persistent kernel each way; needs triton",
+        ("lstm",),
+    ),
+}
+AUTO_UNROLL_DOC = (
+    "scan for an LSTM on the CPU, triton for an LSTM on a GPU where triton is installed, bucketed otherwise: the "
+    "fastest measured, see BENCHMARKS.md"
+)
+ENVS = {
+    "tmaze": Env("carrystate.envs.memory:build_tmaze", "the built-in passive T-maze (env.tmaze)"),
+    "recall": Env("carrystate.envs.memory:build_recall", "the built-in delayed recall task (env.recall)"),
+    "gymnasium": Env("carrystate.envs.gym_adapter:build", "any gymnasium id (env.gymnasium)"),
+    "pettingzoo": Env("carrystate.envs.pettingzoo_adapter:build", "a PettingZoo parallel env", "pettingzoo"),
+    "popgym": Env("carrystate.envs.popgym_adapter:build", "a POPGym memory task", "popgym"),
+    "mettagrid": Env("carrystate.envs.mettagrid_adapter:build", "a MettaGrid map", "mettagrid"),
+    "custom": Env("carrystate.envs.custom:build", "your own VecEnv, built by env.custom.factory"),
+}
+
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_target(text: str) -> bool:
+    """`text` has the form module:attribute (a user's own class or function)."""
+    return bool(_TARGET.match(text))
+
+
+def load(target: str, setting: str):
+    """The attribute `module:attribute` names; a ConfigError naming `setting` where it cannot be imported."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{setting}={target}: cannot import {module_name} ({err})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{setting}={target}: {module_name} has no {attr!r}") from None
+
+
+def core_target(name: str) -> str:
+    """The module:Class of `policy.core`: a registered name or a user's own class."""
+    return CORES[name].target if name in CORES else name
+
+
+def check_core(name: str) -> None:
+    """Raise ValueError unless `name` is a registered core or a module:Class."""
+    if name not in CORES and not is_target(name):
+        raise ValueError(
+            f"policy.core={name!r} is not one of {', '.join(CORES)}, nor a class of yours as module:Class "
+            "(e.g. policy.core=my_cores:MyCore)"
+        )
+
+
+def check_unroll(impl: str, core: str) -> None:
+    """Raise ValueError, naming the setting and the choices, where `impl` is no unroll or cannot run `core`."""
+    if impl == "auto":
+        return
+    if impl not in UNROLLS:
+        raise ValueError(f"policy.sequence_impl={impl!r} is not one of {', '.join(('auto', *UNROLLS))}")
+    if core not in UNROLLS[impl].cores:
+        if core not in CORES or not CORES[core].unrolled:
+            raise ValueError(
+                f"policy.sequence_impl={impl} chooses how an LSTM or GRU unrolls; core={core} runs its own "
+                "sequence: leave policy.sequence_impl at auto"
+            )
+        fitting = ["auto", *(n for n, u in UNROLLS.items() if core in u.cores)]
+        raise ValueError(
+            f"policy.sequence_impl={impl} is written for core={' or core='.join(UNROLLS[impl].cores)}, "
+            f"not core={core}; use {', '.join(fitting[:-1])} or {fitting[-1]}"
+        )
+
+
+def describe_cores() -> str:
+    """The documentation of `policy.core`."""
+    return (
+        "The memory: "
+        + ", ".join(f"`{n}` ({c.doc})" for n, c in CORES.items())
+        + ", or your own class as `module:Class` (README: Your own memory)."
+    )
+
+
+def describe_unrolls() -> str:
+    """The documentation of `policy.sequence_impl`: every unroll's one line, then `auto`'s."""
+    return (
+        "How training unrolls an LSTM's or GRU's segments with exact resets: "
+        + ", ".join(f"`{n}` ({u.doc})" for n, u in UNROLLS.items())
+        + f", `auto` ({AUTO_UNROLL_DOC})."
+    )
+
+
+def describe_envs() -> str:
+    """The documentation of `env.name`."""
+    return "Which environment: " + ", ".join(
+        f"`{n}` ({e.doc}{'; pip install -e .[' + e.extra + ']' if e.extra else ''})" for n, e in ENVS.items()
+    )
