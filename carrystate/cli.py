@@ -5,6 +5,7 @@ argument answer without loading torch). `key=value` overrides may stand anywhere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from carrystate.errors import (
     ConfigError,
     DistributedError,
     EnvError,
+    Interrupted,
     NumericalError,
     ReportError,
 )
@@ -43,6 +45,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config_path, overrides = split_items(args.items)
     cfg = None if args.resume else load_config(config_path, overrides)  # a bad setting answers before torch loads
+    args.run_dir = args.resume  # where a stop looks for the newest checkpoint
 
     from carrystate.trainer import Trainer
     from carrystate.wiring import default_run_dir
@@ -60,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
         if trainer.resume_note and trainer.dist.is_main:
             print(f"note: {trainer.resume_note}", flush=True)
     else:
-        run_dir = default_run_dir(cfg)  # under torchrun, rank 0's is used by all
+        run_dir = args.run_dir = default_run_dir(cfg)  # under torchrun, rank 0's is used by all
         trainer = Trainer(cfg, run_dir=run_dir, quiet=args.quiet)  # checks the settings against this machine
         if trainer.dist.is_main:
             print(f"run folder: {trainer.run_dir}", flush=True)
@@ -305,11 +308,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _stopped(err: BaseException, args: argparse.Namespace | None) -> str:
+    """What a stop by a signal outside training's graceful handling left: the newest checkpoint, or none."""
+    run_dir = getattr(args, "run_dir", None)
+    newest = sorted(Path(run_dir, "checkpoints").glob("iter_*"))[-1:] if run_dir else []
+    why = f"stopped by {err or 'SIGINT'}"
+    if newest:
+        return f"{why}; the last good checkpoint is left as it was: {newest[0]} (continue with --resume {run_dir})"
+    return f"{why}; no checkpoint was written yet" + (f" in {run_dir}" if run_dir else "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    """Run one command. From here to the end a SIGINT or SIGTERM ends the process with code 130 and one line
+    (training itself first stops at its next safe point and writes a checkpoint: `signals.GracefulStop`)."""
+    from carrystate.signals import stop_at_once  # (imports no torch)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(stop_at_once())
     ranks = int(os.environ.get("WORLD_SIZE", "1"))  # as torchrun announces them
     prog = f"carrystate (rank {os.environ.get('RANK', '0')})" if ranks > 1 else "carrystate"
+    args = None
     try:
+        args = parse(argv)
         return args.func(args)
     except (ConfigError, CheckpointError, ReportError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
@@ -321,10 +341,11 @@ def main(argv: list[str] | None = None) -> int:
 
             exit_now(1)  # the process group is broken: leaving it in order is impossible
         return 1
-    except KeyboardInterrupt as err:
-        print(f"\n{prog}: {err or 'interrupted'}; the last good checkpoint is left as it was", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(f"{prog}: {_stopped(err, args)}", file=sys.stderr)
         return 130
     finally:
+        stack.close()
         if "carrystate.distributed" in sys.modules:  # leave the process group (under torchrun), also after an error
             sys.modules["carrystate.distributed"].shutdown()
 

@@ -161,6 +161,11 @@ class EnvConfig(_Section):
     soon as it is seen dead). With workers=0 an env call has no deadline: one that has not returned after this
     long gets a warning naming the env, and training keeps waiting (workers are the remedy for an env that
     can hang)."""
+    max_slow_warnings: int | None = Field(None, ge=0)
+    """With workers=0: make env.worker_timeout hold for an env call in the training process too. A call that has
+    not returned gets a warning every env.worker_timeout, and after this many warnings training stops with an
+    error naming the env (the call is interrupted; if the env does not give control back within one more
+    env.worker_timeout, the process exits); the last checkpoint stays resumable. None: one warning, then wait."""
 
     @model_validator(mode="after")
     def _check_custom(self) -> EnvConfig:
@@ -232,6 +237,9 @@ class PolicyConfig(_Section):
     """LSTM chrono initialisation (Tallec & Ollivier 2018) when above 0: each unit's forget-gate bias starts at
     log(u), u uniform in [1, chrono_tmax - 1], and its input-gate bias at the negative, so units start out
     keeping their content for 1 to chrono_tmax steps; 0 keeps every bias at 0 (plus forget_bias)."""
+    chrono_input: bool = True
+    """With chrono_tmax: the input gates start at the negative of their unit's forget-gate bias (the paper's
+    choice: a unit that keeps long also writes little), or at 0 when false."""
     obs_norm: bool | None = None
     """Normalise observations by a running per-feature mean and variance, updated after each update from
     that rollout's observations (never inside an update) and saved with the weights. None (the default): on

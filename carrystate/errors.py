@@ -36,5 +36,11 @@ class KernelLockTimeout(RuntimeError):
     """Another process held a kernel folder's build lock for longer than the wait allowed."""
 
 
+class Interrupted(BaseException):
+    """A SIGINT or SIGTERM stopped the process at once (outside training's graceful stop, or a second signal).
+    Not a KeyboardInterrupt: Python kills itself with SIGINT on exit after some KeyboardInterrupts even when they
+    were caught, which would hide the exit code 130."""
+
+
 # what the CLI reports as one line (a KernelLockTimeout surfaces as a ConfigError naming the setting)
 USER_ERRORS = (ConfigError, CheckpointError, EnvError, NumericalError, DistributedError, ReportError)

@@ -19,6 +19,9 @@ buffer layout is the one the single-batch path fills.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import threading
 import time
 import warnings
@@ -75,41 +78,102 @@ class _Lane:
     pending: _Step | None = None  # the step sent to the env and not yet finished
 
 
+class _CallStopped(BaseException):
+    """Raised by the watch in the thread whose env call outlived env.max_slow_warnings; a BaseException, so that an
+    env's own `except Exception` does not swallow it."""
+
+
+def _raise_in(thread: int, exc: type[BaseException] | None) -> None:
+    """Have `thread` raise `exc` at its next Python instruction (None: withdraw one that it has not raised yet)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None if exc is None else ctypes.py_object(exc))
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    """An env call in progress, as the watch sees it."""
+
+    what: str  # "<env>: <method>"
+    bound: float  # env.worker_timeout
+    limit: int | None  # env.max_slow_warnings (None: one warning, then wait)
+    thread: int  # the calling thread, where the watch raises _CallStopped
+    deadline: float  # when the watch next acts on this call
+    warned: int = 0
+    stopped: bool = False  # _CallStopped was sent to `thread`
+
+    def stop_message(self) -> str:
+        return (
+            f"{self.what} did not return within {self.bound * (self.limit + 1):g}s (env.worker_timeout="
+            f"{self.bound:g}s × (env.max_slow_warnings={self.limit} + 1))"
+        )
+
+
 class _SlowCallWatch:
-    """One daemon thread for the process that warns, once per call, about an env call still running past its
-    bound: an env stepped in this process has no deadline of its own (worker processes do), so a hang there
-    would otherwise be silent. Registering a call is two dict operations; the thread starts on first use."""
+    """One daemon thread for the process that watches env calls running past their bound: an env stepped in this
+    process has no deadline of its own (worker processes do), so a hang there would otherwise be silent. It warns
+    once per call; with a limit (env.max_slow_warnings) every bound, and past the limit it raises `_CallStopped` in
+    the calling thread (the call turns it into an EnvError) or, where that thread does not get back to Python
+    within one more bound (stuck in native code), ends the process. Registering a call is a dict insertion, ending
+    it a lock and a dict removal; the thread starts on first use."""
 
     def __init__(self):
-        self.calls: dict[int, list] = {}  # id → [deadline, what, bound]
+        self.calls: dict[int, _Call] = {}  # id → call
         self.started = False
         self.lock = threading.Lock()
 
-    def begin(self, key: int, what: str, bound: float) -> None:
-        self.calls[key] = [time.monotonic() + bound, what, bound]
+    def begin(self, what: str, bound: float, limit: int | None = None) -> _Call:
+        call = _Call(what, bound, limit, threading.get_ident(), time.monotonic() + bound)
+        self.calls[id(call)] = call
         if not self.started:
             with self.lock:
                 if not self.started:
                     threading.Thread(target=self._run, name="carrystate-env-watch", daemon=True).start()
                     self.started = True
+        return call
 
-    def end(self, key: int) -> None:
-        self.calls.pop(key, None)
+    def end(self, call: _Call) -> None:
+        with self.lock:  # after this the watch raises nothing in the call's thread
+            self.calls.pop(id(call), None)
+            if call.stopped:  # sent, and perhaps not raised yet: it must not be raised after the call
+                _raise_in(call.thread, None)
 
     def _run(self) -> None:
         while True:
             time.sleep(0.1)
             now = time.monotonic()
             for call in list(self.calls.values()):
-                if call[0] <= now:
-                    call[0] = float("inf")  # once per call
-                    warnings.warn(
-                        f"{call[1]} has not returned after {call[2]:g}s (env.worker_timeout); still waiting. An env "
-                        "stepped in the training process has no deadline: with env.workers > 0 a step that hangs "
-                        "stops training with an error after env.worker_timeout",
-                        RuntimeWarning,
-                        stacklevel=1,
-                    )
+                if call.deadline <= now:
+                    with self.lock:
+                        if id(call) in self.calls:
+                            self._act(call)
+
+    def _act(self, call: _Call) -> None:
+        """The call's deadline passed: warn, stop it, or (stopped and still running) end the process."""
+        if call.stopped:
+            print(
+                f"carrystate: training stopped: {call.stop_message()}, nor gave control back within a further "
+                f"{call.bound:g}s; the process exits, and the last good checkpoint is left as it was",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)
+        if call.limit is not None and call.warned >= call.limit:
+            call.stopped, call.deadline = True, call.deadline + call.bound
+            _raise_in(call.thread, _CallStopped)
+            return
+        call.warned += 1
+        call.deadline = float("inf") if call.limit is None else call.deadline + call.bound
+        then = (
+            "still waiting. An env stepped in the training process has no deadline: with env.workers > 0 a step "
+            "that hangs stops training with an error after env.worker_timeout, and env.max_slow_warnings stops "
+            "it here after that many warnings"
+            if call.limit is None
+            else f"still waiting; training stops after {call.bound * (call.limit + 1):g}s (env.max_slow_warnings)"
+        )
+        warnings.warn(
+            f"{call.what} has not returned after {call.bound * call.warned:g}s (env.worker_timeout); {then}",
+            RuntimeWarning,
+            stacklevel=1,
+        )
 
 
 _slow_calls = _SlowCallWatch()
@@ -125,12 +189,15 @@ class Rollout:
         seed: int | None = None,
         double_buffer: bool | None = None,
         slow_env_warning_s: float | None = None,
+        max_slow_warnings: int | None = None,
     ):
         """`double_buffer`: alternate the env's `batches` (default: whenever the env has them); False steps
         the env as one batch. `slow_env_warning_s` (the trainer passes env.worker_timeout): warn, naming the
-        env, when an env stepped in this process has not returned a call after so many seconds."""
+        env, when an env stepped in this process has not returned a call after so many seconds; with
+        `max_slow_warnings` (env.max_slow_warnings) every so many seconds, and after that many warnings stop the
+        call with an EnvError (`_SlowCallWatch`)."""
         self.env, self.store, self.slice_start = env, store, slice_start
-        self.slow_env_warning_s = slow_env_warning_s
+        self.slow_env_warning_s, self.max_slow_warnings = slow_env_warning_s, max_slow_warnings
         self.device = torch.device(device)
         self.double_buffer = bool(getattr(env, "batches", None)) if double_buffer is None else double_buffer
         self.lanes = [
@@ -189,18 +256,23 @@ class Rollout:
         """Call `env.<method>(*args)`, counting its wall time as env time and naming the env and method
         in an EnvError if it raises."""
         t0 = time.perf_counter()
-        watched = self.slow_env_warning_s is not None and not hasattr(env, "step_async")  # workers have deadlines
-        if watched:
-            _slow_calls.begin(id(self), f"{env_label(env)}: {method}", self.slow_env_warning_s)
+        call = None
+        if self.slow_env_warning_s is not None and not hasattr(env, "step_async"):  # workers have deadlines
+            call = _slow_calls.begin(f"{env_label(env)}: {method}", self.slow_env_warning_s, self.max_slow_warnings)
         try:
-            return getattr(env, method)(*args)
+            try:
+                return getattr(env, method)(*args)
+            finally:  # inside the outer try: a _CallStopped raised until the call is ended is caught below
+                if call is not None:
+                    _slow_calls.end(call)
+        except _CallStopped:
+            _slow_calls.end(call)  # in case it was raised inside the first `end`, before the call was removed
+            raise EnvError(call.stop_message()) from None
         except EnvError:
             raise
         except Exception as err:
             raise EnvError(f"{env_label(env)}: {method} raised {type(err).__name__}: {err}") from err
         finally:
-            if watched:
-                _slow_calls.end(id(self))
             self._env_seconds += time.perf_counter() - t0
 
     def _send(self, lane: _Lane, actions: np.ndarray) -> StepResult | None:

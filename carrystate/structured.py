@@ -121,6 +121,15 @@ class StructuredSpace(gym.spaces.Box):
                 ok &= np.isfinite(values).all(1)
         return ok
 
+    def nonfinite_fields(self, record: np.ndarray) -> list[str]:
+        """One record [bytes] → the names of its float entries that hold a NaN or infinity (what an error names)."""
+        return [
+            f.name
+            for f in self.fields
+            if f.dtype.kind == "f"
+            and not np.isfinite(np.ascontiguousarray(record[f.offset : f.offset + f.nbytes]).view(f.dtype)).all()
+        ]
+
     def __eq__(self, other) -> bool:
         return isinstance(other, StructuredSpace) and other.shape == self.shape and other.fields == self.fields
 

@@ -15,6 +15,7 @@ from carrystate.checkpoint import load_checkpoint, remove_unfinished, save_check
 from carrystate.checkpoint_checks import check_resume
 from carrystate.config import Config, ConfigError, apply_overrides, check_layout, config_from_dict, dump_config
 from carrystate.envs import make_env
+from carrystate.locks import PidLock, hold_run_folder
 from carrystate.metrics import rollout_metrics
 from carrystate.monitor import Monitor, Summary
 from carrystate.policy import Policy, kernels
@@ -142,19 +143,28 @@ class Trainer:
     def resume(cls, run_dir: Path | str, overrides: list[str] = (), quiet: bool = False) -> Trainer:
         """A trainer that continues the run in `run_dir` from its newest intact checkpoint. Overrides may
         change e.g. trainer.total_timesteps; changes to the network or the agents are refused."""
-        ckpt = load_checkpoint(Path(run_dir))
+        run_dir = Path(run_dir)
+        if distributed.env_rank() == 0 and run_dir.is_dir():  # the writer: refused while another process writes it
+            with hold_run_folder(run_dir):
+                remove_unfinished(run_dir)  # before reading: a killed save or prune may have left a folder
+        ckpt = load_checkpoint(run_dir)
         cfg = config_from_dict(apply_overrides(ckpt["config"].model_dump(mode="json"), list(overrides)))
         trainer = cls(cfg, run_dir=run_dir, quiet=quiet)
         check_resume(ckpt, trainer.run_cfg, trainer.policy, trainer.env, trainer.dist)
         trainer.resume_note = run_state.restore(trainer, ckpt)
         return trainer
 
+    _run_lock: PidLock | None = None  # the run folder's writer lock, held by rank 0 from _open_run_dir to _finish
+
     def _open_run_dir(self) -> None:
+        """Make the run folder and take its writer lock (ConfigError while another process holds it), then clear
+        what a killed save or prune left there and write the config."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(run_dir_problem(self.run_dir, self.cfg, f"{type(err).__name__}: {err}")) from None
-        remove_unfinished(self.run_dir)  # left by a save that was killed
+        self._run_lock = self._run_lock or hold_run_folder(self.run_dir)  # before anything in the folder is removed
+        remove_unfinished(self.run_dir)
         (self.run_dir / "config.yaml").write_text(dump_config(self.run_cfg))
 
     def _finish(self, wall: float, steps: int, writes: bool) -> Summary:
@@ -168,6 +178,8 @@ class Trainer:
             )
             if self.cfg.logging.report:
                 write_report(self.run_dir)
+            self._run_lock.release()  # the folder is free for the next writer
+            self._run_lock = None
         return summary
 
 

@@ -113,7 +113,14 @@ def build_parts(
     device nothing is allocated for the state and the buffer (what the checkpoint checks use: the shapes a
     checkpoint of this config holds); `generator_device` then gives the action generator's device."""
     store = StateStore(policy.state_shapes, device)
-    rollout = Rollout(env, store, device, seed=seed, slow_env_warning_s=cfg.env.worker_timeout)
+    rollout = Rollout(
+        env,
+        store,
+        device,
+        seed=seed,
+        slow_env_warning_s=cfg.env.worker_timeout,
+        max_slow_warnings=cfg.env.max_slow_warnings,
+    )
     buffer = make_buffer(cfg.trainer, env, policy, device)
     generators = Generators(seed, generator_device or device)
     learner = Learner(policy, buffer, cfg.trainer, dist or DistContext(), generators.shuffle)

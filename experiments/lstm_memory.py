@@ -20,12 +20,20 @@ from common import load, returns_curve, save, train
 TASKS = {
     "popgym_first": ("configs/popgym.yaml", ["env.popgym.id=RepeatFirstMedium"], 5_000_000, 100, "eval_return"),
     "minigrid": ("configs/minigrid_memory.yaml", [], 3_000_000, 300, "eval_success"),
-    "tmaze128": ("configs/tmaze_long.yaml", ["policy.forget_bias=0"], 2_000_000, 300, "eval_success"),
+    # the config without its own LSTM initialisation: each setting brings its own
+    "tmaze128": (
+        "configs/tmaze_long.yaml",
+        ["policy.forget_bias=0", "policy.chrono_tmax=0"],
+        2_000_000,
+        300,
+        "eval_success",
+    ),
     "tmaze256": (
         "configs/tmaze_long.yaml",
         # experiments/long_reach.py's settings: 1,024 steps per agent per rollout, so an episode fits in one
         [
             "policy.forget_bias=0",
+            "policy.chrono_tmax=0",
             "env.tmaze.length_min=256",
             "env.tmaze.length_max=256",
             "trainer.batch_size=32768",
@@ -45,6 +53,7 @@ SETTINGS = {
     "lstm_chrono128": [*LSTM, "policy.chrono_tmax=128"],
     "lstm_chrono64": [*LSTM, "policy.chrono_tmax=64"],
     "lstm_chrono32": [*LSTM, "policy.chrono_tmax=32"],
+    "lstm_chrono128_forget_only": [*LSTM, "policy.chrono_tmax=128", "policy.chrono_input=false"],
     "lstm_chrono512": [*LSTM, "policy.chrono_tmax=512"],
     "lstm_forget1": [*LSTM, "policy.forget_bias=1.0"],
     "gru": ["policy.core=gru"],

@@ -92,7 +92,16 @@ def _edit_optimizer(folder: Path) -> None:
     torch.save(state, folder / "optimizer.pt")
 
 
+def _nan_weight(d: dict) -> None:
+    d["critic.weight"] = d["critic.weight"].clone()
+    d["critic.weight"][0, 0] = float("nan")
+
+
 TAMPERED = {
+    "non-finite weight": (
+        _edit_tensors("model.safetensors", _nan_weight),
+        "model.safetensors 'critic.weight' holds non-finite values (NaN or infinity)",
+    ),
     "wrong-shape weight": (
         _edit_tensors("model.safetensors", lambda d: d.update({"core.rnn.weight_hh_l0": torch.zeros(256, 32)})),
         "model.safetensors 'core.rnn.weight_hh_l0' has shape (256, 32), expected (256, 64)",

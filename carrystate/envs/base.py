@@ -124,7 +124,8 @@ def check_finite(
 ) -> None:
     """Raise EnvError naming `env`, `what` (e.g. 'obs from step') and the first agent row where `value`
     [agents, ...] is not finite; only the rows where the mask `rows` is true are checked, if given. Records of a
-    `StructuredSpace` `space` are checked entry by entry (their float entries)."""
+    `StructuredSpace` `space` are checked entry by entry (their float entries), and the error names the entries of
+    that row that are not finite."""
     value = np.asarray(value)
     if isinstance(space, StructuredSpace):
         bad = ~space.finite_rows(value)
@@ -139,10 +140,13 @@ def check_finite(
         bad &= rows
     if not bad.any():
         return
-    row = first_row + int(np.flatnonzero(bad)[0])
+    index = int(np.flatnonzero(bad)[0])
+    row = first_row + index
+    entries = space.nonfinite_fields(value[index]) if isinstance(space, StructuredSpace) else []
+    where = f" in {'entry' if len(entries) == 1 else 'entries'} {', '.join(map(repr, entries))}" if entries else ""
     raise EnvError(
         f"{env}: non-finite {what} at agent row {row} (env {row // agents_per_env}, agent {row % agents_per_env})"
-        f"; {int(bad.sum())} rows affected"
+        f"{where}; {int(bad.sum())} rows affected"
     )
 
 

@@ -11,6 +11,7 @@ the `VecEnv` attributes (carrystate/envs/base.py): `num_agents`, `single_observa
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,12 @@ def import_object(spec: str, setting: str) -> Any:
 
 
 def make_custom(factory: str, kwargs: dict[str, Any], num_envs: int, seed: int):
-    """`factory(num_envs, seed, **kwargs)`, checked to have the VecEnv attributes (a ConfigError lists the
-    missing ones)."""
+    """`factory(num_envs, seed, **kwargs)`, checked to accept those arguments and to have the VecEnv attributes
+    (a ConfigError names the signature that does not fit, or lists the missing attributes)."""
     build = import_object(factory, "env.custom.factory")
     if not callable(build):
         raise ConfigError(f"env.custom.factory={factory!r} is a {type(build).__name__}, not a function")
+    check_signature(build, factory, num_envs, seed, kwargs)
     env = build(num_envs, seed, **kwargs)
     missing = [a for a in VECENV_ATTRIBUTES if not hasattr(env, a)]
     missing += [f"{m} (not callable)" for m in VECENV_METHODS if hasattr(env, m) and not callable(getattr(env, m))]
@@ -64,6 +66,22 @@ def make_custom(factory: str, kwargs: dict[str, Any], num_envs: int, seed: int):
             f"{', '.join(missing)} (see carrystate/envs/base.py)"
         )
     return env
+
+
+def check_signature(build: Callable, factory: str, num_envs: int, seed: int, kwargs: dict[str, Any]) -> None:
+    """A one-line ConfigError naming `env.custom.factory` where `build` cannot take (num_envs, seed, **kwargs); the
+    check binds the arguments without calling, so a TypeError raised inside a factory that fits stays its own."""
+    try:
+        signature = inspect.signature(build)
+    except (TypeError, ValueError):  # no signature to read (some builtins): the call itself will tell
+        return
+    try:
+        signature.bind(num_envs, seed, **kwargs)
+    except TypeError as err:
+        raise ConfigError(
+            f"env.custom.factory={factory!r} has the signature {signature}, which cannot be called as "
+            f"factory(num_envs, seed, **kwargs) with env.custom.kwargs={kwargs} ({err})"
+        ) from None
 
 
 def make_wrappers(entries: list) -> list[Callable[[Any], Any]]:

@@ -87,6 +87,7 @@ class GymVecEnv:
         success_above: float | None = None,
     ):
         name = registered_id(env_id)
+        self.name = f"env.gymnasium.id={env_id}"  # how errors name this env (`base.env_label`)
         chain = [lambda e: HideVelocity(e, name)] if hide_velocity else []
         chain += make_wrappers(list(wrappers))  # each called with the env alone, in the configured order
         self.env = self._make(env_id, num_envs, vectorization, chain, kwargs)

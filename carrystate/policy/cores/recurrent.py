@@ -73,8 +73,8 @@ class RecurrentCore(CoreModule):
 
 class LSTMCore(RecurrentCore):
     """An LSTM; state (h, c). Gate biases start at 0, or with `chrono_tmax` > 0 by the chrono initialisation
-    (Tallec & Ollivier 2018: forget bias log U(1, T_max - 1), input bias its negative), or with the forget
-    gates at `forget_bias`."""
+    (Tallec & Ollivier 2018: forget bias log U(1, T_max - 1), input bias its negative unless `chrono_input` is
+    false), or with the forget gates at `forget_bias`."""
 
     kind, rnn_class, num_state_tensors = "lstm", nn.LSTM, 2
 
@@ -86,6 +86,7 @@ class LSTMCore(RecurrentCore):
         impl: str = "auto",
         forget_bias: float = 0.0,
         chrono_tmax: int = 0,
+        chrono_input: bool = True,
     ):
         super().__init__(in_size, hidden_size, num_layers, impl)
         H = hidden_size
@@ -96,13 +97,15 @@ class LSTMCore(RecurrentCore):
                     if chrono_tmax:
                         forget = torch.log(1 + torch.rand(H) * (chrono_tmax - 2))
                         bias[H : 2 * H] = forget
-                        bias[:H] = -forget
+                        if chrono_input:
+                            bias[:H] = -forget
                     else:
                         bias[H : 2 * H] = forget_bias
 
     @classmethod
     def from_config(cls, in_size: int, cfg: PolicyConfig) -> LSTMCore:
-        return cls(in_size, cfg.hidden_size, cfg.num_layers, cfg.sequence_impl, cfg.forget_bias, cfg.chrono_tmax)
+        c = cfg
+        return cls(in_size, c.hidden_size, c.num_layers, c.sequence_impl, c.forget_bias, c.chrono_tmax, c.chrono_input)
 
     def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
         y, (h, c) = self.rnn(x, state)

@@ -16,7 +16,6 @@ and its holder. The build is an explicit step: the trainer calls it while wiring
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from carrystate.errors import KernelLockTimeout
+from carrystate.locks import PidLock
 
 _module = None  # the built library; False when it cannot be built here; None before the first try
 _SIMD_FLAGS = {
@@ -66,35 +66,25 @@ def build_lock(folder: Path, wait_s: float | None = None):
     if wait_s is None:
         wait_s = float(os.environ.get("CARRYSTATE_KERNEL_LOCK_WAIT_S", LOCK_WAIT_S))
     path = Path(folder) / "build.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline, told = time.monotonic() + wait_s, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = path.read_text().strip() or "unknown"
-                if time.monotonic() >= deadline:
-                    raise KernelLockTimeout(
-                        f"waited {wait_s:g}s (CARRYSTATE_KERNEL_LOCK_WAIT_S) for the kernel build lock {path}, held "
-                        f"by pid {holder}: let that process finish its build or end it (its lock goes with it), "
-                        "then run `carrystate build-kernels`"
-                    ) from None
-                if not told:
-                    print(
-                        f"carrystate: waiting for pid {holder}, which is building the CPU kernel (lock {path}, "
-                        f"up to {wait_s:g}s)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    told = True
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    lock, deadline, told = PidLock(path), time.monotonic() + wait_s, False
+    while (holder := lock.acquire()) is not None:
+        if time.monotonic() >= deadline:
+            raise KernelLockTimeout(
+                f"waited {wait_s:g}s (CARRYSTATE_KERNEL_LOCK_WAIT_S) for the kernel build lock {path}, held "
+                f"by pid {holder}: let that process finish its build or end it (its lock goes with it), "
+                "then run `carrystate build-kernels`"
+            )
+        if not told:
+            print(
+                f"carrystate: waiting for pid {holder}, which is building the CPU kernel (lock {path}, "
+                f"up to {wait_s:g}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            told = True
+        time.sleep(0.05)
+    with lock:
         yield path
-    finally:
-        os.close(fd)  # closing the file releases the flock
 
 
 @contextmanager
