@@ -18,7 +18,13 @@ from common import load, returns_curve, save, train
 
 # task: (config, overrides that pick the task, default budget, fresh episodes, score key)
 TASKS = {
-    "popgym_first": ("configs/popgym.yaml", ["env.popgym.id=RepeatFirstMedium"], 5_000_000, 100, "eval_return"),
+    "popgym_first": (
+        "configs/popgym.yaml",
+        ["env.popgym.id=RepeatFirstMedium", "policy.chrono_tmax=0"],
+        5_000_000,
+        100,
+        "eval_return",
+    ),
     "minigrid": ("configs/minigrid_memory.yaml", [], 3_000_000, 300, "eval_success"),
     # the config without its own LSTM initialisation: each setting brings its own
     "tmaze128": (

@@ -3,9 +3,9 @@ LSTM of 128 units shared by actor and critic, 64-unit layers, 64 envs x 64 steps
 4 epochs, lr 1e-3, ent 0.01), the same step budget, on this machine. Scored as POPGym scores: the maximum over
 training of the mean episodic return per batch (MMER), mean +- std over seeds. Both see the previous action:
 carrystate through its adapter (configs/popgym.yaml holds its settings), sb3 through POPGym's own
-PreviousAction + Flatten wrappers, with the settings read from the same file. Since issue 13 that file uses a
-GRU (sb3-contrib has only the LSTM): the 1M comparison in EXPERIMENTS.md was measured with the LSTM; for equal
-networks run with `--set policy.core=lstm`.
+PreviousAction + Flatten wrappers, with the settings read from the same file. That file has used a GRU (issue 13)
+and, since issue 27, an LSTM with chrono-initialised gates; the 1M comparison in EXPERIMENTS.md was measured with
+the LSTM with zero biases, as sb3-contrib's starts (`--set policy.chrono_tmax=0` for equal networks).
 
     python experiments/popgym_vs_sb3.py [--steps 1000000] [--seeds 1 2 3] [--envs ...] [--trainers carrystate sb3]
         [--name NAME] [--config configs/popgym.yaml] [--set key=value ...]

@@ -531,8 +531,8 @@ def popgym_5m_section(rows) -> list[str]:
         )
 
     def core(r):
-        # configs/popgym.yaml held an LSTM when its rows were run (GRU rows name the override); another config
-        # names its own core
+        # configs/popgym.yaml held an LSTM (zero biases) when these rows were run (GRU rows name the override);
+        # another config names its own core
         if "config" not in r or r["config"] == "configs/popgym.yaml":
             return "GRU" if "policy.core=gru" in r.get("overrides", []) else "LSTM"
         return load_config(ROOT / r["config"], r.get("overrides", [])).policy.core
@@ -639,7 +639,10 @@ def lstm_memory_section(rows) -> list[str]:
         "Script: `python experiments/lstm_memory.py TASK --settings NAME ... [--name FILE]` (results in "
         "`experiments/results/lstm_memory*.json`, one file per process). Each task is a shipped config at its "
         "budget plus the setting's overrides: `popgym_first` is `configs/popgym.yaml` on RepeatFirstMedium (5M), "
-        "`tmaze128` is `configs/tmaze_long.yaml` without its forget-bias override (2M), `cartpole` is "
+        "`tmaze128` is `configs/tmaze_long.yaml` with zero gate biases before the setting (2M), "
+        "`tmaze256` the same at L = 256 with `experiments/long_reach.py`'s rollouts (32,768 agent-steps, "
+        "8,192-step minibatches, lr 1e-3, γ 0.999; still `bptt_horizon` 64 and `gradient_horizon=episode`, 5M), "
+        "`minigrid` is `configs/minigrid_memory.yaml` with the LSTM in place of its GRU (3M), `cartpole` is "
         "`configs/cartpole_novel.yaml` (100k). `lstm_chronoN` is `policy.core=lstm policy.chrono_tmax=N` (chrono "
         "initialisation: forget-gate biases log U(1, N − 1), input-gate biases their negative). `score` is the "
         "final policy on fresh episodes (`carrystate.evaluate`: 100 for POPGym and CartPole, returns; 300 for "
