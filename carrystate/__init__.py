@@ -78,7 +78,7 @@ def evaluate(
     as in training. Returns the episodes' `RolloutStats` (episode_returns, episode_lengths, success)."""
     from carrystate.agent import Agent
     from carrystate.envs import make_env
-    from carrystate.rollout import evaluate as run
+    from carrystate.wiring import evaluate as run
 
     if isinstance(policy, Agent):
         policy, cfg = policy.policy, cfg or policy.cfg

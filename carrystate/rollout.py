@@ -462,19 +462,3 @@ def episode_starts(res: StepResult, valid: np.ndarray) -> tuple[np.ndarray, np.n
     rejoining when its env copy resets). `valid` [agents] is the validity of the previous observation."""
     valid_next = np.ones(len(valid), dtype=bool) if res.valid is None else np.asarray(res.valid, bool)
     return res.terminated | res.truncated | (valid_next & ~valid), valid_next
-
-
-def evaluate(
-    policy: Policy,
-    env: VecEnv,
-    episodes: int,
-    deterministic: bool = False,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    max_steps: int = 1_000_000,
-) -> RolloutStats:
-    """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
-    store = StateStore(policy.state_shapes, device)
-    rollout = Rollout(env, store, device, seed=seed, double_buffer=False)
-    generator = torch.Generator(device).manual_seed(seed)
-    return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps)

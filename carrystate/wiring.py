@@ -1,8 +1,9 @@
 """How a run's parts are built from its config, in one place: every agent's carried state (`StateStore`), the
 `Rollout` over the env batch, the `SegmentBuffer`, the `Learner`, and the run's random generators. The trainer,
-`probe` and the checkpoint checks build through `build_parts`; `Parts.per_rank` names the parts whose state a
-checkpoint holds for each rank, by the prefix their entries carry. Also what is checked against this machine
-before anything is built (`check_machine`), and where a run's folder goes.
+`probe` and the checkpoint checks build through `build_parts`, evaluation through `build_rollout` (which
+`build_parts` uses too); `Parts.per_rank` names the parts whose state a checkpoint holds for each rank, by the
+prefix their entries carry. Also what is checked against this machine before anything is built
+(`check_machine`), and where a run's folder goes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from carrystate.errors import ConfigError
 from carrystate.learner import Learner
 from carrystate.monitor import wandb_problem
 from carrystate.policy import Policy
-from carrystate.rollout import Rollout
+from carrystate.rollout import Rollout, RolloutStats
 from carrystate.state import StateStore
 
 
@@ -86,6 +87,44 @@ class Parts:
         return {**parts, "env": EnvState(self.env)}
 
 
+def build_rollout(
+    env: VecEnv,
+    policy: Policy,
+    seed: int,
+    device: torch.device | str = "cpu",
+    slow_env_warning_s: float | None = None,
+    max_slow_warnings: int | None = None,
+    double_buffer: bool | None = None,
+) -> tuple[StateStore, Rollout]:
+    """Every agent's carried state and the rollout over `env` that carries it: what training and evaluation share."""
+    store = StateStore(policy.state_shapes, device)
+    rollout = Rollout(
+        env,
+        store,
+        device,
+        seed=seed,
+        double_buffer=double_buffer,
+        slow_env_warning_s=slow_env_warning_s,
+        max_slow_warnings=max_slow_warnings,
+    )
+    return store, rollout
+
+
+def evaluate(
+    policy: Policy,
+    env: VecEnv,
+    episodes: int,
+    deterministic: bool = False,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    max_steps: int = 1_000_000,
+) -> RolloutStats:
+    """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
+    _, rollout = build_rollout(env, policy, seed, device, double_buffer=False)
+    generator = torch.Generator(device).manual_seed(seed)
+    return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps)
+
+
 def make_buffer(t: TrainerConfig, env: VecEnv, policy: Policy, device: torch.device | str) -> SegmentBuffer:
     """The segment buffer of one rollout of `t`'s layout over `env`'s agents."""
     return SegmentBuffer.for_spaces(
@@ -112,15 +151,7 @@ def build_parts(
     """Every part of a run of `cfg` (one rank's config) over `env` and `policy`, seeded by `seed`. On the `meta`
     device nothing is allocated for the state and the buffer (what the checkpoint checks use: the shapes a
     checkpoint of this config holds); `generator_device` then gives the action generator's device."""
-    store = StateStore(policy.state_shapes, device)
-    rollout = Rollout(
-        env,
-        store,
-        device,
-        seed=seed,
-        slow_env_warning_s=cfg.env.worker_timeout,
-        max_slow_warnings=cfg.env.max_slow_warnings,
-    )
+    store, rollout = build_rollout(env, policy, seed, device, cfg.env.worker_timeout, cfg.env.max_slow_warnings)
     buffer = make_buffer(cfg.trainer, env, policy, device)
     generators = Generators(seed, generator_device or device)
     learner = Learner(policy, buffer, cfg.trainer, dist or DistContext(), generators.shuffle)

@@ -7,8 +7,8 @@ import numpy as np
 
 from carrystate.config import load_config
 from carrystate.envs import make_env
-from carrystate.rollout import evaluate
 from carrystate.trainer import Trainer
+from carrystate.wiring import evaluate
 
 BUDGET = 400_000  # agent-steps, the default config's budget
 
