@@ -131,6 +131,8 @@ def upgraded(meta: dict) -> dict:
     }
     buffer = meta.get("buffer", {"position": 0, "first": 0})
     out = {k: v for k, v in meta.items() if k not in ("recent_returns", "recent_success", *per_rank)}
+    if "format" in meta:  # format 2, now read as this format
+        out["format"] = FORMAT
     out.setdefault("phase", "collect")
     out.setdefault("world_size", 1)
     out["monitor"] = {"returns": meta.get("recent_returns"), "success": meta.get("recent_success")}

@@ -140,21 +140,27 @@ def test_checkpoint_between_iterations_with_burn_in_keeps_the_tail_and_resumes_e
     _assert_same(_run_state(straight), _run_state(resumed))
 
 
-def test_checkpoint_of_format_1_resumes_exactly(tmp_path):
-    """A checkpoint written before stops were resumable (no phase, no buffer, no rollout.valid) still loads."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_checkpoint_of_an_earlier_format_resumes_exactly(tmp_path, version):
+    """Checkpoints written by earlier versions still load: format 1 (before stops were resumable: no phase, no
+    buffer, no rollout.valid) and format 2 (the env's and the rollout's meta under other names, the monitor's
+    episodes at the top)."""
     straight = Trainer(load_config(None, _settings([])), quiet=True)
     straight.train()
     Trainer(load_config(None, _settings([])), run_dir=tmp_path / "run", quiet=True).train(stop_after=2)
     folder = checkpoints(tmp_path / "run")[-1]
-    format_1 = ("store.", "rng.", "env.", "rollout.obs", "rollout.starts", "return_scale.")
-    tensors = {k: v for k, v in load_file(folder / "tensors.safetensors").items() if k.startswith(format_1)}
-    save_file(tensors, folder / "tensors.safetensors")
-    meta = json.loads((folder / "meta.json").read_text())  # format 1's entries, from this format's
-    monitor, env_state = meta.pop("monitor"), meta.pop("env")
-    for key in ("format", "phase", "buffer", "rollout", "world_size"):
-        del meta[key]
+    meta = json.loads((folder / "meta.json").read_text())  # the earlier format's entries, from this format's
+    monitor, env_state, rollout = meta.pop("monitor"), meta.pop("env"), meta.pop("rollout")
     meta.update(env_state=env_state, recent_returns=monitor["returns"], recent_success=monitor["success"])
-    meta["sha256"]["tensors.safetensors"] = _sha256(folder / "tensors.safetensors")
+    if version == 1:
+        format_1 = ("store.", "rng.", "env.", "rollout.obs", "rollout.starts", "return_scale.")
+        tensors = {k: v for k, v in load_file(folder / "tensors.safetensors").items() if k.startswith(format_1)}
+        save_file(tensors, folder / "tensors.safetensors")
+        meta["sha256"]["tensors.safetensors"] = _sha256(folder / "tensors.safetensors")
+        for key in ("format", "phase", "buffer", "world_size"):
+            del meta[key]
+    else:
+        meta.update(format=2, rollout_episodes=rollout["episodes"])
     (folder / "meta.json").write_text(json.dumps(meta))
     resumed = Trainer.resume(tmp_path / "run", quiet=True)
     resumed.train()
