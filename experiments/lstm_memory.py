@@ -34,6 +34,17 @@ TASKS = {
         300,
         "eval_success",
     ),
+    # item 3: shorter and longer corridors of the same config (gradient reach: --set trainer.gradient_horizon=64)
+    **{
+        f"tmaze{L}": (
+            "configs/tmaze_long.yaml",
+            ["policy.forget_bias=0", "policy.chrono_tmax=0", f"env.tmaze.length_min={L}", f"env.tmaze.length_max={L}"],
+            2_000_000,
+            300,
+            "eval_success",
+        )
+        for L in (96, 192)
+    },
     "tmaze256": (
         "configs/tmaze_long.yaml",
         # experiments/long_reach.py's settings: 1,024 steps per agent per rollout, so an episode fits in one

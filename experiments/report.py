@@ -637,10 +637,12 @@ def lstm_memory_section(rows) -> list[str]:
         "## The LSTM on memory tasks: what makes it learn (issue 27)",
         "",
         "Script: `python experiments/lstm_memory.py TASK --settings NAME ... [--name FILE]` (results in "
-        "`experiments/results/lstm_memory*.json`, one file per process). Each task is a shipped config at its "
+        "`experiments/results/lstm_memory.json`). Each task is a shipped config at its "
         "budget plus the setting's overrides: `popgym_first` is `configs/popgym.yaml` on RepeatFirstMedium (5M), "
         "`tmaze128` is `configs/tmaze_long.yaml` with zero gate biases before the setting (2M), "
-        "`tmaze256` the same at L = 256 with `experiments/long_reach.py`'s rollouts (32,768 agent-steps, "
+        "`tmaze192` the same at L = 192 (item 3; rows that name `trainer.gradient_horizon=64` cut every gradient at "
+        "segment boundaries, the others run it through the whole rollout), `tmaze256` the same at L = 256 with "
+        "`experiments/long_reach.py`'s rollouts (32,768 agent-steps, "
         "8,192-step minibatches, lr 1e-3, γ 0.999; still `bptt_horizon` 64 and `gradient_horizon=episode`, 5M), "
         "`minigrid` is `configs/minigrid_memory.yaml` with the LSTM in place of its GRU (3M), `cartpole` is "
         "`configs/cartpole_novel.yaml` (100k). `lstm_chronoN` is `policy.core=lstm policy.chrono_tmax=N` (chrono "
@@ -654,13 +656,15 @@ def lstm_memory_section(rows) -> list[str]:
         "| s per run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    keys = list(dict.fromkeys((r["task"], r["setting"], r["budget"]) for r in rows))
-    for task, setting, budget in keys:
-        rs = sorted((r for r in rows if (r["task"], r["setting"], r["budget"]) == (task, setting, budget)),
+    keys = list(dict.fromkeys((r["task"], r["setting"], r["budget"], tuple(r["extra"])) for r in rows))
+    for task, setting, budget, extra in keys:
+        same = (task, setting, budget, extra)
+        rs = sorted((r for r in rows if (r["task"], r["setting"], r["budget"], tuple(r["extra"])) == same),
                     key=lambda r: r["seed"])  # fmt: skip
-        target, hit = targets[task]
+        target, hit = targets.get(task, ("(item 3: no target)", lambda r: r["eval_success"] >= 0.95))
+        named = setting + "".join(f", {e}" for e in extra)
         lines.append(
-            f"| {task} | {setting} | {budget:,} | {target} | {sum(map(hit, rs))} of {len(rs)} | "
+            f"| {task} | {named} | {budget:,} | {target} | {sum(map(hit, rs))} of {len(rs)} | "
             + " / ".join(f"{r['seed']}: {r['score']:.2f}" for r in rs)
             + f" | {np.mean([r['score'] for r in rs]):.2f} | "
             + " / ".join(f"{r['last10']:.2f}" for r in rs if r["last10"] is not None)
