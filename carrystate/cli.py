@@ -5,7 +5,6 @@ argument answer without loading torch). `key=value` overrides may stand anywhere
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -323,8 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     (training itself first stops at its next safe point and writes a checkpoint: `signals.GracefulStop`)."""
     from carrystate.signals import stop_at_once  # (imports no torch)
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(stop_at_once())
+    with stop_at_once():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     ranks = int(os.environ.get("WORLD_SIZE", "1"))  # as torchrun announces them
     prog = f"carrystate (rank {os.environ.get('RANK', '0')})" if ranks > 1 else "carrystate"
     args = None
@@ -345,7 +347,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {_stopped(err, args)}", file=sys.stderr)
         return 130
     finally:
-        stack.close()
         if "carrystate.distributed" in sys.modules:  # leave the process group (under torchrun), also after an error
             sys.modules["carrystate.distributed"].shutdown()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from carrystate.errors import ConfigError
 
@@ -93,17 +94,27 @@ def is_target(text: str) -> bool:
     return bool(_TARGET.match(text))
 
 
-def load(target: str, setting: str):
-    """The attribute `module:attribute` names; a ConfigError naming `setting` where it cannot be imported."""
-    module_name, _, attr = target.partition(":")
+def import_module(module_name: str, spec: str, setting: str):
+    """The module `module_name` (imported), or a one-line ConfigError naming `setting`={spec} and the module."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"{setting}={target}: cannot import {module_name} ({err})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{setting}={target}: {module_name} has no {attr!r}") from None
+        return importlib.import_module(module_name)
+    except ImportError as err:  # ModuleNotFoundError, or an import inside the module that failed
+        raise ConfigError(f"{setting}={spec!r}: cannot import module {module_name!r} ({err})") from None
+
+
+def load(spec: str, setting: str) -> Any:
+    """The attribute `spec` = `package.module:attribute` names (imported): a registry entry's or a user's own class
+    or function. A one-line ConfigError names `setting`, and the module that failed to import or the attribute it
+    lacks."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{setting}={spec!r} must look like package.module:attribute")
+    target: Any = import_module(module_name, spec, setting)
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"{setting}={spec!r}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    return target
 
 
 def core_target(name: str) -> str:

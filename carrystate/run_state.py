@@ -140,12 +140,10 @@ def upgraded(meta: dict) -> dict:
     if ranks > 1:
         out["rollout"] = [{"episodes": e} for e in episodes] if isinstance(episodes, list) else episodes
         out["buffer"] = [buffer] * ranks
-        if env_state is not None:
-            out["env"] = env_state
     else:
         out.update(rollout={"episodes": episodes}, buffer=buffer)
-        if env_state is not None:
-            out["env"] = env_state
+    if env_state is not None:
+        out["env"] = env_state
     return out
 
 

@@ -112,23 +112,24 @@ class StructuredSpace(gym.spaces.Box):
             out[f.name] = raw.reshape((*lead, *f.shape))
         return out
 
+    def finite_fields(self, records: np.ndarray) -> dict[str, np.ndarray]:
+        """Records [rows, bytes] → {float entry's name: [rows] bool, every value of the entry finite}."""
+        return {
+            f.name: np.isfinite(np.ascontiguousarray(records[:, f.offset : f.offset + f.nbytes]).view(f.dtype)).all(1)
+            for f in self.fields
+            if f.dtype.kind == "f"
+        }
+
     def finite_rows(self, records: np.ndarray) -> np.ndarray:
         """Records [rows, bytes] → [rows] bool: every float entry of the row's record is finite."""
         ok = np.ones(len(records), bool)
-        for f in self.fields:
-            if f.dtype.kind == "f":
-                values = np.ascontiguousarray(records[:, f.offset : f.offset + f.nbytes]).view(f.dtype)
-                ok &= np.isfinite(values).all(1)
+        for finite in self.finite_fields(records).values():
+            ok &= finite
         return ok
 
     def nonfinite_fields(self, record: np.ndarray) -> list[str]:
         """One record [bytes] → the names of its float entries that hold a NaN or infinity (what an error names)."""
-        return [
-            f.name
-            for f in self.fields
-            if f.dtype.kind == "f"
-            and not np.isfinite(np.ascontiguousarray(record[f.offset : f.offset + f.nbytes]).view(f.dtype)).all()
-        ]
+        return [name for name, finite in self.finite_fields(record[None]).items() if not finite[0]]
 
     def __eq__(self, other) -> bool:
         return isinstance(other, StructuredSpace) and other.shape == self.shape and other.fields == self.fields

@@ -143,13 +143,14 @@ class Trainer:
     def resume(cls, run_dir: Path | str, overrides: list[str] = (), quiet: bool = False) -> Trainer:
         """A trainer that continues the run in `run_dir` from its newest intact checkpoint. Overrides may
         change e.g. trainer.total_timesteps; changes to the network or the agents are refused."""
-        run_dir = Path(run_dir)
+        run_dir, lock = Path(run_dir), None
         if distributed.env_rank() == 0 and run_dir.is_dir():  # the writer: refused while another process writes it
-            with hold_run_folder(run_dir):
-                remove_unfinished(run_dir)  # before reading: a killed save or prune may have left a folder
+            lock = hold_run_folder(run_dir)  # held from here on, by the trainer once it is built
+            remove_unfinished(run_dir)  # before reading: a killed save or prune may have left a folder
         ckpt = load_checkpoint(run_dir)
         cfg = config_from_dict(apply_overrides(ckpt["config"].model_dump(mode="json"), list(overrides)))
         trainer = cls(cfg, run_dir=run_dir, quiet=quiet)
+        trainer._run_lock = lock
         check_resume(ckpt, trainer.run_cfg, trainer.policy, trainer.env, trainer.dist)
         trainer.resume_note = run_state.restore(trainer, ckpt)
         return trainer

@@ -10,13 +10,13 @@ the `VecEnv` attributes (carrystate/envs/base.py): `num_agents`, `single_observa
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from carrystate.config import ConfigError
+from carrystate.registry import load
 
 if TYPE_CHECKING:
     from carrystate.config import EnvConfig
@@ -25,32 +25,10 @@ VECENV_ATTRIBUTES = ("num_agents", "single_observation_space", "single_action_sp
 VECENV_METHODS = ("reset", "step", "close")
 
 
-def import_module(module_name: str, spec: str, setting: str):
-    """The module `module_name` (imported), or a one-line ConfigError naming `setting`={spec} and the module."""
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as err:  # ModuleNotFoundError, or an import inside the module that failed
-        raise ConfigError(f"{setting}={spec!r}: cannot import module {module_name!r} ({err})") from None
-
-
-def import_object(spec: str, setting: str) -> Any:
-    """The attribute `spec` = `package.module:attribute` names (imported), or a one-line ConfigError naming
-    `setting`, and the module that failed to import or the attribute it lacks."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{setting}={spec!r} must look like package.module:attribute")
-    target: Any = import_module(module_name, spec, setting)
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"{setting}={spec!r}: module {module_name!r} has no attribute {attr!r}")
-        target = getattr(target, part)
-    return target
-
-
 def make_custom(factory: str, kwargs: dict[str, Any], num_envs: int, seed: int):
     """`factory(num_envs, seed, **kwargs)`, checked to accept those arguments and to have the VecEnv attributes
     (a ConfigError names the signature that does not fit, or lists the missing attributes)."""
-    build = import_object(factory, "env.custom.factory")
+    build = load(factory, "env.custom.factory")
     if not callable(build):
         raise ConfigError(f"env.custom.factory={factory!r} is a {type(build).__name__}, not a function")
     check_signature(build, factory, num_envs, seed, kwargs)
@@ -90,7 +68,7 @@ def make_wrappers(entries: list) -> list[Callable[[Any], Any]]:
     wrappers = []
     for i, entry in enumerate(entries):
         spec, kwargs = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
-        cls = import_object(spec, f"env.gymnasium.wrappers[{i}]")
+        cls = load(spec, f"env.gymnasium.wrappers[{i}]")
         if not isinstance(cls, type):
             raise ConfigError(f"env.gymnasium.wrappers[{i}]={spec!r} is a {type(cls).__name__}, not a wrapper class")
         wrappers.append(partial(cls, **kwargs))

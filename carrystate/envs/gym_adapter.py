@@ -19,7 +19,8 @@ import numpy as np
 
 from carrystate.config import ConfigError
 from carrystate.envs.base import EpisodeTracker, StepResult, check_actions, obs_dtype
-from carrystate.envs.custom import import_module, make_wrappers
+from carrystate.envs.custom import make_wrappers
+from carrystate.registry import import_module
 from carrystate.structured import PackedObservation
 
 if TYPE_CHECKING:

@@ -65,7 +65,7 @@ def make_core(cfg: PolicyConfig, in_size: int) -> nn.Module:
         if cfg.core in registry.CORES:
             raise
         raise ConfigError(
-            f"policy.core={cfg.core}: building it as {cls.__name__}(in_size, cfg) failed: {err}"
+            f"policy.core={cfg.core!r}: building it as {cls.__name__}(in_size, cfg) failed: {err}"
         ) from None
     _check_protocol(core, cfg.core)
     return core
@@ -75,10 +75,10 @@ def _check_protocol(core, name: str) -> None:
     missing = [a for a in ("out_size", "state_shapes", "step", "sequence") if not hasattr(core, a)]
     if not isinstance(core, nn.Module) or missing:
         what = f"lacks {', '.join(missing)}" if missing else "is not a torch.nn.Module"
-        raise ConfigError(f"policy.core={name}: {type(core).__name__} {what} (see carrystate.policy.cores.Core)")
+        raise ConfigError(f"policy.core={name!r}: {type(core).__name__} {what} (see carrystate.policy.cores.Core)")
     shapes = core.state_shapes
     if not (isinstance(shapes, tuple) and all(isinstance(s, tuple) and len(s) == 2 for s in shapes)):
         raise ConfigError(
-            f"policy.core={name}: state_shapes is {shapes!r}; expected a tuple of (depth, width) pairs, one per "
+            f"policy.core={name!r}: state_shapes is {shapes!r}; expected a tuple of (depth, width) pairs, one per "
             "state tensor"
         )
