@@ -240,6 +240,10 @@ class PolicyConfig(_Section):
     chrono_input: bool = True
     """With chrono_tmax: the input gates start at the negative of their unit's forget-gate bias (the paper's
     choice: a unit that keeps long also writes little), or at 0 when false."""
+    chrono_spread: Literal["uniform", "log"] = "uniform"
+    """With chrono_tmax: how the units' memory lengths u spread over [1, chrono_tmax - 1]. `uniform` (the
+    paper's): most units start long-lived. `log`: log(u) uniform, so the forget-gate biases spread evenly over
+    [0, log(chrono_tmax - 1)] and short- and long-lived units are equally common."""
     obs_norm: bool | None = None
     """Normalise observations by a running per-feature mean and variance, updated after each update from
     that rollout's observations (never inside an update) and saved with the weights. None (the default): on

@@ -71,6 +71,7 @@ SETTINGS = {
     "lstm_chrono64": [*LSTM, "policy.chrono_tmax=64"],
     "lstm_chrono32": [*LSTM, "policy.chrono_tmax=32"],
     "lstm_chrono128_forget_only": [*LSTM, "policy.chrono_tmax=128", "policy.chrono_input=false"],
+    "lstm_chrono128_log": [*LSTM, "policy.chrono_tmax=128", "policy.chrono_spread=log"],
     "lstm_chrono512": [*LSTM, "policy.chrono_tmax=512"],
     "lstm_forget1": [*LSTM, "policy.forget_bias=1.0"],
     "gru": ["policy.core=gru"],

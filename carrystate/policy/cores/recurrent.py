@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -87,6 +89,7 @@ class LSTMCore(RecurrentCore):
         forget_bias: float = 0.0,
         chrono_tmax: int = 0,
         chrono_input: bool = True,
+        chrono_spread: str = "uniform",
     ):
         super().__init__(in_size, hidden_size, num_layers, impl)
         H = hidden_size
@@ -95,7 +98,10 @@ class LSTMCore(RecurrentCore):
                 for layer in range(num_layers):  # gates i, f, g, o: the forget gate's bias is the second quarter
                     bias = getattr(self.rnn, f"bias_ih_l{layer}")  # bias_hh stays 0
                     if chrono_tmax:
-                        forget = torch.log(1 + torch.rand(H) * (chrono_tmax - 2))
+                        if chrono_spread == "log":
+                            forget = torch.rand(H) * math.log(chrono_tmax - 1)
+                        else:
+                            forget = torch.log(1 + torch.rand(H) * (chrono_tmax - 2))
                         bias[H : 2 * H] = forget
                         if chrono_input:
                             bias[:H] = -forget
@@ -105,7 +111,7 @@ class LSTMCore(RecurrentCore):
     @classmethod
     def from_config(cls, in_size: int, cfg: PolicyConfig) -> LSTMCore:
         c = cfg
-        return cls(in_size, c.hidden_size, c.num_layers, c.sequence_impl, c.forget_bias, c.chrono_tmax, c.chrono_input)
+        return cls(in_size, c.hidden_size, c.num_layers, c.sequence_impl, c.forget_bias, c.chrono_tmax, c.chrono_input, c.chrono_spread)
 
     def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
         y, (h, c) = self.rnn(x, state)
