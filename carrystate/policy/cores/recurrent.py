@@ -6,9 +6,8 @@ pieces of a segment, and benchmarks take it as the floor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
