@@ -91,9 +91,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from pydantic import BaseModel
-
-    from carrystate.config import Config, dump_config, load_config
+    from carrystate.config import dump_config, load_config, settings
 
     if args.show:
         print(dump_config(load_config(args.show if args.show != "-" else None)), end="")
@@ -104,15 +102,8 @@ def _config(args: argparse.Namespace) -> int:
         print(table())
         return 0
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-            else:
-                print(f"{prefix}{name} = {field.default!r}\n    {field.description or ''}")
-
-    walk(Config, "")
+    for setting in settings():  # the documentation's settings page lists the same (docs/hooks.py)
+        print(f"{setting.name} = {setting.default!r}\n    {setting.doc}")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -126,7 +126,7 @@ class CustomEnvConfig(_Section):
     factory: str | None = None
     """`module:function` that builds your own batch: called as `function(num_envs, seed, **kwargs)`, it returns
     an object with the VecEnv attributes (num_agents, single_observation_space, single_action_space, reset,
-    step, close; see carrystate/envs/base.py and README's "Your own environment")."""
+    step, close; see carrystate/envs/base.py and docs/custom.md, "Your own environment")."""
     kwargs: dict[str, Any] = {}
     """Further keyword arguments for the factory."""
 
@@ -588,3 +588,28 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def dump_config(cfg: Config) -> str:
     """The full resolved config as YAML (every field, so a run folder's copy reproduces the run)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class Setting(NamedTuple):
+    """One entry of `settings()`: a setting's dotted name (`trainer.bptt_horizon`), default and documentation, or
+    (`section` true) a section's name (`env.tmaze`), its model class and its documentation."""
+
+    name: str
+    default: Any
+    doc: str
+    section: bool = False
+
+
+def settings(model: type[BaseModel] = Config, prefix: str = "", sections: bool = False) -> list[Setting]:
+    """Every setting under `model` in declaration order, each with its default and its field's docstring: what
+    `carrystate config` prints and the documentation's settings page shows. `sections`: also list each section
+    (a nested model) just before its settings."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += [Setting(prefix + name, ann, field.description or "", True)] if sections else []
+            out += settings(ann, f"{prefix}{name}.", sections)
+        else:
+            out.append(Setting(prefix + name, field.default, field.description or ""))
+    return out

@@ -1,6 +1,7 @@
-"""Every metric a run logs, with its meaning: the one table that `report.html`, README and `carrystate config
---metrics` show. Producers (the learner, the diagnostics, `rollout_metrics` here and the trainer's timing) return
-`{name: value}`; the monitor writes whatever it is given. This module imports nothing of the package (no torch).
+"""Every metric a run logs, with its meaning: the one table that `report.html`, the documentation (docs/metrics.md)
+and `carrystate config --metrics` show. Producers (the learner, the diagnostics, `rollout_metrics` here and the
+trainer's timing) return `{name: value}`; the monitor writes whatever it is given. This module imports nothing of
+the package (no torch).
 """
 
 from __future__ import annotations
@@ -59,5 +60,7 @@ def rollout_metrics(stats, buffer) -> dict[str, float]:
 
 
 def table() -> str:
-    """The metrics as a Markdown table (README, `carrystate config --metrics`)."""
-    return "| metric | meaning |\n|---|---|\n" + "\n".join(f"| `{k}` | {v} |" for k, v in METRICS.items())
+    """The metrics as a Markdown table (docs/metrics.md, `carrystate config --metrics`); a `|` in a meaning is
+    escaped, so it stays in its cell."""
+    cells = {name: meaning.replace("|", r"\|") for name, meaning in METRICS.items()}
+    return "| metric | meaning |\n|---|---|\n" + "\n".join(f"| `{k}` | {v} |" for k, v in cells.items())

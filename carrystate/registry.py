@@ -155,7 +155,7 @@ def describe_cores() -> str:
     return (
         "The memory: "
         + ", ".join(f"`{n}` ({c.doc})" for n, c in CORES.items())
-        + ", or your own class as `module:Class` (README: Your own memory)."
+        + ", or your own class as `module:Class` (docs/custom.md: Your own memory core)."
     )
 
 

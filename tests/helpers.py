@@ -26,7 +26,7 @@ from carrystate.rollout import Rollout
 from carrystate.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
-USER_CORE = "tests.user_core:LeakyRNN"  # a memory core of a user's own (the README's example)
+USER_CORE = "tests.user_core:LeakyRNN"  # a memory core of a user's own (the example of docs/custom.md)
 ALL_CORES = [*registry.CORES, USER_CORE]  # the invariant tests run over every one (invariant 8)
 
 # a small T-maze run: 8 agents, 512-step rollouts of 16-step segments, 2 epochs of 128-step minibatches

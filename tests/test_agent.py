@@ -1,5 +1,5 @@
 """carrystate.load gives an agent (initial_state, act(obs, state)) that plays episodes in a loop of one's own as the
-policy does with its state carried; README's Python example runs as written."""
+policy does with its state carried; the documentation's Python example (docs/api.md) runs as written."""
 
 from __future__ import annotations
 
@@ -69,16 +69,16 @@ def test_load_still_unpacks_as_policy_and_config(run_dir):
     assert len(stats.episode_returns) >= 5
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text()
-    code = readme.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+def test_docs_python_example_runs(tmp_path, monkeypatch, capsys):
+    page = (ROOT / "docs" / "api.md").read_text()
+    code = page.split("## Train, evaluate, act", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "configs").mkdir()
     shutil.copy(ROOT / "configs" / "cartpole_novel.yaml", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     train = carrystate.train
     small = ["trainer.total_timesteps=512", "logging.report=false"]  # 2 iterations of the config's 256 steps
     monkeypatch.setattr(carrystate, "train", lambda config, overrides, **kw: train(config, [*overrides, *small], **kw))
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/api.md", "exec"), {})
     out = capsys.readouterr().out
     assert "trained 512 agent-steps in 2 iterations" in out
     assert "mean return" in out and "one episode:" in out

@@ -73,7 +73,7 @@ def test_wrapper_keyword_arguments_reach_the_wrapper():
     assert steps_until_episode_end(limited) == (3, True)  # CountEnv alone terminates after 5
 
 
-def test_custom_factory_trains_the_readme_example():
+def test_custom_factory_trains_the_docs_example():
     trainer = carrystate.train(
         None,
         [
@@ -156,9 +156,9 @@ def test_custom_env_errors_are_one_line_naming_what_failed(overrides, message):
     assert "\n" not in str(err.value)
 
 
-def test_readme_example_env_is_the_tested_module():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Your own environment", 1)[1].split("\n## ", 1)[0]
+def test_docs_example_env_is_the_tested_module():
+    page = (ROOT / "docs" / "custom.md").read_text()
+    section = page.split("## Your own environment", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert code == (ROOT / "tests" / "remember_cue.py").read_text()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -135,14 +134,6 @@ def test_report_of_a_running_run_shows_the_iterations_logged_so_far(tmp_path):
     trainer.train(stop_after=2)
     assert logged == [[512], [512, 1024]]
     check_page(run_dir / "report.html")
-
-
-def test_readme_shows_the_metrics_table_of_the_code():
-    from carrystate.metrics import table
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("<!-- metrics:", 1)[1].split("-->", 1)[1].split("<!-- end of metrics -->")[0]
-    assert block.strip() == table().strip()
 
 
 def test_every_logged_scalar_has_a_meaning(tmp_path):

@@ -1,5 +1,5 @@
-"""A memory core of a user's own, the README's example (Your own memory): a leaky Elman RNN that follows the
-`carrystate.policy.cores.Core` protocol as a plain `torch.nn.Module`, with nothing of carrystate imported.
+"""A memory core of a user's own, the example of docs/custom.md (Your own memory core): a leaky Elman RNN that
+follows the `carrystate.policy.cores.Core` protocol as a plain `torch.nn.Module`, with nothing of carrystate imported.
 
     h_t = decay * h_{t-1} + (1 - decay) * tanh(W x_t + U h_{t-1} + b)
 
