@@ -72,6 +72,21 @@ def _train(args: argparse.Namespace) -> int:
     return 130 if summary.interrupted else 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from carrystate import sweep
+
+    config_path, overrides = split_items(args.items)
+    sw = sweep.setup(config_path, overrides, args.out, args.storage, args.study)  # bad input answers before imports
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError('carrystate sweep needs Optuna: pip install -e ".[sweep]"') from None
+    print(f"sweep folder: {sw.folder} (study {sw.study_name!r}, {sw.storage_url})", flush=True)
+    code = sweep.run(sw, quiet=args.quiet)
+    print(f"results: {sw.folder / 'trials.md'}, {sw.folder / 'best.yaml'}, {sw.folder / 'report.html'}", flush=True)
+    return code
+
+
 def _eval(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -200,6 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint (overrides such as trainer.total_timesteps=... still apply)",
     )
     p.set_defaults(func=_train)
+    p = sub.add_parser(
+        "sweep",
+        help="search hyperparameters over a config's sweep section (Optuna)",
+        description="Run the hyperparameter search that CONFIG's `sweep` section describes (search space, "
+        "objective, trials, seeds; `carrystate config` lists its settings). Each trial's seeds are ordinary run "
+        "folders under the sweep folder; the study is kept in SQLite there (or --storage), so a stopped sweep "
+        "resumes when run again and several processes started on one study share its trials. Writes best.yaml, "
+        'trials.md and report.html to the sweep folder. Needs `pip install -e ".[sweep]"`.',
+    )
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a config file and/or overrides")
+    p.add_argument("--out", default=None, help="the sweep folder (default sweeps/<study>)")
+    p.add_argument("--study", default=None, help="the study's name (default: the config file's name)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="an Optuna storage URL shared by processes or machines, e.g. postgresql://host/db "
+        "(default: sqlite in the sweep folder)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress line for each run")
+    p.set_defaults(func=_sweep)
     p = sub.add_parser(
         "eval",
         help="run episodes with a trained policy and print returns",

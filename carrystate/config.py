@@ -230,13 +230,13 @@ class PolicyConfig(_Section):
     """`shared`: the value head reads the actor's recurrent core. `separate`: the critic has its own encoder
     and recurrent core, with its own carried state (stored, replayed and reset exactly like the actor's)."""
     forget_bias: float = 0.0
-    """Initial bias of the LSTM forget gates (the long-memory literature starts it at 1 or more: the cell then
-    keeps its content by default); the other biases start at 0, recurrent weights orthogonal. Not with
-    chrono_tmax."""
-    chrono_tmax: int = Field(0, ge=0)
-    """LSTM chrono initialisation (Tallec & Ollivier 2018) when above 0: each unit's forget-gate bias starts at
+    """With chrono_tmax=0: the initial bias of every LSTM forget gate (the other biases start at 0, recurrent
+    weights orthogonal)."""
+    chrono_tmax: int = Field(128, ge=0)
+    """LSTM chrono initialisation (Tallec & Ollivier 2018), the default: each unit's forget-gate bias starts at
     log(u), u uniform in [1, chrono_tmax - 1], and its input-gate bias at the negative, so units start out
-    keeping their content for 1 to chrono_tmax steps; 0 keeps every bias at 0 (plus forget_bias)."""
+    keeping their content for 1 to chrono_tmax steps (with every bias at 0, what was stored halves every step).
+    0: every bias starts at 0, the forget gates at forget_bias."""
     chrono_input: bool = True
     """With chrono_tmax: the input gates start at the negative of their unit's forget-gate bias (the paper's
     choice: a unit that keeps long also writes little), or at 0 when false."""
@@ -271,7 +271,10 @@ class PolicyConfig(_Section):
     @model_validator(mode="after")
     def _check_chrono(self) -> PolicyConfig:
         if self.chrono_tmax and self.forget_bias:
-            raise ValueError("policy.chrono_tmax sets the forget-gate biases itself; set policy.forget_bias=0")
+            raise ValueError(
+                f"policy.forget_bias={self.forget_bias} needs policy.chrono_tmax=0: the chrono initialisation (on "
+                f"by default, chrono_tmax={self.chrono_tmax}) sets the forget-gate biases itself"
+            )
         if self.chrono_tmax == 1 or self.chrono_tmax == 2:
             raise ValueError(f"policy.chrono_tmax={self.chrono_tmax} must be 0 (off) or at least 3")
         return self
@@ -417,6 +420,82 @@ class TrainerConfig(_Section):
         return (self.gradient_horizon or self.bptt_horizon) // self.bptt_horizon
 
 
+class SweepParam(_Section):
+    """One searched setting: a range (`low`, `high`, optionally `log` or `step`; whole numbers make it an integer
+    range) or a list of `choices`."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("give either choices or a range (low, high, log, step), not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+        elif self.low is None or self.high is None:
+            raise ValueError("needs low and high (a range) or choices")
+        elif self.low > self.high:
+            raise ValueError(f"low={self.low} is above high={self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (low={self.low})")
+        elif self.log and self.step is not None:
+            raise ValueError("a range is either log or stepped, not both")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        """An integer range: low, high (and step) are whole numbers as written."""
+        ends = (self.low, self.high, self.step if self.step is not None else 1)
+        return self.choices is None and all(isinstance(v, int) for v in ends)
+
+
+class SweepConfig(_Section):
+    """`carrystate sweep CONFIG` (Optuna): the search space, the objective and the budget. `carrystate train`
+    ignores this section."""
+
+    space: dict[str, SweepParam] = {}
+    """The searched settings, by their `section.key` names: `{low: 1e-4, high: 3e-3, log: true}`, `{low: 1, high:
+    8}` (integers), `{low: 0.9, high: 0.99, step: 0.01}` or `{choices: [lstm, gru]}`."""
+    objective: str = "charts/episodic_return"
+    """What a trial scores: a logged metric (see `carrystate config --metrics`) averaged over the last
+    `last_fraction` of its iterations that logged it, or `eval` (the mean return of `eval_episodes` fresh
+    episodes of the final policy, as `carrystate eval`); averaged over the trial's seeds."""
+    last_fraction: float = Field(0.1, gt=0, le=1)
+    """With a logged metric: the fraction of the run, at its end, whose values are averaged."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    """Whether the objective is to be maximised or minimised."""
+    trials: int = Field(20, ge=1)
+    """Trials in the study (across all processes that share it; failed ones are retried and not counted)."""
+    seeds: list[int] = Field([1], min_length=1)
+    """trainer.seed of each run of a trial; the trial's score is their mean."""
+    eval_episodes: int = Field(100, ge=1)
+    """With objective=eval: fresh episodes per run."""
+    prune: bool = True
+    """Stop trials that fall behind: Optuna's median pruner, fed the objective metric's running value after every
+    iteration (the mean of its values over the last `last_fraction` of the iterations so far; with objective=eval,
+    of charts/episodic_return)."""
+    prune_startup_trials: int = Field(2, ge=0)
+    """Trials that finish before any is pruned."""
+    prune_warmup: float = Field(0.25, ge=0, le=1)
+    """Fraction of a trial's first run before it can be pruned."""
+    sampler_seed: int = 0
+    """Seed of the TPE sampler in a sweep's first process; a process that joins a study already under way adds the
+    number of trials it finds, so processes sharing a study do not propose the same settings."""
+
+    @field_validator("space")
+    @classmethod
+    def _check_names(cls, space: dict[str, SweepParam]) -> dict[str, SweepParam]:
+        for name in space:
+            if len(name.split(".")) < 2 or name.split(".")[0] == "sweep":
+                raise ValueError(f"{name!r} must name a setting as section.key (e.g. trainer.learning_rate)")
+        return space
+
+
 class Config(_Section):
     env: EnvConfig = EnvConfig()
     """The environment batch."""
@@ -428,6 +507,8 @@ class Config(_Section):
     """Measurements that never change training."""
     logging: LoggingConfig = LoggingConfig()
     """Where the logged scalars go besides TensorBoard."""
+    sweep: SweepConfig = SweepConfig()
+    """A hyperparameter search over this config (`carrystate sweep`)."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Config:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,14 +63,19 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.resume_note: str | None = None
 
-    def train(self, stop_after: int | None = None) -> Summary:
-        """Run iterations until the budget is spent (or `stop_after` iterations of this call, or a signal)."""
+    def train(self, stop_after: int | None = None, after_iteration: Callable[[Trainer], bool] | None = None) -> Summary:
+        """Run iterations until the budget is spent (or `stop_after` iterations of this call, or a signal, or
+        `after_iteration(trainer)`, called after each iteration is logged, returns True: a sweep's pruner)."""
         writes = self.run_dir is not None and self.dist.is_main  # rank 0 alone logs and writes the run folder
         if writes:
             self._open_run_dir()
         self.monitor.open(self.run_dir if writes else None, self.run_cfg)
         start, steps_at_start, first_iteration = time.perf_counter(), self.global_step, self.iteration
-        stop, batch_done = self.stop, lambda: stop_after is not None and self.iteration - first_iteration >= stop_after
+        stop, caller_done = self.stop, False
+
+        def batch_done() -> bool:
+            return caller_done or stop_after is not None and self.iteration - first_iteration >= stop_after
+
         with stop.installed():
             while self.iteration < self.num_iterations and not stop() and not batch_done():
                 began = time.perf_counter()
@@ -90,6 +96,7 @@ class Trainer:
                 metrics["perf/policy_seconds"] = max(0.0, seconds - stats.env_seconds - metrics["perf/learn_seconds"])
                 metrics["charts/SPS"] = (self.global_step - steps_at_start) / (time.perf_counter() - start)
                 self.monitor.record(self.global_step, stats, {**rollout_metrics(stats, self.buffer), **metrics})
+                caller_done = after_iteration is not None and bool(after_iteration(self))
                 if self.run_dir and (self.iteration % self.cfg.trainer.checkpoint_interval == 0 or stop() or
                                      self.iteration == self.num_iterations or batch_done()):  # fmt: skip
                     self.save()

@@ -4,6 +4,8 @@ resets) and computes what an independent reference computes."""
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -100,7 +102,7 @@ def test_observation_statistics_are_frozen_during_the_update_and_then_take_the_r
 
 
 def test_forget_gate_bias_starts_at_the_setting_and_every_other_bias_at_zero():
-    policy = make_policy("lstm", layers=2, hidden=8, forget_bias=1.5)
+    policy = make_policy("lstm", layers=2, hidden=8, forget_bias=1.5, chrono_tmax=0)
     for layer in range(2):
         b_ih = getattr(policy.core.rnn, f"bias_ih_l{layer}")
         assert torch.equal(b_ih[8:16], torch.full((8,), 1.5))
@@ -148,3 +150,24 @@ def test_token_observations_are_not_normalised():
     with pytest.raises(ConfigError, match="policy.obs_norm=true does not apply to policy.encoder=token"):
         load_config(None, ["policy.encoder=token", "policy.obs_norm=true"])
     assert TrainerConfig().norm_reward in (True, False)
+
+
+def test_lstm_starts_with_chrono_gates_by_default():
+    """Tallec & Ollivier's chrono initialisation, the LSTM's default (T_max 128): forget-gate biases log(u) with u
+    in [1, 127], input-gate biases their negative, the other biases 0. `chrono_spread=log` spreads log(u) evenly."""
+    hidden, t_max = 256, 128
+    for spread in ("uniform", "log"):
+        core = make_policy("lstm", hidden=hidden, chrono_spread=spread).core.rnn
+        i, f, rest = core.bias_ih_l0[:hidden], core.bias_ih_l0[hidden : 2 * hidden], core.bias_ih_l0[2 * hidden :]
+        assert 0 <= f.min() and f.max() <= math.log(t_max - 1)
+        assert torch.equal(i, -f) and torch.count_nonzero(rest) == 0 and torch.count_nonzero(core.bias_hh_l0) == 0
+        memory = f.exp()  # each unit's starting memory length u
+        if spread == "uniform":  # u uniform in [1, 127]: its mean is 64, and half the units keep 64 steps or more
+            assert 54 < memory.mean() < 74 and 0.4 < (memory >= 64).float().mean() < 0.6
+        else:  # log u uniform in [0, log 127]: half the units keep fewer than sqrt(127) ≈ 11 steps
+            assert 0.4 < (memory < math.sqrt(t_max - 1)).float().mean() < 0.6
+
+
+def test_forget_bias_without_turning_chrono_off_is_refused_naming_both_settings():
+    with pytest.raises(ConfigError, match=r"policy.forget_bias=1.0 needs policy.chrono_tmax=0"):
+        load_config(None, ["policy.forget_bias=1.0"])

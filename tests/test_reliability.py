@@ -42,6 +42,7 @@ def _snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
             "policy.critic=separate",
             "policy.obs_norm=true",
             "trainer.norm_reward=true",
+            "policy.chrono_tmax=0",
             "policy.forget_bias=1.0",
             "trainer.clip_coef_final=0.1",
             "trainer.ent_coef_final=0.0",

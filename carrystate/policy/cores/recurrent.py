@@ -73,9 +73,9 @@ class RecurrentCore(CoreModule):
 
 
 class LSTMCore(RecurrentCore):
-    """An LSTM; state (h, c). Gate biases start at 0, or with `chrono_tmax` > 0 by the chrono initialisation
-    (Tallec & Ollivier 2018: forget bias log U(1, T_max - 1), input bias its negative unless `chrono_input` is
-    false), or with the forget gates at `forget_bias`."""
+    """An LSTM; state (h, c). Gate biases start by the chrono initialisation (Tallec & Ollivier 2018: forget bias
+    log U(1, T_max - 1), input bias its negative unless `chrono_input` is false; `chrono_spread=log` spreads the
+    memory lengths log-uniformly), or with `chrono_tmax=0` at 0, the forget gates at `forget_bias`."""
 
     kind, rnn_class, num_state_tensors = "lstm", nn.LSTM, 2
 
@@ -86,10 +86,12 @@ class LSTMCore(RecurrentCore):
         num_layers: int = 1,
         impl: str = "auto",
         forget_bias: float = 0.0,
-        chrono_tmax: int = 0,
+        chrono_tmax: int = 128,
         chrono_input: bool = True,
         chrono_spread: str = "uniform",
     ):
+        if chrono_tmax and forget_bias:
+            raise ValueError(f"forget_bias={forget_bias} needs chrono_tmax=0 (chrono sets the forget-gate biases)")
         super().__init__(in_size, hidden_size, num_layers, impl)
         H = hidden_size
         if forget_bias or chrono_tmax:
@@ -110,7 +112,8 @@ class LSTMCore(RecurrentCore):
     @classmethod
     def from_config(cls, in_size: int, cfg: PolicyConfig) -> LSTMCore:
         c = cfg
-        return cls(in_size, c.hidden_size, c.num_layers, c.sequence_impl, c.forget_bias, c.chrono_tmax, c.chrono_input, c.chrono_spread)
+        chrono = (c.chrono_tmax, c.chrono_input, c.chrono_spread)
+        return cls(in_size, c.hidden_size, c.num_layers, c.sequence_impl, c.forget_bias, *chrono)
 
     def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
         y, (h, c) = self.rnn(x, state)
