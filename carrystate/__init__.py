@@ -72,10 +72,15 @@ def evaluate(
     seed: int = 12345,
     deterministic: bool = False,
     num_envs: int | None = None,
+    video: int = 0,
+    video_dir: str | Path | None = None,
 ):
     """`policy` (or an agent, whose config is the default `cfg`) on `episodes` fresh episodes of `cfg`'s env
     (built with `seed`, `num_envs` copies or as configured, closed after), its state carried and reset exactly
-    as in training. Returns the episodes' `RolloutStats` (episode_returns, episode_lengths, success)."""
+    as in training. Returns the episodes' `RolloutStats` (episode_returns, episode_lengths, success).
+    `video=N`: also film the first N episodes of env copy 0 during this evaluation and write them into
+    `video_dir` as eval_episode_<k>.mp4 (GIF without imageio-ffmpeg), listed in `stats.videos` (see
+    carrystate/video.py)."""
     from carrystate.agent import Agent
     from carrystate.envs import make_env
     from carrystate.wiring import evaluate as run
@@ -85,11 +90,25 @@ def evaluate(
     if cfg is None:
         raise ValueError("carrystate.evaluate(policy, cfg): a policy needs the config of its env")
 
-    env = make_env(cfg.env.model_copy(update={"num_envs": num_envs or cfg.env.num_envs}), seed=seed)
+    env_cfg = cfg.env.model_copy(update={"num_envs": num_envs or cfg.env.num_envs})
+    frames = None
+    if video:
+        from carrystate import video as videos
+
+        if video_dir is None:
+            raise ValueError("carrystate.evaluate(video=N) needs video_dir, the folder to write the videos into")
+        frames, fmt = videos.EpisodeFrames(video), videos.video_format()  # before the evaluation: what is missing
+    env = make_env(env_cfg, seed=seed, render=frames is not None)
     try:
-        return run(policy, env, episodes, deterministic=deterministic, seed=seed)
+        if frames is not None:
+            videos.film(env, frames, f"env.name={env_cfg.name}")
+        until = None if frames is None else (lambda: frames.done)
+        stats = run(policy, env, episodes, deterministic=deterministic, seed=seed, until=until)
     finally:
         env.close()
+    if frames is not None:
+        stats.videos = videos.write(frames.episodes, Path(video_dir), frames.fps, fmt)
+    return stats
 
 
 def __getattr__(name: str):

@@ -92,9 +92,22 @@ def _eval(args: argparse.Namespace) -> int:
 
     import carrystate
 
+    if args.video < 0:
+        raise ConfigError(f"--video {args.video}: the number of episodes to film must be 0 (none) or more")
     agent = carrystate.load(Path(args.checkpoint))
+    video_dir = None
+    if args.video:
+        from carrystate.video import videos_folder
+
+        video_dir = videos_folder(Path(args.checkpoint))
     stats = carrystate.evaluate(
-        agent, episodes=args.episodes, seed=args.seed, deterministic=args.deterministic, num_envs=args.num_envs
+        agent,
+        episodes=args.episodes,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        num_envs=args.num_envs,
+        video=args.video,
+        video_dir=video_dir,
     )
     r = np.array(stats.episode_returns)
     print(f"{len(r)} episodes: return {r.mean():.3f} ± {r.std():.3f} (min {r.min():.3f}, max {r.max():.3f})")
@@ -102,6 +115,13 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"success rate: {np.mean(stats.success):.1%}")
     if args.verbose:
         print("returns:", " ".join(f"{x:.3f}" for x in r))
+        print("lengths:", " ".join(str(n) for n in stats.episode_lengths))
+    for video in stats.videos:
+        print(f"video: {video.path} ({video.steps} steps, {video.steps + 1} frames)")
+    if args.video:
+        if len(stats.videos) < args.video:
+            print(f"note: env copy 0 ended {len(stats.videos)} of the {args.video} episodes asked for")
+        print(f"`carrystate report {video_dir.parent}` embeds the first in report.html")
     return 0
 
 
@@ -245,7 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=None, help="env copies (default: as trained)")
     p.add_argument("--deterministic", action="store_true", help="take the most likely action instead of sampling")
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
-    p.add_argument("-v", "--verbose", action="store_true", help="print every episode's return")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every episode's return and length")
+    p.add_argument(
+        "--video",
+        type=int,
+        default=0,
+        metavar="N",
+        help="film the first N episodes of env copy 0 of this evaluation into RUN/videos/eval_episode_<k>.mp4 "
+        "(GIF without imageio-ffmpeg); for envs that render rgb_array frames (gymnasium, MettaGrid)",
+    )
     p.set_defaults(func=_eval)
     p = sub.add_parser(
         "probe",

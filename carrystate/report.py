@@ -4,7 +4,9 @@ events (so it serves a finished run, a running one and a stopped one alike).
 Self-contained: every plot is a PNG (matplotlib's Agg canvas) embedded as a base64 data URI; no script, no
 network. Sections: episodic return and success rate against agent-steps; throughput (SPS) and where an
 iteration's time went (env, policy, learner); the losses; the staleness of carried state (`memory/*`, see
-diagnostics.py), each with its meaning; and any other scalar the run logged.
+diagnostics.py), each with its meaning; and any other scalar the run logged. Where the run folder holds
+evaluation videos (`carrystate eval RUN --video N`, video.py), the first is shown too, linked by its path relative
+to the page (`videos/eval_episode_0.mp4`); nothing is said of videos where there are none.
 """
 
 from __future__ import annotations
@@ -222,9 +224,10 @@ def render(run_dir: Path) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>carrystate report: {html.escape(run_dir.name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
-        "img{max-width:100%;display:block;margin:.5em 0}td,th{padding:.2em .8em;text-align:left}</style>",
+        "img,video{max-width:100%;display:block;margin:.5em 0}td,th{padding:.2em .8em;text-align:left}</style>",
         f"</head><body><h1>Run {html.escape(run_dir.name)}</h1>",
         _overview(run_dir, scalars),
+        _video(run_dir),
     ]
     for section in sections(scalars):
         parts.append(f"<h2>{html.escape(section.heading)}</h2>")
@@ -262,6 +265,27 @@ def _overview(run_dir: Path, scalars) -> str:
         rows.append(("state", "running, or ended without a summary"))
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def _video(run_dir: Path) -> str:
+    """The run's first evaluation video (an HTML5 video for MP4, an image for GIF) under its heading, by a path
+    relative to the page; "" where the run folder has none."""
+    from carrystate.video import VIDEO_FOLDER, videos_in
+
+    found = videos_in(run_dir / VIDEO_FOLDER)
+    if not found:
+        return ""
+    first = found[0]
+    src = html.escape(first.relative_to(run_dir).as_posix())
+    more = f" ({len(found)} videos in <code>{VIDEO_FOLDER}/</code>)" if len(found) > 1 else ""
+    if first.suffix == ".mp4":
+        media = f'<video src="{src}" controls loop muted playsinline></video>'
+    else:
+        media = f'<img alt="evaluation episode" src="{src}">'
+    return (
+        f"<h2>Evaluation video</h2><p>Env copy 0's first evaluation episode, <code>{src}</code>{more}, written by "
+        f"<code>carrystate eval RUN --video N</code>.</p>{media}"
+    )
 
 
 def write(run_dir: Path | str) -> Path:

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -46,6 +47,7 @@ class RolloutStats:
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     success: list[float] = field(default_factory=list)
+    videos: list = field(default_factory=list)  # an evaluation's filmed episodes (video.Video), in order
 
     def episodes(self) -> dict[str, list]:
         """The episodes that ended, as plain lists (a checkpoint's JSON)."""
@@ -424,13 +426,16 @@ class Rollout:
         generator: torch.Generator,
         deterministic: bool = False,
         max_steps: int = 1_000_000,
+        until: Callable[[], bool] | None = None,
     ) -> RolloutStats:
         """Step the policy (weights frozen, state carried and reset exactly as in collection, through the same
-        step) until `episodes` episodes have ended or `max_steps` steps have passed; nothing is recorded."""
+        step) until `episodes` episodes have ended, and `until()` is true where given (a video waiting for its
+        copy's episodes, video.py: the statistics still hold the first `episodes`), or `max_steps` steps have
+        passed; nothing is recorded."""
         stats = RolloutStats()
         self._env_seconds, started = 0.0, time.perf_counter()
         for t in range(max_steps):
-            if len(stats.episode_returns) >= episodes:
+            if len(stats.episode_returns) >= episodes and (until is None or until()):
                 break
             for lane in self.lanes:
                 self._act(lane, t, policy, generator, deterministic)

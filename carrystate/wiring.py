@@ -9,6 +9,7 @@ prefix their entries carry. Also what is checked against this machine before any
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -118,11 +119,13 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     max_steps: int = 1_000_000,
+    until: Callable[[], bool] | None = None,
 ) -> RolloutStats:
-    """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes."""
+    """Run the policy on fresh episodes of `env` (one batch, its own state store) for `episodes` episodes, and on
+    until `until()` is true where given (a filmed copy's episodes, video.py)."""
     _, rollout = build_rollout(env, policy, seed, device, double_buffer=False)
     generator = torch.Generator(device).manual_seed(seed)
-    return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps)
+    return rollout.run_episodes(policy, episodes, generator, deterministic, max_steps, until)
 
 
 def make_buffer(t: TrainerConfig, env: VecEnv, policy: Policy, device: torch.device | str) -> SegmentBuffer:

@@ -7,7 +7,7 @@ from functools import partial
 from carrystate import registry
 from carrystate.config import EnvConfig
 from carrystate.envs.base import StepResult, VecEnv
-from carrystate.envs.gym_adapter import GymVecEnv, HideVelocity
+from carrystate.envs.gym_adapter import GymVecEnv, HideVelocity, rgb_array_settings
 from carrystate.envs.memory import DelayedRecall, TMaze
 from carrystate.envs.vector import BATCH_SEED_STRIDE, WORKER_SEED_STRIDE, EnvBatches, ProcessVecEnv
 
@@ -27,8 +27,11 @@ def _make_one_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
     return ProcessVecEnv(factories, timeout=cfg.worker_timeout, name=f"env.name={cfg.name}")
 
 
-def make_env(cfg: EnvConfig, seed: int) -> VecEnv:
-    """Build the env batch the config names (two alternating batches with env.double_buffer)."""
+def make_env(cfg: EnvConfig, seed: int, render: bool = False) -> VecEnv:
+    """Build the env batch the config names (two alternating batches with env.double_buffer); `render`: made to be
+    filmed (`render_config`, video.py)."""
+    if render:
+        cfg = render_config(cfg)
     if not cfg.double_buffer:
         return _make_one_batch(cfg, cfg.num_envs, seed)
     half = cfg.num_envs // 2
@@ -41,6 +44,17 @@ def make_env(cfg: EnvConfig, seed: int) -> VecEnv:
             env.close()
         raise
     return EnvBatches(batches)
+
+
+def render_config(cfg: EnvConfig) -> EnvConfig:
+    """`cfg` for an evaluation that films (video.py): the copies stepped in this process (env.workers=0, where the
+    frames are taken; a config with workers then evaluates on other env seeds than without video), and a gymnasium
+    id made with render_mode="rgb_array" in one synchronous batch. A ConfigError names a gymnasium id that declares
+    no rgb_array rendering."""
+    update: dict = {"workers": 0}
+    if cfg.name == "gymnasium":
+        update["gymnasium"] = rgb_array_settings(cfg.gymnasium)
+    return cfg.model_copy(update=update)
 
 
 __all__ = [

@@ -8,6 +8,10 @@ Observations that are not a Box (Dict, Tuple, Discrete, ...; MiniGrid's {image, 
 into one byte record per step by `PackedObservation` (structured.py), applied after the configured wrappers:
 each entry keeps its dtype, and the policy gives each its own encoder. Box observations keep an integer dtype
 (uint8 images stay uint8); float ones become float32.
+
+Video (video.py): an evaluation that films makes the copies with `render_mode="rgb_array"` in a synchronous batch
+(`rgb_array_settings`) and wraps copy 0 in `FilmedCopy`, which renders inside the copy, before the batch's
+autoreset replaces an ended episode (`GymVecEnv.record_frames`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from carrystate.registry import import_module
 from carrystate.structured import PackedObservation
 
 if TYPE_CHECKING:
-    from carrystate.config import EnvConfig
+    from carrystate.config import EnvConfig, GymConfig
+    from carrystate.video import EpisodeFrames
 
 # Observation entries that are positions (not velocities) in well-known environments.
 VELOCITY_FREE_INDICES: dict[str, list[int]] = {
@@ -71,6 +76,49 @@ def registered_id(env_id: str) -> str:
             + (f"; did you mean one of {close}?" if close else "")
         )
     return name
+
+
+def render_modes(env_id: str) -> list[str]:
+    """The render modes the env class of `env_id` declares (its metadata, as gymnasium.make reads them), without
+    building one."""
+    from gymnasium.envs.registration import load_env_creator
+
+    spec = gym.spec(registered_id(env_id))
+    creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    return list((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
+
+
+def rgb_array_settings(g: GymConfig) -> GymConfig:
+    """`g` for an evaluation that films: the copies made with render_mode="rgb_array" and stepped in this process
+    (vectorization=sync; envs.render_config). A ConfigError names the id where its env declares no rgb_array
+    rendering."""
+    modes = render_modes(g.id)
+    if "rgb_array" not in modes:
+        from carrystate.video import NEEDS
+
+        raise ConfigError(
+            f"{NEEDS}; env.gymnasium.id={g.id!r} declares render modes {modes or 'none'} (metadata['render_modes'])"
+        )
+    return g.model_copy(update={"kwargs": {**g.kwargs, "render_mode": "rgb_array"}, "vectorization": "sync"})
+
+
+class FilmedCopy(gym.Wrapper):
+    """One copy whose frames go into `frames` (video.EpisodeFrames): after its reset and after each step, rendered
+    before the vector env's same-step autoreset, so an episode's last frame shows where it ended."""
+
+    def __init__(self, env: gym.Env, frames: EpisodeFrames):
+        super().__init__(env)
+        self.frames = frames
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        self.frames.begin(self.env.render)
+        return out
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.frames.step(self.env.render, bool(out[2] or out[3]))
+        return out
 
 
 class GymVecEnv:
@@ -138,6 +186,18 @@ class GymVecEnv:
         returns, lengths = self.tracker.update(reward, terminated | truncated)
         success = [] if self.success_above is None else [float(r > self.success_above) for r in returns]
         return StepResult(obs, reward, terminated, truncated, final_obs, returns, lengths, success)
+
+    def record_frames(self, frames: EpisodeFrames) -> None:
+        """Film copy 0 into `frames` (`FilmedCopy`). Needs copies made with `rgb_array_settings`."""
+        envs = getattr(self.env, "envs", None)  # a SyncVectorEnv's copies (an AsyncVectorEnv's live elsewhere)
+        if envs is None or envs[0].render_mode != "rgb_array":
+            raise ConfigError(
+                f"--video: {self.name} was not made to render; it needs env.gymnasium.vectorization=sync and "
+                "render_mode='rgb_array' (envs.make_env(..., render=True) sets both)"
+            )
+        frames.fps = float(envs[0].metadata.get("render_fps") or frames.fps)
+        frames.source = self.name
+        envs[0] = FilmedCopy(envs[0], frames)
 
     def _check_obs(self, obs) -> np.ndarray:
         obs = np.asarray(obs)

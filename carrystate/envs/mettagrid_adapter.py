@@ -13,6 +13,10 @@ a new map (new seed) in the same step, as the `VecEnv` contract says.
 
 The simulator writes into views of this batch's arrays (no copy per step). Needs the optional extra
 `pip install -e .[mettagrid]`.
+
+Video (video.py): MettaGrid renders no rgb_array frames of its own (its renderers are an interactive terminal view,
+the Mettascope GUI, a logger, and replay files for Mettascope), so `record_frames` films copy 0 as `grid_frame`
+paints it from the simulation's grid objects: walls, altars and agents on the map, one cell a square of pixels.
 """
 
 from __future__ import annotations
@@ -27,8 +31,33 @@ from carrystate.envs.base import EnvError, EpisodeTracker, StepResult, check_act
 
 if TYPE_CHECKING:
     from carrystate.config import EnvConfig
+    from carrystate.video import EpisodeFrames
 
 EMPTY_TOKEN = 255
+CELL_PIXELS = 16  # a map cell's side in a video frame
+FRAMES_PER_SECOND = 8.0  # a video's speed: mettagrid states none
+EMPTY_RGB = (24, 24, 32)
+OBJECT_RGB = {"wall": (112, 112, 122), "altar": (232, 178, 40)}
+OTHER_RGB = (175, 175, 175)  # objects of another type
+AGENT_RGB = [(66, 135, 245), (235, 87, 87), (80, 200, 120), (245, 130, 35), (160, 90, 190), (26, 188, 170)]
+
+
+def grid_frame(sim, cell: int = CELL_PIXELS) -> np.ndarray:
+    """The map of one simulation as an RGB image [map height × cell, map width × cell, 3] uint8, painted from its
+    grid objects: empty cells dark, walls grey (the whole cell), altars gold and agents each in a colour of their
+    own by agent id (agent 0, the copy's first row, blue), as squares inset within their cells."""
+    frame = np.empty((sim.map_height * cell, sim.map_width * cell, 3), np.uint8)  # [height, width, rgb]
+    frame[:] = EMPTY_RGB
+    for obj in sim.grid_objects().values():
+        name = obj["type_name"]
+        if name == "agent":
+            rgb = AGENT_RGB[obj.get("agent_id", 0) % len(AGENT_RGB)]
+        else:
+            rgb = OBJECT_RGB.get(name, OTHER_RGB)
+        inset = 0 if name == "wall" else max(1, cell // 8)
+        y, x = obj["r"] * cell, obj["c"] * cell
+        frame[y + inset : y + cell - inset, x + inset : x + cell - inset] = rgb
+    return frame
 
 
 def _require_mettagrid():
@@ -132,6 +161,16 @@ class MettaGridVecEnv:
         self.seed = seed
         self._episodes = 0
         self.tracker = EpisodeTracker(n)
+        self._frames: EpisodeFrames | None = None  # where copy 0's frames go (record_frames)
+
+    def record_frames(self, frames: EpisodeFrames) -> None:
+        """Film copy 0 into `frames` (video.py): its map painted by `grid_frame` after each reset and each step,
+        the last step's before the copy starts its next map."""
+        frames.fps, frames.source = FRAMES_PER_SECOND, "env.name=mettagrid"
+        self._frames = frames
+
+    def _copy0_frame(self) -> np.ndarray:
+        return grid_frame(self._sims[0])
 
     def _new_sim(self, e: int, seed: int) -> None:
         if self._sims[e] is not None:
@@ -144,6 +183,8 @@ class MettaGridVecEnv:
         for e in range(self.num_envs):
             self._new_sim(e, self._next_seed())
         self.tracker = EpisodeTracker(self.num_agents)
+        if self._frames is not None:
+            self._frames.begin(self._copy0_frame)
         return self.obs.copy()
 
     def _next_seed(self) -> int:
@@ -162,10 +203,14 @@ class MettaGridVecEnv:
         terminated, truncated = self.terminals.copy(), self.truncations.copy()
         final_obs = self.obs.copy()
         done = terminated | truncated
+        if self._frames is not None:  # copy 0's step, before an ended episode's map is replaced
+            self._frames.step(self._copy0_frame, bool(done[: self.agents_per_env].all()))
         for e in range(self.num_envs):
             rows = slice(e * self.agents_per_env, (e + 1) * self.agents_per_env)
             if done[rows].all():  # the episode of the copy ended: new map in the same step
                 self._new_sim(e, self._next_seed())
+                if e == 0 and self._frames is not None:
+                    self._frames.begin(self._copy0_frame)
             elif done[rows].any():
                 raise EnvError(
                     f"mettagrid copy {e}: only some agents ended their episode "
