@@ -673,6 +673,47 @@ def lstm_memory_section(rows) -> list[str]:
     return lines + [""]
 
 
+def cartpole_sweep_section(data) -> list[str]:
+    names = list(dict.fromkeys(k for t in data["trials"] for k in t["params"]))
+    lines = [
+        "## A sweep of CartPole without velocity, and its best config against the shipped one (issue 25)",
+        "",
+        "Commands: `carrystate sweep configs/cartpole_novel.yaml --out SWEEP_DIR` (the config's own `sweep` section: "
+        "TPE over the settings below, 12 trials, seeds 101 and 102 per trial, each scored by its final policy on 100 "
+        "fresh episodes, median pruning on the training return), then `python experiments/sweep_cartpole.py "
+        "SWEEP_DIR`, which trains the sweep's `best.yaml` (kept as `experiments/results/sweep_cartpole_best.yaml`) "
+        "and the shipped config on seeds 1–5 and scores each on 100 fresh episodes. Trials ran one at a time beside "
+        "other work on this 2-core machine, so seconds are not speeds.",
+        "",
+        "| trial | state | " + " | ".join(f"`{n}`" for n in names) + " | score | seed 101 | seed 102 | s |",
+        "|---" * (5 + len(names)) + "|",
+    ]
+    fmt = lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    for t in data["trials"]:
+        lines.append(
+            f"| {t['number']} | {t['state']} | "
+            + " | ".join(fmt(t["params"].get(n)) for n in names)
+            + f" | {fmt(t['value'])} | {fmt(t['seeds'].get('seed_101'))} | {fmt(t['seeds'].get('seed_102'))} | "
+            + f"{fmt(t['seconds'] and round(t['seconds']))} |"
+        )
+    lines += [
+        "",
+        "| config | return per seed (1–5) | mean | lowest | target (mean ≥ 475, none below 400) |",
+        "|---|---|---|---|---|",
+    ]
+    for config in ("best", "shipped"):
+        rs = sorted((r for r in data["rows"] if r["config"] == config), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        vals = [r["eval_return"] for r in rs]
+        met = "met" if np.mean(vals) >= 475 and min(vals) >= 400 and len(vals) == 5 else "not met"
+        lines.append(
+            f"| {config} | " + " / ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} | {min(vals):.1f} | "
+            f"{met} |"
+        )
+    return lines + [""]
+
+
 def load_all(prefix: str) -> list:
     """The rows of every results file named `prefix*.json` (experiments run side by side write one each)."""
     rows = []
@@ -694,6 +735,7 @@ SECTIONS = [
     ("mettagrid_arena", None, mettagrid_section),
     ("minigrid_memory_gru", None, minigrid_section),
     ("lstm_memory", None, lstm_memory_section),
+    ("sweep_cartpole", None, cartpole_sweep_section),
 ]
 
 
