@@ -200,6 +200,7 @@ def _counted(study, below: int | None = None) -> int:
 def run(sw: Sweep, quiet: bool = False, say=print) -> int:
     """Run trials until the study holds sweep.trials of them, then write the results. Returns the exit code: 0, or
     130 when a stop signal ended a trial early (the study resumes it)."""
+    import optuna
     from optuna.trial import TrialState
 
     study, storage = open_study(sw)
@@ -230,7 +231,11 @@ def run(sw: Sweep, quiet: bool = False, say=print) -> int:
         say(f"trial {trial.number}: " + " ".join(trial_overrides(params)))
         scores = []
         for i, seed in enumerate(s.seeds):
-            score = train_one(sw, trial, trial_overrides(params), seed, i, folder / f"seed_{seed}", quiet)
+            try:
+                score = train_one(sw, trial, trial_overrides(params), seed, i, folder / f"seed_{seed}", quiet)
+            except optuna.TrialPruned as pruned:
+                say(f"trial {trial.number}: pruned (seed {seed} behind the median at {pruned})")
+                raise
             trial.set_user_attr(f"seed_{seed}", score)
             scores.append(score)
         value = sum(scores) / len(scores)
@@ -293,7 +298,7 @@ def train_one(sw: Sweep, trial, overrides: list[str], seed: int, index: int, run
         if summary.interrupted:
             raise SweepStopped(f"trial {trial.number} seed {seed}")
         if pruned:
-            raise optuna.TrialPruned(f"seed {seed} at {trainer.global_step} agent-steps")
+            raise optuna.TrialPruned(f"{trainer.global_step:,} agent-steps")
         if s.objective == "eval":
             from carrystate import evaluate
 

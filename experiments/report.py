@@ -363,6 +363,115 @@ def mettagrid_section(rows) -> list[str]:
     return lines + _save_plot(fig, "mettagrid_arena", "mettagrid arena learning curves, before and after")
 
 
+# (arm, results source) -> label; arms trained by experiments/mettagrid_vs_pufferlib.py, carrystate's copied
+VS_PUFFER_LABELS = {
+    ("carrystate", "mettagrid_arena_cpp"): "carrystate as shipped (LSTM gates zero-init, before chrono)",
+    ("carrystate", "mettagrid_arena_cpp_b"): "carrystate as shipped (LSTM gates zero-init, before chrono)",
+    ("carrystate", "mettagrid_arena_chrono"): "carrystate as shipped (chrono LSTM init)",
+    ("carrystate", "trained here"): "carrystate as shipped",
+    ("carrystate_mlp", "trained here"): "carrystate, policy.encoder=mlp (chrono LSTM init)",
+    ("puffer_ours", "trained here"): "PufferLib 3 at carrystate's PPO settings",
+    ("puffer_metta", "trained here"): "PufferLib 3, issue 27's metta.ini recipe",
+}
+
+
+def _per_rollout_mean(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Agent-steps and the mean over `rows` of `key` at each rollout (rows cut to the shortest curve)."""
+    n = min(len(r["curve"]) for r in rows)
+    return np.array([p["step"] for p in rows[0]["curve"][:n]]), np.mean(
+        [[p[key] for p in r["curve"][:n]] for r in rows], axis=0
+    )
+
+
+def _first_length(row) -> float:
+    """Mean length of the episodes that ended in the first rollout of `row` where any ended."""
+    return next(p["episode_length"] for p in row["curve"] if p.get("episode_length") is not None)
+
+
+def mettagrid_vs_pufferlib_section(rows) -> list[str]:
+    arena = [r for r in rows if r["arm"] != "puffer_cartpole"]
+    cartpole = sorted((r for r in rows if r["arm"] == "puffer_cartpole"), key=lambda r: r["seed"])
+    groups: dict[str, list[dict]] = {}
+    for r in arena:
+        groups.setdefault(VS_PUFFER_LABELS.get((r["arm"], r["source"]), f"{r['arm']} ({r['source']})"), []).append(r)
+    lines = [
+        "## MettaGrid arena: carrystate beside PufferLib 3, learning (issue 27, item 4)",
+        "",
+        "Script: `python experiments/mettagrid_vs_pufferlib.py ARM --seeds 1 2 3` for ARM in `puffer_cartpole "
+        "--seeds 1 --steps 10000000`, `puffer_metta`, `puffer_ours`, `carrystate_mlp` (PufferLib arms under "
+        "PufferLib 3.0.23's interpreter, which the script re-runs itself with), and `carrystate --import "
+        "mettagrid_arena_cpp mettagrid_arena_cpp_b` (plus `mettagrid_arena_chrono` when it exists), which copies "
+        "the as-shipped runs of `experiments/mettagrid_arena.py` above rather than training them again (results in "
+        "`experiments/results/mettagrid_vs_pufferlib.json`). Every arm trains on the arena of "
+        "`configs/mettagrid_arena.yaml` (8 maps × 24 agents, 49,152 agent-steps per rollout, 102 rollouts = "
+        "5,013,504 agent-steps). The measure is the same for both trainers: total reward of a rollout over its "
+        "agent-steps (for PufferLib, the env's raw rewards counted where its trainer receives them), ×1,000 in "
+        "the table; `last 10%` is its mean over the last 10 rollouts, `first 5` over the first five. "
+        "carrystate's arms use its token or MLP encoder and its LSTM 128; PufferLib's arms use PufferLib's own "
+        "trainer (`pufferlib.pufferl.PuffeRL`, V-trace advantages, LSTM state zeroed at each rollout and each "
+        "64-step segment) with mettagrid's PufferLib default policy (flattened tokens / 255 → Linear 128 + GELU → "
+        "LSTM 128). `puffer_ours` takes carrystate's settings (Adam lr 1e-3 eps 1e-5, 2 epochs, 6,144-step "
+        "minibatches, γ 0.99, λ 0.95, clip 0.2, value clip 0.2, vf 0.5, ent 0.01, grad norm 0.5, uniform "
+        "minibatches: prio_alpha 0); `puffer_metta` issue 27's recipe (Adam lr 3e-4 cosine-annealed, clip 0.1, "
+        "ent 0.0021, γ 0.977, λ 0.916, vf 0.44, value clip 0.1, prio_alpha 0) with PufferLib's default.ini for "
+        "the rest (1 epoch, grad norm 1.5, β1 0.95, eps 1e-12) and carrystate's batch geometry. One run at a "
+        "time, one torch thread, beside other work on this 2-core machine: seconds are not speeds.",
+        "",
+        "| arm | seed | agent-steps | reward per 1,000 agent-steps, first 5 | last 10% | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, rs in groups.items():
+        rs.sort(key=lambda r: r["seed"])
+        for r in rs:
+            first = np.mean([p["reward_per_agent_step"] for p in r["curve"][:5]])
+            lines.append(
+                f"| {label} | {r['seed']} | {r['steps']:,} | {1000 * first:.1f} | {1000 * r['last10']:.1f} | "
+                f"{r['wall_s']:.0f} |"
+            )
+        lines.append(f"| {label} | **mean** | | | **{1000 * np.mean([r['last10'] for r in rs]):.1f}** | |")
+    if cartpole:
+        lines += [
+            "",
+            "Driver check (`puffer_cartpole`): the same driver code on PufferLib's native CartPole "
+            "(`pufferlib.ocean`, built from the pufferlib 3.0.0 source; episodes capped at 200 steps) with its "
+            "shipped config (default.ini + ocean/cartpole.ini: Muon lr 0.05 annealed, γ 0.95, 4,096 envs, "
+            "262,144-step rollouts, LSTM policy), mean length of the episodes that ended in each rollout: "
+            + "; ".join(
+                f"seed {r['seed']}: first rollout {_first_length(r):.1f}, last 10% "
+                f"{r['last10']:.1f} of 200 after {r['steps']:,} steps ({r['wall_s']:.0f} s)"
+                for r in cartpole
+            )
+            + ".",
+        ]
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2 if cartpole else 1, figsize=(13 if cartpole else 8, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for (label, rs), colour in zip(groups.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for r in rs:
+            ax.plot([p["step"] for p in r["curve"]], [1000 * p["reward_per_agent_step"] for p in r["curve"]],
+                    lw=0.5, alpha=0.3, color=colour)  # fmt: skip
+        steps, mean = _per_rollout_mean(rs, "reward_per_agent_step")
+        if len(mean) >= 4:  # 4 rollouts = one 1,000-step episode: the maps reset together, so rollouts cycle
+            ax.plot(steps[3:], 1000 * np.convolve(mean, np.ones(4) / 4, "valid"), lw=1.6, color=colour,
+                    label=f"{label} (seeds {', '.join(str(r['seed']) for r in rs)})")  # fmt: skip
+    ax.set_xlabel("agent-steps")
+    steps_axis(ax)
+    ax.set_ylabel("reward per 1,000 agent-steps")
+    ax.set_title("MettaGrid arena: per-seed rollouts light, seed mean (4-rollout mean) bold", fontsize=9)
+    ax.legend(fontsize=7)
+    if cartpole:
+        ax = axes[0][1]
+        for r in cartpole:
+            pts = [p for p in r["curve"] if p.get("episode_length") is not None]
+            ax.plot([p["step"] for p in pts], [p["episode_length"] for p in pts], label=f"seed {r['seed']}")
+        ax.set_xlabel("agent-steps")
+        steps_axis(ax)
+        ax.set_ylabel("mean episode length per rollout (cap 200)")
+        ax.set_title("driver check: PufferLib 3 on its CartPole, shipped config", fontsize=9)
+        ax.legend(fontsize=7)
+    return lines + _save_plot(fig, "mettagrid_vs_pufferlib", "MettaGrid arena, carrystate beside PufferLib 3")
+
+
 MINIGRID_RUNS = (
     ("minigrid_memory_gru", "GRU (the config)"),
     ("minigrid_memory_none", "memoryless, policy.core=none"),
@@ -646,7 +755,12 @@ def lstm_memory_section(rows) -> list[str]:
         "8,192-step minibatches, lr 1e-3, γ 0.999; still `bptt_horizon` 64 and `gradient_horizon=episode`, 5M), "
         "`minigrid` is `configs/minigrid_memory.yaml` with the LSTM in place of its GRU (3M), `cartpole` is "
         "`configs/cartpole_novel.yaml` (100k). `lstm_chronoN` is `policy.core=lstm policy.chrono_tmax=N` (chrono "
-        "initialisation: forget-gate biases log U(1, N − 1), input-gate biases their negative). `score` is the "
+        "initialisation: forget-gate biases log U(1, N − 1), input-gate biases their negative; the LSTM's default "
+        "since issue 27, with N = 128), `lstm_chrono128_log` spreads log(u) evenly over [0, log 127] instead "
+        "(`policy.chrono_spread=log`), `lstm` is the LSTM with every bias at 0 (`policy.chrono_tmax=0`, the old "
+        "default); rows that name a further setting (the 2M `popgym_first` probes of learning rate, Adam epsilon, "
+        "gradient clipping, hidden size and a separate critic) change that one setting of the zero-bias LSTM. "
+        "`score` is the "
         "final policy on fresh episodes (`carrystate.evaluate`: 100 for POPGym and CartPole, returns; 300 for "
         "the T-maze, success), `last 10%` the mean per-batch return over the last tenth of training. Runs made "
         "two or three at a time on this 2-core machine beside other work, so seconds are not speeds. Seeds fixed "
@@ -733,6 +847,7 @@ SECTIONS = [
     ("popgym_5m", None, popgym_5m_section),
     ("popgym_vs_sb3", None, popgym_section),
     ("mettagrid_arena", None, mettagrid_section),
+    ("mettagrid_vs_pufferlib", None, mettagrid_vs_pufferlib_section),
     ("minigrid_memory_gru", None, minigrid_section),
     ("lstm_memory", None, lstm_memory_section),
     ("sweep_cartpole", None, cartpole_sweep_section),

@@ -43,6 +43,13 @@ _SOURCES = tuple(Path(__file__).with_name(name) for name in ("scan_cpu.cpp", "to
 LOCK_WAIT_S = 600.0  # seconds a build waits for another process building the same folder (env overrides)
 
 
+def say(line: str) -> None:
+    """One line to stderr in one write: a stop signal's handler, which raises between bytecodes, cannot split it
+    from its newline (print writes the two separately), so the stop's own message starts a line of its own."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def kernel_folder(
     root: Path,
     level: str,
@@ -75,11 +82,9 @@ def build_lock(folder: Path, wait_s: float | None = None):
                 "then run `carrystate build-kernels`"
             )
         if not told:
-            print(
-                f"carrystate: waiting for pid {holder}, which is building the CPU kernel (lock {path}, "
-                f"up to {wait_s:g}s)",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"carrystate: waiting for pid {holder}, which is building the CPU kernel "
+                f"(lock {path}, up to {wait_s:g}s)"
             )
             told = True
         time.sleep(0.05)
@@ -153,18 +158,14 @@ def _load():
 
     spec = build_spec()
     spec.folder.mkdir(parents=True, exist_ok=True)
-    print(
-        f"carrystate: loading the CPU scan kernel from {spec.folder} (compiled once, ~30 s)",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"carrystate: loading the CPU scan kernel from {spec.folder} (compiled once, ~30 s)")
     with build_lock(spec.folder):
         # torch's own lock file, which its build makes and removes: with ours held no build of this folder runs,
         # so one found now is a killed build's, and torch would wait on it for ever
         stale = spec.folder / "lock"
         if stale.exists():
             stale.unlink(missing_ok=True)
-            print(f"carrystate: removed {stale}, left by a build that was killed", file=sys.stderr, flush=True)
+            say(f"carrystate: removed {stale}, left by a build that was killed")
         with _ninja_on_path():
             return load(
                 spec.name,
