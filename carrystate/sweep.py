@@ -328,15 +328,20 @@ def write_results(sw: Sweep, study) -> None:
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     names = list(sw.space)
     rows = [
-        "| trial | state | " + " | ".join(names) + " | score | " + " | ".join(f"seed {s}" for s in sw.cfg.sweep.seeds),
+        "| trial | state | "
+        + " | ".join(names)
+        + " | score | "
+        + " | ".join(f"seed {s}" for s in sw.cfg.sweep.seeds)
+        + " |",
         "|---" * (3 + len(names) + len(sw.cfg.sweep.seeds)) + "|",
     ]
     for t in trials:
         cells = [str(t.number), t.state.name.lower(), *(_fmt(t.params.get(n)) for n in names)]
-        cells.append(_fmt(t.value) if t.value is not None else "")
+        cells.append(_fmt(t.value) if t.state == TrialState.COMPLETE else "")  # a pruned one's is a running value
         cells += [_fmt(t.user_attrs.get(f"seed_{s}")) for s in sw.cfg.sweep.seeds]
         rows.append("| " + " | ".join(cells) + " |")
-    head = f"# Sweep {sw.study_name}: {len(done)} of {sw.cfg.sweep.trials} trials complete\n\n"
+    counts = ", ".join(f"{sum(t.state == st for t in trials)} {st.name.lower()}" for st in TrialState)
+    head = f"# Sweep {sw.study_name}: {sw.cfg.sweep.trials} trials wanted; {counts}\n\n"
     head += f"Objective: {sw.cfg.sweep.objective} ({sw.cfg.sweep.direction}); storage {sw.storage_url}.\n\n"
     if done:
         best = study.best_trial
