@@ -365,11 +365,11 @@ def mettagrid_section(rows) -> list[str]:
 
 # (arm, results source) -> label; arms trained by experiments/mettagrid_vs_pufferlib.py, carrystate's copied
 VS_PUFFER_LABELS = {
-    ("carrystate", "mettagrid_arena_cpp"): "carrystate as shipped (LSTM gates zero-init, before chrono)",
-    ("carrystate", "mettagrid_arena_cpp_b"): "carrystate as shipped (LSTM gates zero-init, before chrono)",
-    ("carrystate", "mettagrid_arena_chrono"): "carrystate as shipped (chrono LSTM init)",
+    ("carrystate", "mettagrid_arena_cpp"): "carrystate as shipped (token encoder, LSTM gate biases 0)",
+    ("carrystate", "mettagrid_arena_cpp_b"): "carrystate as shipped (token encoder, LSTM gate biases 0)",
+    ("carrystate", "mettagrid_arena_chrono"): "carrystate, policy.chrono_tmax=128 (chrono LSTM gates)",
     ("carrystate", "trained here"): "carrystate as shipped",
-    ("carrystate_mlp", "trained here"): "carrystate, policy.encoder=mlp (chrono LSTM init)",
+    ("carrystate_mlp", "trained here"): "carrystate, policy.encoder=mlp (LSTM gate biases 0, as shipped)",
     ("puffer_ours", "trained here"): "PufferLib 3 at carrystate's PPO settings",
     ("puffer_metta", "trained here"): "PufferLib 3, issue 27's metta.ini recipe",
 }
@@ -400,21 +400,26 @@ def mettagrid_vs_pufferlib_section(rows) -> list[str]:
         "Script: `python experiments/mettagrid_vs_pufferlib.py ARM --seeds 1 2 3` for ARM in `puffer_cartpole "
         "--seeds 1 --steps 10000000`, `puffer_metta`, `puffer_ours`, `carrystate_mlp` (PufferLib arms under "
         "PufferLib 3.0.23's interpreter, which the script re-runs itself with), and `carrystate --import "
-        "mettagrid_arena_cpp mettagrid_arena_cpp_b` (plus `mettagrid_arena_chrono` when it exists), which copies "
-        "the as-shipped runs of `experiments/mettagrid_arena.py` above rather than training them again (results in "
+        "mettagrid_arena_cpp mettagrid_arena_cpp_b` and `carrystate --import mettagrid_arena_chrono`, which copy "
+        "runs of `experiments/mettagrid_arena.py` (as shipped; `--set policy.chrono_tmax=128`) rather than "
+        "training them again (results in "
         "`experiments/results/mettagrid_vs_pufferlib.json`). Every arm trains on the arena of "
         "`configs/mettagrid_arena.yaml` (8 maps × 24 agents, 49,152 agent-steps per rollout, 102 rollouts = "
         "5,013,504 agent-steps). The measure is the same for both trainers: total reward of a rollout over its "
         "agent-steps (for PufferLib, the env's raw rewards counted where its trainer receives them), ×1,000 in "
         "the table; `last 10%` is its mean over the last 10 rollouts, `first 5` over the first five. "
-        "carrystate's arms use its token or MLP encoder and its LSTM 128; PufferLib's arms use PufferLib's own "
+        "carrystate's arms use its token encoder or its MLP on the flattened tokens (which normalises them by "
+        "running mean and variance, carrystate's default for non-token encoders) and its LSTM 128 with the "
+        "config's gate biases of 0; PufferLib's arms use PufferLib's own "
         "trainer (`pufferlib.pufferl.PuffeRL`, V-trace advantages, LSTM state zeroed at each rollout and each "
         "64-step segment) with mettagrid's PufferLib default policy (flattened tokens / 255 → Linear 128 + GELU → "
         "LSTM 128). `puffer_ours` takes carrystate's settings (Adam lr 1e-3 eps 1e-5, 2 epochs, 6,144-step "
         "minibatches, γ 0.99, λ 0.95, clip 0.2, value clip 0.2, vf 0.5, ent 0.01, grad norm 0.5, uniform "
         "minibatches: prio_alpha 0); `puffer_metta` issue 27's recipe (Adam lr 3e-4 cosine-annealed, clip 0.1, "
         "ent 0.0021, γ 0.977, λ 0.916, vf 0.44, value clip 0.1, prio_alpha 0) with PufferLib's default.ini for "
-        "the rest (1 epoch, grad norm 1.5, β1 0.95, eps 1e-12) and carrystate's batch geometry. One run at a "
+        "the rest (1 epoch, grad norm 1.5, β1 0.95, eps 1e-12) and carrystate's batch geometry. The metta.ini "
+        "files we could read hold other swept values (pufferlib 3.0.0 on PyPI: Adam lr 0.0034, clip 0.49, "
+        "γ 0.997, λ 0.955, vf 4.6, prio_alpha 0.1), so this arm follows the issue's numbers. One run at a "
         "time, one torch thread, beside other work on this 2-core machine: seconds are not speeds.",
         "",
         "| arm | seed | agent-steps | reward per 1,000 agent-steps, first 5 | last 10% | wall s |",
