@@ -763,8 +763,7 @@ def lstm_memory_section(rows) -> list[str]:
         "initialisation: forget-gate biases log U(1, N − 1), input-gate biases their negative; the LSTM's default "
         "since issue 27, with N = 128), `lstm_chrono128_log` spreads log(u) evenly over [0, log 127] instead "
         "(`policy.chrono_spread=log`), `lstm` is the LSTM with every bias at 0 (`policy.chrono_tmax=0`, the old "
-        "default); rows that name a further setting (the 2M `popgym_first` probes of learning rate, Adam epsilon, "
-        "gradient clipping, hidden size and a separate critic) change that one setting of the zero-bias LSTM. "
+        "default; its 2M `popgym_first` row is the baseline of item 1's one-change probes on seed 1). "
         "`score` is the "
         "final policy on fresh episodes (`carrystate.evaluate`: 100 for POPGym and CartPole, returns; 300 for "
         "the T-maze, success), `last 10%` the mean per-batch return over the last tenth of training. Runs made "
@@ -820,6 +819,7 @@ def cartpole_sweep_section(data) -> list[str]:
         "| config | return per seed (1–5) | mean | lowest | target (mean ≥ 475, none below 400) |",
         "|---|---|---|---|---|",
     ]
+    names = {"best": "the sweep's best.yaml", "shipped": "shipped when the sweep ran (chrono gates off)"}
     for config in ("best", "shipped"):
         rs = sorted((r for r in data["rows"] if r["config"] == config), key=lambda r: r["seed"])
         if not rs:
@@ -827,9 +827,14 @@ def cartpole_sweep_section(data) -> list[str]:
         vals = [r["eval_return"] for r in rs]
         met = "met" if np.mean(vals) >= 475 and min(vals) >= 400 and len(vals) == 5 else "not met"
         lines.append(
-            f"| {config} | " + " / ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} | {min(vals):.1f} | "
-            f"{met} |"
+            f"| {names[config]} | " + " / ".join(f"{v:.1f}" for v in vals) + f" | {np.mean(vals):.1f} | "
+            f"{min(vals):.1f} | {met} |"
         )
+    plots = [("history", "each trial's score and the best so far"), ("importances", "what each setting explains")]
+    plots.append(("curves", "each trial's running objective, as the pruner saw it"))
+    for name, alt in plots:  # the sweep's own report.html plots, copied from its folder
+        if (PLOTS / f"sweep_cartpole_{name}.png").exists():
+            lines += ["", f"![{alt}](plots/sweep_cartpole_{name}.png)"]
     return lines + [""]
 
 
