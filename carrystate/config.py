@@ -614,19 +614,23 @@ def _apply(data: dict, path: list[str], value: Any) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the YAML file (if any), then each `section.key=value` override, then validation."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (env, policy, trainer)")
-        data = loaded or {}
-    return config_from_dict(apply_overrides(data, overrides))
+    return config_from_dict(apply_overrides(read_config_file(path), overrides))
+
+
+def read_config_file(path: str | Path | None) -> dict:
+    """The settings a YAML config file holds, unvalidated ({} for None); a ConfigError if it cannot be read."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (env, policy, trainer)")
+    return loaded or {}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

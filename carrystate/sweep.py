@@ -13,6 +13,7 @@ leaves the study to resume. Whichever process ends last writes `best.yaml` (the 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from carrystate.config import Config, ConfigError, SweepParam, apply_overrides, config_from_dict, load_config
+from carrystate.config import Config, ConfigError, SweepParam, apply_overrides, config_from_dict, read_config_file
 from carrystate.locks import PidLock
 from carrystate.metrics import METRICS
 
@@ -42,11 +43,11 @@ class SweepStopped(Exception):
 
 @dataclass
 class Sweep:
-    """A sweep as set up from the command line: the base config (file and overrides), where it lives."""
+    """A sweep as set up from the command line: the base config, read once (its file's settings with the command
+    line's overrides applied), and where the sweep lives."""
 
-    config_path: Path | None
-    overrides: list[str]
-    cfg: Config
+    data: dict
+    cfg: Config  # `data` validated
     folder: Path
     storage_url: str
     study_name: str
@@ -54,6 +55,10 @@ class Sweep:
     @property
     def space(self) -> dict[str, SweepParam]:
         return self.cfg.sweep.space
+
+    def config(self, overrides: list[str]) -> Config:
+        """The base config with further `key=value` overrides (a trial's settings, a seed)."""
+        return config_from_dict(apply_overrides(copy.deepcopy(self.data), overrides))
 
 
 def setup(
@@ -65,17 +70,17 @@ def setup(
 ) -> Sweep:
     """Load and check the config and its sweep section (no torch, no Optuna): every searched setting must exist
     and accept both ends of its range (or each choice), and the objective must be a logged metric or `eval`."""
-    config_path = Path(config_path) if config_path is not None else None
-    cfg = load_config(config_path, list(overrides))
-    check(cfg, config_path, list(overrides))
-    name = study_name or (config_path.stem if config_path else "sweep")
+    data = apply_overrides(read_config_file(config_path), list(overrides))
+    name = study_name or (Path(config_path).stem if config_path is not None else "sweep")
     folder = Path(out) if out else Path(SWEEPS_DIR) / name
     url = storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
-    return Sweep(config_path, list(overrides), cfg, folder, url, name)
+    sw = Sweep(data, config_from_dict(copy.deepcopy(data)), folder, url, name)
+    check(sw)
+    return sw
 
 
-def check(cfg: Config, config_path: Path | None, overrides: list[str]) -> None:
-    s = cfg.sweep
+def check(sw: Sweep) -> None:
+    s = sw.cfg.sweep
     if not s.space:
         raise ConfigError(
             "sweep.space is empty: name the settings to search in the config's sweep section, e.g. "
@@ -89,7 +94,7 @@ def check(cfg: Config, config_path: Path | None, overrides: list[str]) -> None:
         samples = param.choices if param.choices is not None else [param.low, param.high]
         for value in samples:
             try:
-                load_config(config_path, [*overrides, f"{name}={json.dumps(value)}"])
+                sw.config([f"{name}={json.dumps(value)}"])
             except ConfigError as err:
                 raise ConfigError(f"sweep.space[{name!r}] = {value!r}: {err}") from None
 
@@ -205,8 +210,6 @@ def run(sw: Sweep, quiet: bool = False, say=print) -> int:
 
     study, storage = open_study(sw)
     s = sw.cfg.sweep
-    for number in fail_dead_trials(study, storage):
-        say(f"trial {number}: its process is gone; failed, and queued again with the same settings")
     held: list[PidLock] = []  # the running trial's lock, released once its result is stored
     current: dict = {}
 
@@ -245,7 +248,8 @@ def run(sw: Sweep, quiet: bool = False, say=print) -> int:
     code = 0
     try:
         while True:
-            fail_dead_trials(study, storage)
+            for number in fail_dead_trials(study, storage):
+                say(f"trial {number}: its process is gone; failed, and queued again with the same settings")
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if _counted(study) >= s.trials and not waiting:
                 break
@@ -276,7 +280,7 @@ def train_one(sw: Sweep, trial, overrides: list[str], seed: int, index: int, run
     from carrystate.trainer import Trainer
 
     s = sw.cfg.sweep
-    cfg = load_config(sw.config_path, [*sw.overrides, *overrides, f"trainer.seed={seed}"])
+    cfg = sw.config([*overrides, f"trainer.seed={seed}"])
     offset = index * cfg.trainer.total_timesteps  # the seeds' runs one after another on one step axis
     values: list[float] = []  # the curve the pruner sees: the objective metric, or the return for objective=eval
     curve_metric = "charts/episodic_return" if s.objective == "eval" else s.objective
@@ -313,8 +317,7 @@ def train_one(sw: Sweep, trial, overrides: list[str], seed: int, index: int, run
 
 def best_config(sw: Sweep, params: dict) -> str:
     """The base config with `params` applied, as YAML for `carrystate train` (no sweep section)."""
-    data = yaml.safe_load(sw.config_path.read_text()) if sw.config_path else {}
-    data = apply_overrides(data or {}, [*sw.overrides, *trial_overrides(params)])
+    data = apply_overrides(copy.deepcopy(sw.data), trial_overrides(params))
     data.pop("sweep", None)
     config_from_dict(data)  # still valid
     return yaml.safe_dump(data, sort_keys=False)
