@@ -870,7 +870,7 @@ def main():
         "",
         "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
         "2-core CPU machine (one torch thread per run) on 2026-11-26 (the issue 13, 15 and 16 sections on "
-        "2026-11-30), then rendered by `python "
+        "2026-11-30, the issue 25 and 27 sections on 2026-12-07), then rendered by `python "
         "experiments/report.py`. Raw numbers: "
         '`experiments/results/*.json`. The findings follow the tables, under "What the numbers say", and open '
         "with a table of where carrystate is ahead, level or behind sb3-contrib's RecurrentPPO.",
