@@ -75,6 +75,9 @@ SETTINGS = {
     "lstm_chrono512": [*LSTM, "policy.chrono_tmax=512"],
     "lstm_forget1": [*LSTM, "policy.forget_bias=1.0"],
     "gru": ["policy.core=gru"],
+    # a layer-normalised LSTM cell, as a user's core (experiments/ln_lstm.py): zero biases, then chrono gates
+    "ln_lstm": ["policy.core=ln_lstm:LayerNormLSTM"],
+    "ln_lstm_chrono128": ["policy.core=ln_lstm:LayerNormLSTM", "policy.core_options.chrono_tmax=128"],
 }
 
 

@@ -27,7 +27,9 @@ from carrystate.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_CORE = "tests.user_core:LeakyRNN"  # a memory core of a user's own (the example of docs/custom.md)
-ALL_CORES = [*registry.CORES, USER_CORE]  # the invariant tests run over every one (invariant 8)
+# the invariant tests run over every one (invariant 8), and over the cores CARRYSTATE_TEST_CORES names
+# (module:Class, comma-separated): how a user checks a core of their own against the same guarantees
+ALL_CORES = [*registry.CORES, USER_CORE, *filter(None, os.environ.get("CARRYSTATE_TEST_CORES", "").split(","))]
 
 # a small T-maze run: 8 agents, 512-step rollouts of 16-step segments, 2 epochs of 128-step minibatches
 SMALL_TMAZE = [

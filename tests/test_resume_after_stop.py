@@ -21,13 +21,14 @@ from carrystate.checkpoint import _sha256, checkpoints, load_checkpoint
 from carrystate.config import load_config
 from carrystate.trainer import Trainer
 from tests.helpers import SMALL_TMAZE as SMALL
-from tests.helpers import USER_CORE, stop_at
+from tests.helpers import ALL_CORES, USER_CORE, stop_at
 
 ITERATIONS = 5  # of SMALL's 512 agent-steps: 8 agents × 64 rollout steps, 2 epochs × 4 minibatches
 REPO = Path(__file__).resolve().parents[1]
 # every registered core, and a user's own (tests/user_core.py) with a policy.core_options keyword: invariant 8
 CORES = {name: [f"policy.core={name}"] for name in registry.CORES}
 CORES["user"] = [f"policy.core={USER_CORE}", "policy.core_options.decay=0.5"]
+CORES.update({name: [f"policy.core={name}"] for name in ALL_CORES[len(registry.CORES) + 1 :]})  # CARRYSTATE_TEST_CORES
 
 
 def _settings(extra) -> list[str]:
