@@ -94,7 +94,7 @@ def load(path, device: torch.device | str = "cpu", seed: int = 0) -> Agent:
     env = make_env(rank_config(cfg, world_size).env, seed=cfg.trainer.seed)
     try:
         spaces = env.single_observation_space, env.single_action_space
-        policy = Policy(cfg.policy, *spaces)
+        policy = Policy(cfg.policy, *spaces, precision=cfg.trainer.precision)
         check(ckpt, policy, env)
     finally:
         env.close()

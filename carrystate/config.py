@@ -380,6 +380,11 @@ class TrainerConfig(_Section):
     """Stop the update phase early once the approximate KL passes this (None: never)."""
     seed: int = Field(1, ge=0, lt=2**32)
     """Seed for environments, sampling, shuffling and initial weights (0 .. 2**32 - 1)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """The policy's matrix products, in the rollout and in training: `fp32` (everything float32, replay exactly the
+    rollout's function) or `bf16` (bfloat16 operands, float32 accumulation, on the CPU and CUDA alike; the carried
+    state, start states, gates, losses, GAE and optimizer stay float32: carrystate/precision.py). Replay stays
+    within the bound README's invariants state for it; the unrolls `packed` and `triton` refuse it."""
     device: str = "cpu"
     """Torch device for the policy (`cpu`, `cuda`, `cuda:1`, `mps`); the run checks that it is present."""
     torch_threads: int = Field(1, ge=0)
@@ -523,6 +528,13 @@ class Config(_Section):
             raise ValueError(
                 f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
                 f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'"
+            )
+        impl = self.policy.sequence_impl
+        if t.precision == "bf16" and impl != "auto" and not registry.UNROLLS[impl].bf16:
+            bf16 = [n for n, u in registry.UNROLLS.items() if u.bf16 and self.policy.core in u.cores]
+            raise ValueError(
+                f"policy.sequence_impl={impl} runs in fp32 only; with trainer.precision=bf16 use "
+                f"{', '.join(['auto', *bf16])}"
             )
         if t.burn_in >= t.bptt_horizon:
             raise ValueError(f"trainer.burn_in={t.burn_in} must be below trainer.bptt_horizon={t.bptt_horizon}")

@@ -28,6 +28,7 @@ class Unroll:
     target: str  # module:function, called as run(core, x, state, resets, end_state)
     doc: str
     cores: tuple[str, ...]  # the built-in cores it runs
+    bf16: bool = True  # runs with trainer.precision=bf16 (carrystate.precision)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ CORES = {
 UNROLLED = tuple(name for name, c in CORES.items() if c.unrolled)
 UNROLLS = {
     "chunked": Unroll("carrystate.policy.unroll.fragments:chunked", "fused calls between reset steps", UNROLLED),
-    "packed": Unroll("carrystate.policy.unroll.fragments:packed", "episode fragments as one packed sequence", UNROLLED),
+    "packed": Unroll(
+        "carrystate.policy.unroll.fragments:packed",
+        "episode fragments as one packed sequence; fp32 only",
+        UNROLLED,
+        bf16=False,
+    ),
     "bucketed": Unroll(
         "carrystate.policy.unroll.fragments:bucketed",
         "fragments grouped by length, one dense fused call per group",
@@ -68,13 +74,14 @@ UNROLLS = {
     ),
     "triton": Unroll(
         "carrystate.policy.unroll.scan:triton",
-        "LSTM on a CUDA GPU: that loop as one persistent kernel each way; needs triton",
+        "LSTM on a CUDA GPU: that loop as one persistent kernel each way; needs triton; fp32 only",
         ("lstm",),
+        bf16=False,
     ),
 }
 AUTO_UNROLL_DOC = (
-    "scan for an LSTM on the CPU, triton for an LSTM on a GPU where triton is installed, bucketed otherwise: the "
-    "fastest measured, see BENCHMARKS.md"
+    "scan for an LSTM on the CPU, triton for an LSTM on a GPU where triton is installed (scan with "
+    "trainer.precision=bf16), bucketed otherwise (chunked with bf16): the fastest measured, see BENCHMARKS.md"
 )
 ENVS = {
     "tmaze": Env("carrystate.envs.memory:build_tmaze", "the built-in passive T-maze (env.tmaze)"),

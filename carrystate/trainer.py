@@ -43,7 +43,8 @@ class Trainer:
         except ConfigError:
             self.env.close()
             raise
-        self.policy = Policy(cfg.policy, self.env.single_observation_space, self.env.single_action_space)
+        spaces = (self.env.single_observation_space, self.env.single_action_space)
+        self.policy = Policy(cfg.policy, *spaces, precision=cfg.trainer.precision)
         self.policy.to(self.device)
         self.dist.broadcast_parameters(self.policy)  # every rank starts from rank 0's weights
         self.parts = build_parts(cfg, self.env, self.policy, seed, self.device, self.dist)

@@ -94,6 +94,7 @@ def make_policy(
     layers: int = 1,
     seed: int = 0,
     impl: str = "auto",
+    precision: str = "fp32",
     **settings,
 ) -> Policy:
     """A small policy; `settings` are further PolicyConfig fields (critic, obs_norm, forget_bias, ...). A window
@@ -105,7 +106,8 @@ def make_policy(
     cfg = PolicyConfig(
         core=core, hidden_size=hidden, num_layers=layers, encoder_sizes=[16], sequence_impl=impl, **settings
     )
-    return Policy(cfg, gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(num_actions))
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    return Policy(cfg, obs_space, gym.spaces.Discrete(num_actions), precision=precision)
 
 
 def collect(policy: Policy, env, batch_size: int, horizon: int, rollouts: int = 1, seed: int = 0, **options):

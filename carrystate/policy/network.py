@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from carrystate.normalize import FieldNorm, ObsNorm
+from carrystate.precision import autocast, to_fp32
 from carrystate.policy.cores import make_core
 from carrystate.policy.encoders import make_encoder, module_key, vector_fields
 from carrystate.policy.heads import make_head, orthogonal_linear
@@ -25,10 +26,12 @@ if TYPE_CHECKING:
 
 class Policy(nn.Module):
     """Weights only: the per-agent state is passed in and out. With `critic=separate` the state tuple holds the
-    actor core's tensors, then the critic core's."""
+    actor core's tensors, then the critic core's. `precision` (`trainer.precision`): `step` and `sequence` run
+    their matrix products in bf16 under `carrystate.precision.autocast` and return fp32 outputs and states."""
 
-    def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space):
+    def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space, precision: str = "fp32"):
         super().__init__()
+        self.precision = precision
         # a StructuredSpace's records are unpacked into fields before normalisation and encoding
         self.structured = obs_space if isinstance(obs_space, StructuredSpace) else None
         self.obs_norm = self._obs_norm(cfg, obs_space)
@@ -78,11 +81,12 @@ class Policy(nn.Module):
         """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
         [batch], new state."""
         x, n = self._normalize(obs), self.actor_state_tensors
-        y, actor_state = self.core.step(self.encoder(x), state[:n])
-        if self.critic_core is None:
-            return self.actor(y), self.critic(y).squeeze(-1), actor_state
-        z, critic_state = self.critic_core.step(self.critic_encoder(x), state[n:])
-        return self.actor(y), self.critic(z).squeeze(-1), actor_state + critic_state
+        with autocast(self.precision, obs.device):
+            y, actor_state = self.core.step(self.encoder(x), state[:n])
+            if self.critic_core is None:
+                return self._fp32(self.actor(y), self.critic(y).squeeze(-1), actor_state)
+            z, critic_state = self.critic_core.step(self.critic_encoder(x), state[n:])
+            return self._fp32(self.actor(y), self.critic(z).squeeze(-1), actor_state + critic_state)
 
     def sequence(
         self, obs: Tensor, state: State, resets: Tensor, end_state: bool = True
@@ -90,11 +94,18 @@ class Policy(nn.Module):
         """obs [batch, T, *obs_shape], resets [batch, T] → params [batch, T, P], values [batch, T], end state
         (() if `end_state` is false and the unroll can skip computing it)."""
         x, n = self._normalize(obs), self.actor_state_tensors
-        y, actor_state = self.core.sequence(self.encoder(x), state[:n], resets, end_state)
-        if self.critic_core is None:
-            return self.actor(y), self.critic(y).squeeze(-1), actor_state
-        z, critic_state = self.critic_core.sequence(self.critic_encoder(x), state[n:], resets, end_state)
-        return self.actor(y), self.critic(z).squeeze(-1), (actor_state + critic_state) if end_state else ()
+        with autocast(self.precision, obs.device):
+            y, actor_state = self.core.sequence(self.encoder(x), state[:n], resets, end_state)
+            if self.critic_core is None:
+                return self._fp32(self.actor(y), self.critic(y).squeeze(-1), actor_state)
+            z, critic_state = self.critic_core.sequence(self.critic_encoder(x), state[n:], resets, end_state)
+            end = (actor_state + critic_state) if end_state else ()
+            return self._fp32(self.actor(y), self.critic(z).squeeze(-1), end)
+
+    @staticmethod
+    def _fp32(params: Tensor, values: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """What leaves the policy is fp32 (a no-op in fp32): a core of a user's own may return bf16 under bf16."""
+        return to_fp32(params), to_fp32(values), tuple(to_fp32(s) for s in state)
 
     def chain(self, obs: Tensor, state: State, resets: Tensor) -> tuple[Tensor, Tensor]:
         """Consecutive segments with gradients flowing across their boundaries: obs [n, C, H, *obs_shape],

@@ -2,6 +2,10 @@
 CPU the C++ step) and training's `sequence`, which runs the unroll `policy.sequence_impl` names
 (`carrystate.policy.unroll`). `fused` is the plain fused call, which ignores resets: the unrolls run it over
 pieces of a segment, and benchmarks take it as the floor.
+
+Under bf16 (carrystate/precision.py) `fused` is a step loop whose products take bf16 operands and whose state
+stays fp32 (nn.LSTM under autocast would carry its state in bf16; nn.GRU has no bf16 path on the CPU): for the
+LSTM the scan's recurrence without resets, for the GRU `gru_bf16`. A packed sequence is refused there.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from carrystate import registry
+from carrystate import precision, registry
 from carrystate.policy import unroll
 from carrystate.policy.cores import CoreModule
 from carrystate.policy.kernels import cpu
@@ -68,8 +73,17 @@ class RecurrentCore(CoreModule):
         The one training unroll: `self.impl` from the registry (`auto`: the fastest there for this core and
         device, see `unroll.resolve_auto`); every unroll applies the resets exactly and they agree to float
         rounding."""
-        name = unroll.resolve_auto(self.kind, x.device, self.hidden_size) if self.impl == "auto" else self.impl
+        bf16 = precision.active(x)
+        name = unroll.resolve_auto(self.kind, x.device, self.hidden_size, bf16) if self.impl == "auto" else self.impl
         return unroll.run(name)(self, x, state, resets, end_state)
+
+    def _bf16_input(self, x: Tensor | nn.utils.rnn.PackedSequence) -> bool:
+        """Whether `fused` takes its bf16 path; a packed sequence is refused there."""
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            if precision.active(x.data):
+                raise ValueError("policy.sequence_impl=packed runs in fp32 only: with trainer.precision=bf16 use auto")
+            return False
+        return precision.active(x)
 
 
 class LSTMCore(RecurrentCore):
@@ -116,12 +130,15 @@ class LSTMCore(RecurrentCore):
         return cls(in_size, c.hidden_size, c.num_layers, c.sequence_impl, c.forget_bias, *chrono)
 
     def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
+        if self._bf16_input(x):
+            no_resets = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+            return unroll.run("scan")(self, x, state, no_resets)
         y, (h, c) = self.rnn(x, state)
         return y, (h, c)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """On the CPU the C++ step where it is built (`policy/kernels`)."""
-        if (out := cpu.lstm_step(self.rnn, x, state)) is not None:
+        if (out := cpu.lstm_step(self.rnn, x, state, precision.active(x))) is not None:
             return out
         return super().step(x, state)
 
@@ -132,5 +149,27 @@ class GRUCore(RecurrentCore):
     kind, rnn_class, num_state_tensors = "gru", nn.GRU, 1
 
     def fused(self, x: Tensor | nn.utils.rnn.PackedSequence, state: State) -> tuple[Tensor, State]:
+        if self._bf16_input(x):
+            with precision.off(x):
+                return gru_bf16(self.rnn, x, state[0])
         y, h = self.rnn(x, state[0])
         return y, (h,)
+
+
+def gru_bf16(rnn: nn.GRU, x: Tensor, h0: Tensor) -> tuple[Tensor, State]:
+    """nn.GRU's math (gates r, z, n) as a step loop with bf16 products and an fp32 state: x [B, T, in], h0
+    [layers, B, H] → y [B, T, H] (fp32), (h after the last step,)."""
+    b16, inp, ends = torch.bfloat16, x, []
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}").to(b16) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        gi = F.linear(inp.to(b16), w_ih, b_ih).float()  # [B, T, 3H]: every step's input product at once
+        h, ys = h0[layer], []
+        for t in range(x.shape[1]):
+            i_r, i_z, i_n = gi[:, t].chunk(3, -1)
+            h_r, h_z, h_n = F.linear(h.to(b16), w_hh, b_hh).float().chunk(3, -1)
+            r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+            h = torch.lerp(torch.tanh(i_n + r * h_n), h, z)  # (1 - z) n + z h
+            ys.append(h)
+        inp = torch.stack(ys, 1)
+        ends.append(h)
+    return inp, (torch.stack(ends),)

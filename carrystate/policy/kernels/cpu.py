@@ -193,35 +193,50 @@ class LSTMScanCPU(torch.autograd.Function):
     elementwise pass per step."""
 
     @staticmethod
-    def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor):
+    def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bf16: bool = False):
         T, B, _ = pre_x.shape
         keep2 = keep.reshape(T, B).contiguous()
         y, act, h_prev, c_prev, tanh_c, c_T = get().forward(
-            pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous()
+            pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), bf16
         )
         ctx.save_for_backward(keep2, w_hh, act, h_prev, c_prev, tanh_c)
+        ctx.bf16 = bf16
         return y, y[T - 1].clone(), c_T
 
     @staticmethod
     def backward(ctx, dy: Tensor, dh_T: Tensor, dc_T: Tensor):
         keep2, w_hh, act, h_prev, c_prev, tanh_c = ctx.saved_tensors
         d_pre, dh0, dc0, d_w = get().backward(
-            dy.contiguous(), dh_T.contiguous(), dc_T.contiguous(), keep2, w_hh.contiguous(), act, h_prev, c_prev, tanh_c
+            dy.contiguous(),
+            dh_T.contiguous(),
+            dc_T.contiguous(),
+            keep2,
+            w_hh.contiguous(),
+            act,
+            h_prev,
+            c_prev,
+            tanh_c,
+            ctx.bf16,
         )
-        return d_pre, None, dh0, dc0, d_w
+        return d_pre, None, dh0, dc0, d_w, None
 
 
-def lstm_step(rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
+def lstm_step(
+    rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], bf16: bool = False
+) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
     """One rollout step of `rnn` with the C++ kernel: x [B, in], state ([layers, B, H] × 2, already zero where
-    an episode starts) → y [B, H], new state; None where the kernel does not apply (not float32 on the CPU, or
-    not built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
+    an episode starts) → y [B, H], new state; None where the kernel does not apply (a float32 state on the CPU,
+    built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
     one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
-    state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step)."""
-    kernels = for_input(x)
+    state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step). `bf16`: the GEMMs
+    take bf16 operands as the scan's do (carrystate/precision.py); x may then be bf16."""
+    kernels = for_input(state[0])
     # the kernel takes the flat weights of a biased nn.LSTM without projections
     if kernels is None or torch.is_grad_enabled() or not rnn.bias or rnn.proj_size:
         return None
-    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights)
+    if x.dtype != torch.float32 and not bf16:
+        return None
+    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights, bf16)
     return y, (h, c)
 
 

@@ -4,6 +4,9 @@
 // Built by kernels/cpu.py with torch.utils.cpp_extension, with -ffast-math -fno-finite-math-only: the compiler
 // may reorder float math, and expf vectorizes, but NaN and infinity keep their meaning, so a non-finite input
 // gives a non-finite output as torch's ops do (never a finite value that hides it).
+// With `bf16` every matrix product takes bfloat16 operands (fp32 accumulation, the result rounded to bf16 as
+// torch's autocast does) and everything else stays fp32: the gates' sum, the elementwise math, h and c
+// (carrystate/precision.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -24,13 +27,18 @@ inline float clamp40(float x) { return std::min(std::max(x, -40.0f), 40.0f); }
 inline float sigm(float x) { return 1.0f / (1.0f + std::exp(-clamp40(x))); }
 inline float tanh_(float x) { return 2.0f / (1.0f + std::exp(-2.0f * clamp40(x))) - 1.0f; }
 
+// a [rows, k] @ b [k, n] with bf16 operands, rounded to bf16 and returned as fp32
+inline torch::Tensor mm_bf16(const torch::Tensor& a, const torch::Tensor& b) {
+  return at::mm(a.to(torch::kBFloat16), b.to(torch::kBFloat16)).to(torch::kFloat32);
+}
+
 }  // namespace
 
 // pre_x [T, B, 4H] (x @ W_ih^T + biases), keep [T, B], h0, c0 [B, H], w_hh [4H, H] ->
 // y [T, B, H], act [T, B, 4H] (activated gates), h_prev, c_prev [T, B, H] (the masked state each step read),
 // tanh_c [T, B, H], c_T [B, H].
 std::vector<torch::Tensor> forward(torch::Tensor pre_x, torch::Tensor keep, torch::Tensor h0, torch::Tensor c0,
-                                   torch::Tensor w_hh) {
+                                   torch::Tensor w_hh, bool bf16) {
   const int64_t T = pre_x.size(0), B = pre_x.size(1), G = pre_x.size(2), H = G / 4;
   auto act = torch::empty_like(pre_x);
   auto y = torch::empty({T, B, H}, pre_x.options());
@@ -38,7 +46,7 @@ std::vector<torch::Tensor> forward(torch::Tensor pre_x, torch::Tensor keep, torc
   auto c_prev = torch::empty({T, B, H}, pre_x.options());
   auto tanh_c = torch::empty({T, B, H}, pre_x.options());
   auto c_end = torch::empty({B, H}, pre_x.options());
-  auto w_t = w_hh.t();
+  auto w_t = bf16 ? w_hh.t().to(torch::kBFloat16) : w_hh.t();
   const float* kp = keep.data_ptr<float>();
   {
     const float* h = h0.data_ptr<float>();
@@ -53,7 +61,10 @@ std::vector<torch::Tensor> forward(torch::Tensor pre_x, torch::Tensor keep, torc
   }
   for (int64_t t = 0; t < T; ++t) {
     auto a_t = act[t];
-    at::addmm_out(a_t, pre_x[t], h_prev[t], w_t);
+    if (bf16)
+      at::add_out(a_t, pre_x[t], at::mm(h_prev[t].to(torch::kBFloat16), w_t));  // fp32 + bf16 -> fp32
+    else
+      at::addmm_out(a_t, pre_x[t], h_prev[t], w_t);
     float* a = a_t.data_ptr<float>();
     const float* cp = c_prev.data_ptr<float>() + t * B * H;
     float* yt = y.data_ptr<float>() + t * B * H;
@@ -90,12 +101,13 @@ std::vector<torch::Tensor> forward(torch::Tensor pre_x, torch::Tensor keep, torc
 // dy [T, B, H], dh_T, dc_T [B, H] and what forward saved -> d_pre [T, B, 4H], dh0, dc0 [B, H], d_w_hh [4H, H].
 std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor dh_T, torch::Tensor dc_T, torch::Tensor keep,
                                     torch::Tensor w_hh, torch::Tensor act, torch::Tensor h_prev, torch::Tensor c_prev,
-                                    torch::Tensor tanh_c) {
+                                    torch::Tensor tanh_c, bool bf16) {
   const int64_t T = act.size(0), B = act.size(1), G = act.size(2), H = G / 4;
   auto d_pre = torch::empty_like(act);
   auto dc = dc_T.clone();
   auto into_h = torch::empty({B, H}, act.options());  // d_pre[t+1] @ W_hh: the gradient into h_t, unmasked
   const float* kp = keep.data_ptr<float>();
+  const auto w_b = bf16 ? w_hh.to(torch::kBFloat16) : w_hh;
   for (int64_t t = T - 1; t >= 0; --t) {
     const bool last = t == T - 1;
     const float* a = act.data_ptr<float>() + t * B * G;
@@ -127,10 +139,14 @@ std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor dh_T, torch:
         }
       }
     });
-    at::mm_out(into_h, d_pre[t], w_hh);
+    if (bf16)
+      into_h.copy_(at::mm(d_pre[t].to(torch::kBFloat16), w_b));
+    else
+      at::mm_out(into_h, d_pre[t], w_hh);
   }
   auto dh0 = into_h * keep[0].unsqueeze(1);
-  auto d_w = d_pre.view({T * B, G}).t().mm(h_prev.view({T * B, H}));
+  auto d_w = bf16 ? mm_bf16(d_pre.view({T * B, G}).t(), h_prev.view({T * B, H}))
+                  : d_pre.view({T * B, G}).t().mm(h_prev.view({T * B, H}));
   return {d_pre, dh0, dc, d_w};
 }
 
@@ -138,7 +154,8 @@ std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor dh_T, torch:
 // (nn.LSTM's flat list: w_ih, w_hh, b_ih, b_hh per layer) -> y [B, H], h', c' [L, B, H]. Per layer the same
 // input GEMM (biases summed first), recurrent GEMM and elementwise math as the scan (scan.lstm_scan and
 // forward above), so that a replay reproduces the rollout's state.
-std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor c, std::vector<torch::Tensor> weights) {
+std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor c, std::vector<torch::Tensor> weights,
+                                bool bf16) {
   const int64_t L = h.size(0), B = h.size(1), H = h.size(2), G = 4 * H;
   auto h_in = h.contiguous(), c_in = c.contiguous();
   auto h_new = torch::empty_like(h_in);
@@ -147,8 +164,16 @@ std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor 
   for (int64_t l = 0; l < L; ++l) {
     const auto& w_ih = weights[4 * l];
     const auto& w_hh = weights[4 * l + 1];
-    auto pre = at::linear(inp, w_ih, weights[4 * l + 2] + weights[4 * l + 3]).contiguous();
-    at::addmm_out(pre, pre, h_in[l], w_hh.t());
+    auto bias = weights[4 * l + 2] + weights[4 * l + 3];
+    torch::Tensor pre;
+    if (bf16) {  // the scan's rounding: the input product (with the bias) in bf16, the recurrent one added in fp32
+      const auto b16 = torch::kBFloat16;
+      pre = at::linear(inp.to(b16), w_ih.to(b16), bias.to(b16)).to(torch::kFloat32).contiguous();
+      pre.add_(at::mm(h_in[l].to(b16), w_hh.t().to(b16)));
+    } else {
+      pre = at::linear(inp, w_ih, bias).contiguous();
+      at::addmm_out(pre, pre, h_in[l], w_hh.t());
+    }
     const float* a = pre.data_ptr<float>();
     const float* cp = c_in.data_ptr<float>() + l * B * H;
     float* hn = h_new.data_ptr<float>() + l * B * H;

@@ -28,11 +28,13 @@ def run(name: str):
     return registry.load(UNROLLS[name].target, "policy.sequence_impl")
 
 
-def resolve_auto(kind: str, device: torch.device, hidden: int) -> str:
-    """The unroll `auto` runs for a `kind` core of width `hidden` on `device`: the fastest exact one measured
-    there (BENCHMARKS.md)."""
-    if kind == "lstm" and device.type == "cpu":
+def resolve_auto(kind: str, device: torch.device, hidden: int, bf16: bool = False) -> str:
+    """The unroll `auto` runs for a `kind` core of width `hidden` on `device` (in bf16 or not): the fastest exact
+    one measured there (BENCHMARKS.md) that runs in that precision."""
+    if kind == "lstm" and (device.type == "cpu" or bf16):
         return "scan"
+    if bf16:  # the GRU's bf16 fused call is a step loop: fragments gain nothing, the fewest calls win
+        return "chunked"
     if kind == "lstm" and device.type == "cuda":
         from carrystate.policy.kernels import triton_scan
 

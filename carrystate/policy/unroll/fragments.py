@@ -5,7 +5,8 @@ No fused call runs across a reset: each piece starts from the carried state or, 
 `chunked` cuts the whole segment at every timestep where some row resets (one fused call per piece), `loop`
 steps one timestep at a time, `packed` runs each row's episode fragments as one packed sequence, and
 `bucketed` runs the fragments as a few dense fused calls grouped by length. With no reset after t=0 each is
-a single fused call.
+a single fused call. Under bf16 (carrystate/precision.py) `packed` refuses, and `bucketed` takes its end state
+from `chunked`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from carrystate import precision
 from carrystate.state import State, mask_state
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ def bucketed(
     bucket = torch.ceil(torch.log2(length.float())).long()  # fragments of length in (2^(k-1), 2^k]
     order = torch.argsort(bucket)
     counts = torch.bincount(bucket, minlength=int(T).bit_length() + 1).tolist()  # one host sync
-    y = x.new_zeros(B * T, core.hidden_size)
+    y = x.new_zeros(B * T, core.hidden_size, dtype=state[0].dtype)  # fp32 also under bf16 (x is bf16 there)
     flat_x = x.reshape(B * T, -1)
     begin = 0
     for k, n in enumerate(counts):
@@ -123,6 +125,8 @@ def bucketed(
         y.index_put_((src[valid],), out[valid])
     if not end_state:
         return y.view(B, T, -1), ()
+    if precision.active(x):  # no packed sequences in bf16: the end state from the chunked unroll
+        return y.view(B, T, -1), chunked(core, x, state, resets)[1]
     last = torch.cat([(row[1:] != row[:-1]), row.new_ones(1, dtype=torch.bool)])
     _, end = _packed(core, x, state, resets, only_last=last)
     return y.view(B, T, -1), end
