@@ -31,6 +31,21 @@ USER_CORE = "tests.user_core:LeakyRNN"  # a memory core of a user's own (the exa
 # (module:Class, comma-separated): how a user checks a core of their own against the same guarantees
 ALL_CORES = [*registry.CORES, USER_CORE, *filter(None, os.environ.get("CARRYSTATE_TEST_CORES", "").split(","))]
 
+PRECISIONS = ("fp32", "bf16")  # trainer.precision: the invariant tests run in both
+# bf16 replay against the rollout: |replay - rollout| <= BF16_BOUND × max(1, largest |entry| compared), the bound
+# README's invariants state (a few bf16 roundings, 2^-8 each, of the products behind an entry)
+BF16_BOUND = 2**-6
+
+
+def assert_replays(actual: torch.Tensor, expected: torch.Tensor, precision: str, atol: float) -> None:
+    """Replay equals rollout: within `atol` in fp32, within the stated bound in bf16."""
+    if precision == "fp32":
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+        return
+    gap, scale = float((actual - expected).abs().max()), max(1.0, float(expected.abs().max()))
+    assert gap <= BF16_BOUND * scale, f"bf16: |replay - rollout| {gap:.3g} > 2^-6 × {scale:.3g}"
+
+
 # a small T-maze run: 8 agents, 512-step rollouts of 16-step segments, 2 epochs of 128-step minibatches
 SMALL_TMAZE = [
     "env.num_envs=8",

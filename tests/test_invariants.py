@@ -1,6 +1,6 @@
 """ARCHITECTURE.md invariants 1-6, each on segments that contain episode ends, several agents, and more
 segments than agents (every agent fills several consecutive rows); 1-3 over every registered core and a user's
-own (invariant 8)."""
+own (invariant 8), in both precisions (`trainer.precision`: bf16 within its stated bound, `assert_replays`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from carrystate import ppo, registry
 from carrystate.config import load_config
 from carrystate.trainer import Trainer
-from tests.helpers import ALL_CORES, ScriptedEnv, collect, make_policy, manual_states
+from tests.helpers import ALL_CORES, PRECISIONS, ScriptedEnv, assert_replays, collect, make_policy, manual_states
 
 AGENTS, HORIZON, ROWS_PER_AGENT = 3, 8, 3
 BATCH = AGENTS * HORIZON * ROWS_PER_AGENT  # 72 agent-steps: 9 segments, 3 per agent, 24 steps per agent
@@ -39,8 +39,13 @@ def core(request):
     return request.param
 
 
-def _scripted(core, rollouts=1, layers=1, impl="auto"):
-    policy = make_policy(core, layers=layers, impl=impl)
+@pytest.fixture(params=PRECISIONS)
+def precision(request):
+    return request.param
+
+
+def _scripted(core, rollouts=1, layers=1, impl="auto", precision="fp32"):
+    policy = make_policy(core, layers=layers, impl=impl, precision=precision)
     env = ScriptedEnv(AGENTS, STEPS * rollouts, ends=ENDS)
     rollout, store, buffers = collect(policy, env, BATCH, HORIZON, rollouts)
     return policy, env, store, buffers
@@ -56,31 +61,32 @@ UNROLLS = ["chunked", "packed", "bucketed", "loop", "scan"]
 
 
 @pytest.mark.parametrize(
-    "core, impl",
-    [(c, "auto") for c in ALL_CORES] + [(c, u) for u in UNROLLS for c in registry.UNROLLS[u].cores],
+    "core, impl, precision",
+    [(c, "auto", p) for p in PRECISIONS for c in ALL_CORES]
+    + [(c, u, p) for p in PRECISIONS for u in UNROLLS for c in registry.UNROLLS[u].cores if registry.UNROLLS[u].bf16 or p == "fp32"],
 )
-def test_replay_matches_rollout_across_episode_end(core, impl):
+def test_replay_matches_rollout_across_episode_end(core, impl, precision):
     for layers in (1, 2):
-        policy, _, _, (buf,) = _scripted(core, layers=layers, impl=impl)
+        policy, _, _, (buf,) = _scripted(core, layers=layers, impl=impl, precision=precision)
         assert buf.starts[:, 1:].any(), "segments must contain episode starts after their first step"
         with torch.no_grad():
             params, values, _ = policy.sequence(buf.obs, buf.start_state, buf.starts)
             logprobs, _ = policy.actor.log_prob_entropy(params, buf.actions)
-        torch.testing.assert_close(values, buf.values, atol=1e-5, rtol=0)
-        torch.testing.assert_close(logprobs, buf.logprobs, atol=1e-5, rtol=0)
+        assert_replays(values, buf.values, precision, atol=1e-5)
+        assert_replays(logprobs, buf.logprobs, precision, atol=1e-5)
 
 
-def test_segment_start_state_equals_state_carried_from_previous_segment(core):
+def test_segment_start_state_equals_state_carried_from_previous_segment(core, precision):
     if core == "none":
         pytest.skip(f"{STATELESS}: no start state to compare")
-    policy, env, _, (buf,) = _scripted(core)
+    policy, env, _, (buf,) = _scripted(core, precision=precision)
     for agent in range(AGENTS):
         done = np.array([(agent, t) in ENDS for t in range(STEPS)])
         before, _ = manual_states(policy, env.obs_table[:STEPS, agent], done)
         for k in range(ROWS_PER_AGENT):
             for stored, ref in zip(buf.start_state, before[k * HORIZON]):
                 # the reference runs batch 1, the rollout batch 3: equal up to matmul rounding
-                torch.testing.assert_close(stored[:, _row(agent, k)], ref[:, 0], atol=1e-6, rtol=0)
+                assert_replays(stored[:, _row(agent, k)], ref[:, 0], precision, atol=1e-6)
         # and the replayed end state of row k is the stored start state of row k+1
         for k in range(ROWS_PER_AGENT - 1):
             r = _row(agent, k)
@@ -93,13 +99,13 @@ def test_segment_start_state_equals_state_carried_from_previous_segment(core):
             )
             for e, s in zip(end, buf.start_state):
                 expect = torch.zeros_like(e) if nxt else e
-                torch.testing.assert_close(s[:, r + 1 : r + 2], expect, atol=1e-6, rtol=0)
+                assert_replays(s[:, r + 1 : r + 2], expect, precision, atol=1e-6)
 
 
-def test_segment_boundary_stops_gradient_but_not_values(core):
+def test_segment_boundary_stops_gradient_but_not_values(core, precision):
     if core == "none":
         pytest.skip(f"{STATELESS}: nothing, value or gradient, can cross a segment boundary")
-    policy, _, _, (buf,) = _scripted(core)
+    policy, _, _, (buf,) = _scripted(core, precision=precision)
     agent, k = 2, 0  # agent 2's rows 0 and 1 are one episode across the boundary (no end at step 7)
     r = _row(agent, k)
     assert not buf.starts[r + 1, 0] and buf.start_state[0][:, r + 1].abs().sum() > 0, "values must carry"
@@ -112,9 +118,9 @@ def test_segment_boundary_stops_gradient_but_not_values(core):
     assert torch.count_nonzero(obs.grad[1]) > 0
 
 
-def test_episodes_isolated_in_rollout_and_training(core):
+def test_episodes_isolated_in_rollout_and_training(core, precision):
     # agent 0's episode ends at step 4 (inside row 0); perturb steps 0..4 of that episode only
-    policy = make_policy(core)
+    policy = make_policy(core, precision=precision)
     env_a = ScriptedEnv(AGENTS, STEPS, ends=ENDS)
     env_b = ScriptedEnv(AGENTS, STEPS, ends=ENDS)
     env_b.obs_table[:5, 0] += 3.0

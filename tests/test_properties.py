@@ -1,5 +1,5 @@
 """Property-based: random episode-end patterns, agent counts and horizons; invariants 1-3 must hold for every
-registered core and a user's own (invariant 8)."""
+registered core and a user's own (invariant 8), in both precisions (bf16 within its stated bound)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carrystate.policy.cores.recurrent import LSTMCore
-from tests.helpers import ALL_CORES, ScriptedEnv, collect, make_policy, manual_states
+from tests.helpers import ALL_CORES, PRECISIONS, ScriptedEnv, assert_replays, collect, make_policy, manual_states
 
 # every registered core, and a user's own (tests/user_core.py) that carrystate builds from its module:Class
 
@@ -32,46 +32,49 @@ def scenarios(draw):
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("core", ALL_CORES)
 @SETTINGS
 @given(scenarios())
-def test_replay_matches_rollout_for_any_episode_ends(core, sc):
+def test_replay_matches_rollout_for_any_episode_ends(core, precision, sc):
     agents, horizon, rows, ends = sc
-    policy = make_policy(core)
+    policy = make_policy(core, precision=precision)
     env = ScriptedEnv(agents, horizon * rows, ends=ends)
     _, _, (buf,) = collect(policy, env, agents * horizon * rows, horizon)
     with torch.no_grad():
         params, values, _ = policy.sequence(buf.obs, buf.start_state, buf.starts)
         logp, _ = policy.actor.log_prob_entropy(params, buf.actions)
-    torch.testing.assert_close(values, buf.values, atol=1e-5, rtol=0)
-    torch.testing.assert_close(logp, buf.logprobs, atol=1e-5, rtol=0)
+    assert_replays(values, buf.values, precision, atol=1e-5)
+    assert_replays(logp, buf.logprobs, precision, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("core", ALL_CORES)
 @SETTINGS
 @given(scenarios())
-def test_start_states_carry_values_for_any_episode_ends(core, sc):
+def test_start_states_carry_values_for_any_episode_ends(core, precision, sc):
     agents, horizon, rows, ends = sc
-    policy = make_policy(core)
+    policy = make_policy(core, precision=precision)
     steps = horizon * rows
     env = ScriptedEnv(agents, steps, ends=ends)
     _, _, (buf,) = collect(policy, env, agents * steps, horizon)
     for a in range(agents):
         done = np.array([(a, t) in ends for t in range(steps)])
         before, values = manual_states(policy, env.obs_table[:steps, a], done)
-        np.testing.assert_allclose(buf.timeline(buf.values)[a].numpy(), values, atol=1e-5)
+        assert_replays(buf.timeline(buf.values)[a], torch.tensor(values), precision, atol=1e-5)
         for k in range(rows):
             for stored, ref in zip(buf.start_state, before[k * horizon]):
-                torch.testing.assert_close(stored[:, a * rows + k], ref[:, 0], atol=1e-6, rtol=0)
+                assert_replays(stored[:, a * rows + k], ref[:, 0], precision, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("core", ALL_CORES)
 @SETTINGS
 @given(scenarios(), st.data())
-def test_perturbing_one_episode_changes_nothing_outside_it(core, sc, data):
+def test_perturbing_one_episode_changes_nothing_outside_it(core, precision, sc, data):
     agents, horizon, rows, ends = sc
     steps = horizon * rows
-    policy = make_policy(core)
+    policy = make_policy(core, precision=precision)
     a = data.draw(st.integers(0, agents - 1))
     boundaries = [-1] + sorted(t for (ag, t) in ends if ag == a) + [steps - 1]
     i = data.draw(st.integers(0, len(boundaries) - 2))

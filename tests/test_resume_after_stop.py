@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORES = {name: [f"policy.core={name}"] for name in registry.CORES}
 CORES["user"] = [f"policy.core={USER_CORE}", "policy.core_options.decay=0.5"]
 CORES.update({name: [f"policy.core={name}"] for name in ALL_CORES[len(registry.CORES) + 1 :]})  # CARRYSTATE_TEST_CORES
+CORES.update({f"{name}-bf16": [f"policy.core={name}", "trainer.precision=bf16"] for name in ("lstm", "gru")})
 
 
 def _settings(extra) -> list[str]:
