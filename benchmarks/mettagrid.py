@@ -12,7 +12,10 @@ then each floor part runs once. Reported:
   state-store writes, bookkeeping);
 - floors: env stepping alone (the config's env, random actions) and env stepping plus one policy forward per
   step, per 1,000 agent-steps;
-- the token encoder's forward+backward on a minibatch against the MLP encoder's on the same observations.
+- the token encoder's forward+backward on a minibatch against the MLP encoder's on the same observations;
+- the bf16 rows: carrystate at `trainer.precision=bf16` (its own trainer, in the same rounds) beside PufferLib at
+  `precision=bfloat16`, with the ratios to both PufferLib precisions and the rollout and learner seconds of each
+  carrystate precision.
 
 PufferLib runs in a separate interpreter (`--pufferlib-python`, default: this one if it imports pufferlib),
 through `benchmarks/pufferlib_mettagrid.py`; how to install it on a CPU-only machine is in BENCHMARKS.md.
@@ -64,12 +67,14 @@ def pufferlib_python(requested: str | None) -> str | None:
     return sys.executable
 
 
-def pufferlib_round(python: str, maps: int, epochs: int, seconds: float) -> dict:
-    """One PufferLib training run of about `seconds` after its warm-up, in its own process."""
+def pufferlib_round(python: str, maps: int, epochs: int, seconds: float, precision: str = "fp32") -> dict:
+    """One PufferLib training run of about `seconds` after its warm-up, in its own process, at its `precision`
+    (float32, or bfloat16 autocast) for carrystate's fp32 or bf16."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "puffer.json"
         cmd = [python, str(ROOT / "benchmarks" / "pufferlib_mettagrid.py"), "--maps", str(maps)]
         cmd += ["--epochs", str(epochs), "--seconds", str(seconds), "--json", str(out)]
+        cmd += ["--precision", {"fp32": "float32", "bf16": "bfloat16"}[precision]]
         subprocess.run(cmd, check=True, capture_output=True, timeout=600 + 4 * seconds)
         return json.loads(out.read_text())
 
@@ -134,11 +139,27 @@ def encoder_ratio(tr: carrystate.Trainer, repeats: int = 5) -> dict:
     return {"token_seconds": times["token"], "mlp_seconds": times["mlp"], "ratio": times["token"] / times["mlp"]}
 
 
+def bf16_round(tr: carrystate.Trainer, puffer: str | None, iterations: int, out: dict) -> None:
+    """One round of the bf16 rows: carrystate at trainer.precision=bf16, then PufferLib at bfloat16 for as long."""
+    first, t0 = len(tr.history), time.perf_counter()
+    tr.train(stop_after=iterations)
+    wall = time.perf_counter() - t0
+    out["seconds"].append(wall / iterations)
+    for h in tr.history[first:]:
+        out["rollout"].append(h["perf/policy_seconds"])
+        out["learner"].append(h["perf/learn_seconds"])
+    if puffer:
+        out["pufferlib_sps"].append(pufferlib_round(puffer, tr.cfg.env.num_envs, tr.cfg.trainer.update_epochs, wall, "bf16")["sps"])
+
+
 def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, iterations: int = 2) -> dict:
     torch.set_num_threads(1)
     cfg = carrystate.load_config(CONFIG, overrides(maps, epochs))
     tr = carrystate.Trainer(cfg, quiet=True)
     tr.train(stop_after=1)  # warm-up
+    tr16 = carrystate.Trainer(carrystate.load_config(CONFIG, [*overrides(maps, epochs), "trainer.precision=bf16"]), quiet=True)
+    tr16.train(stop_after=1)
+    bf16: dict[str, list[float]] = {"seconds": [], "rollout": [], "learner": [], "pufferlib_sps": []}
     steps = cfg.trainer.batch_size // tr.env.num_agents
     parts = floor_parts(tr, steps)
     env = parts.pop("_env")
@@ -160,7 +181,9 @@ def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, itera
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+        bf16_round(tr16, puffer, iterations, bf16)
     env.close()
+    tr16.env.close()
     med = {k: float(np.median(v)) for k, v in times.items()}
     per_iteration = med["carrystate"]
     env_s, policy_s, learn_s = (float(np.median(split[k])) for k in ("env", "policy", "learner"))
@@ -191,6 +214,19 @@ def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, itera
         "pufferlib_rounds": puffer_sps,
     }
     row["ratio_to_pufferlib"] = row["carrystate_sps"] / row["pufferlib_sps"] if puffer_sps else None
+    # trainer.precision=bf16 beside fp32 (the rows above) and PufferLib at bfloat16; rollout = the policy's time in it
+    sps16 = cfg.trainer.batch_size / float(np.median(bf16["seconds"]))
+    puffer16 = float(np.median(bf16["pufferlib_sps"])) if bf16["pufferlib_sps"] else None
+    row["bf16"] = {
+        "carrystate_sps": sps16,
+        "over_fp32": sps16 / row["carrystate_sps"],
+        "rollout_seconds": {"fp32": policy_s, "bf16": float(np.median(bf16["rollout"]))},
+        "learner_seconds": {"fp32": learn_s, "bf16": float(np.median(bf16["learner"]))},
+        "pufferlib_sps": puffer16,
+        "pufferlib_rounds": bf16["pufferlib_sps"],
+        "ratio_to_pufferlib_fp32": sps16 / row["pufferlib_sps"] if puffer_sps else None,
+        "ratio_to_pufferlib_bf16": sps16 / puffer16 if puffer16 else None,
+    }
     tr.env.close()
     print(json.dumps(row), flush=True)
     return row

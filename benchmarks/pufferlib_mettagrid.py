@@ -73,7 +73,7 @@ def make_env(buf=None, seed=0):
     return MettaGridPufferEnv(Simulator(), arena_config(), buf=buf, seed=seed)
 
 
-def trainer_config(maps: int, update_epochs: int, data_dir: str) -> dict:
+def trainer_config(maps: int, update_epochs: int, data_dir: str, precision: str = "float32") -> dict:
     """Every key PuffeRL reads. Speed-relevant ones follow configs/mettagrid_arena.yaml."""
     return dict(
         env="mettagrid_arena",
@@ -84,7 +84,7 @@ def trainer_config(maps: int, update_epochs: int, data_dir: str) -> dict:
         compile=False,
         compile_mode="default",
         compile_fullgraph=False,
-        precision="float32",
+        precision=precision,  # float32, or bfloat16: PufferLib's autocast around its rollout and update
         use_rnn=True,  # the policy is PufferLib's LSTMWrapper
         batch_size=maps * AGENTS * 256,  # trainer.batch_size: agents x 256 steps per rollout
         bptt_horizon=64,  # trainer.bptt_horizon
@@ -127,6 +127,7 @@ def main() -> None:
         "worker processes, --workers of them, double-buffered like carrystate's config",
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32", help="PufferLib's own")
     parser.add_argument("--json", default=None, help="also write the JSON line here")
     parser.add_argument("--dashboard", action="store_true", help="keep PufferLib's terminal dashboard")
     args = parser.parse_args()
@@ -152,7 +153,8 @@ def main() -> None:
     policy = PufferDefaultPolicy(PolicyEnvInterface.from_mg_cfg(arena_config()), hidden_size=128).network()
 
     data_dir = tempfile.mkdtemp(prefix="pufferlib_bench_", dir="/tmp")
-    trainer = pufferlib.pufferl.PuffeRL(trainer_config(args.maps, args.epochs, data_dir), vecenv, policy)
+    config = trainer_config(args.maps, args.epochs, data_dir, args.precision)
+    trainer = pufferlib.pufferl.PuffeRL(config, vecenv, policy)
     try:
         trainer.evaluate()  # warm-up epoch: first rollout and update (allocations, first-call costs)
         trainer.train()
@@ -176,6 +178,7 @@ def main() -> None:
         "maps": args.maps,
         "agents": args.maps * AGENTS,
         "update_epochs": args.epochs,
+        "precision": args.precision,
         "pufferlib_version": pufferlib.__version__,
         "torch": torch.__version__,
         "vectorization": "Serial" if args.vec == "serial" else f"Multiprocessing({args.workers} workers)",

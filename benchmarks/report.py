@@ -101,6 +101,25 @@ def _mettagrid_section(mg: dict) -> list[str]:
             f"{r['floor_sps']['env_forward']:,.0f} | {1e3 * e['token_seconds']:.0f} / {1e3 * e['mlp_seconds']:.0f} "
             f"({e['ratio']:.2f}×) |"
         )
+    if all("bf16" in r for r in rows):
+        lines += [
+            "",
+            "bf16 (`trainer.precision=bf16`, its own trainer in the same rounds) beside PufferLib at its own "
+            "`precision=bfloat16` (autocast), for as long; rollout = the policy's seconds in an iteration's rollout:",
+            "",
+            "| maps (agents) | epochs | carrystate bf16 SPS | over fp32 | PufferLib bf16 SPS | ratio to PufferLib fp32 / "
+            "bf16 | rollout s: fp32 / bf16 | learner s: fp32 / bf16 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            b = r["bf16"]
+            lines.append(
+                f"| {r['maps']} ({r['agents']}) | {r['update_epochs']} | {b['carrystate_sps']:,.0f} | "
+                f"{b['over_fp32']:.2f}× | {_fmt(b['pufferlib_sps'], ',.0f')} | {_fmt(b['ratio_to_pufferlib_fp32'])}× / "
+                f"{_fmt(b['ratio_to_pufferlib_bf16'])}× | {b['rollout_seconds']['fp32']:.2f} / "
+                f"{b['rollout_seconds']['bf16']:.2f} | {b['learner_seconds']['fp32']:.2f} / "
+                f"{b['learner_seconds']['bf16']:.2f} |"
+            )
     if mg.get("layouts"):
         lay = mg["layouts"]
         lines += [

@@ -35,6 +35,7 @@ import torch
 from carrystate.buffer import SegmentBuffer
 from carrystate.envs.base import EnvError, StepResult, VecEnv, check_finite, check_step_result, env_label
 from carrystate.policy import Policy
+from carrystate.precision import autocast
 from carrystate.state import StateStore
 
 
@@ -387,25 +388,27 @@ class Rollout:
         stats.interrupted = False
         self._env_seconds, started = 0.0, time.perf_counter()
         t = buffer.position
-        try:
-            for t in range(buffer.position, buffer.steps + 1):
-                if t == buffer.steps or should_stop():
-                    break
+        # one autocast region for the whole rollout under bf16, so torch casts each weight once, not every step
+        with autocast(policy.precision, next(policy.parameters()).device):
+            try:
+                for t in range(buffer.position, buffer.steps + 1):
+                    if t == buffer.steps or should_stop():
+                        break
+                    for lane in self.lanes:
+                        if lane.pending is not None:
+                            self._finish(lane, policy, stats, buffer)
+                        state = self.store.get(lane.key)
+                        if t % buffer.horizon == 0:
+                            buffer.write_start_state(t, state, agents=lane.rows)
+                        if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
+                            buffer.write_burn_in_state(t, state, agents=lane.rows)
+                        self._act(lane, t, policy, generator)
                 for lane in self.lanes:
                     if lane.pending is not None:
                         self._finish(lane, policy, stats, buffer)
-                    state = self.store.get(lane.key)
-                    if t % buffer.horizon == 0:
-                        buffer.write_start_state(t, state, agents=lane.rows)
-                    if buffer.burn_in and t % buffer.horizon == buffer.horizon - buffer.burn_in:
-                        buffer.write_burn_in_state(t, state, agents=lane.rows)
-                    self._act(lane, t, policy, generator)
-            for lane in self.lanes:
-                if lane.pending is not None:
-                    self._finish(lane, policy, stats, buffer)
-        finally:
-            for lane in self.lanes:  # after an error the pending step is lost; never finish it twice
-                lane.pending = None
+            finally:
+                for lane in self.lanes:  # after an error the pending step is lost; never finish it twice
+                    lane.pending = None
         buffer.position = stats.steps = t
         stats.interrupted = t < buffer.steps
         stats.env_seconds += self._env_seconds

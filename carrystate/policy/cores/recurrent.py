@@ -137,10 +137,20 @@ class LSTMCore(RecurrentCore):
         return y, (h, c)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """On the CPU the C++ step where it is built (`policy/kernels`)."""
-        if (out := cpu.lstm_step(self.rnn, x, state, precision.active(x))) is not None:
+        """On the CPU the C++ step where it is built (`policy/kernels`); under bf16 with the weight matrices' bf16
+        copies, made again only after the weights change (a rollout steps with frozen weights)."""
+        bf16 = precision.active(x)
+        weights = self._bf16_weights() if bf16 and not torch.is_grad_enabled() else None
+        if (out := cpu.lstm_step(self.rnn, x, state, bf16, weights)) is not None:
             return out
         return super().step(x, state)
+
+    def _bf16_weights(self) -> list[Tensor]:
+        key = tuple((w.data_ptr(), w._version) for w in self.rnn._flat_weights)
+        if getattr(self, "_bf16_copies", (None,))[0] != key:
+            copies = [w.detach().to(torch.bfloat16) if w.dim() == 2 else w for w in self.rnn._flat_weights]
+            self._bf16_copies = (key, copies)
+        return self._bf16_copies[1]
 
 
 class GRUCore(RecurrentCore):

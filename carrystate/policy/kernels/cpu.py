@@ -222,21 +222,22 @@ class LSTMScanCPU(torch.autograd.Function):
 
 
 def lstm_step(
-    rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], bf16: bool = False
+    rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], bf16: bool = False, weights: list[Tensor] | None = None
 ) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
     """One rollout step of `rnn` with the C++ kernel: x [B, in], state ([layers, B, H] × 2, already zero where
     an episode starts) → y [B, H], new state; None where the kernel does not apply (a float32 state on the CPU,
     built), and the caller runs `rnn` itself. One C++ call: per layer an input GEMM, a recurrent GEMM and
     one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
     state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step). `bf16`: the GEMMs
-    take bf16 operands as the scan's do (carrystate/precision.py); x may then be bf16."""
+    take bf16 operands as the scan's do (carrystate/precision.py); x may then be bf16, and `weights` (nn.LSTM's
+    flat list) may hold the matrices already in bf16, which the kernel then uses as they are."""
     kernels = for_input(state[0])
     # the kernel takes the flat weights of a biased nn.LSTM without projections
     if kernels is None or torch.is_grad_enabled() or not rnn.bias or rnn.proj_size:
         return None
     if x.dtype != torch.float32 and not bf16:
         return None
-    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights, bf16)
+    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights if weights is None else weights, bf16)
     return y, (h, c)
 
 
