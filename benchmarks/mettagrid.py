@@ -149,7 +149,9 @@ def bf16_round(tr: carrystate.Trainer, puffer: str | None, iterations: int, out:
         out["rollout"].append(h["perf/policy_seconds"])
         out["learner"].append(h["perf/learn_seconds"])
     if puffer:
-        out["pufferlib_sps"].append(pufferlib_round(puffer, tr.cfg.env.num_envs, tr.cfg.trainer.update_epochs, wall, "bf16")["sps"])
+        out["pufferlib_sps"].append(
+            pufferlib_round(puffer, tr.cfg.env.num_envs, tr.cfg.trainer.update_epochs, wall, "bf16")["sps"]
+        )
 
 
 def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, iterations: int = 2) -> dict:
@@ -157,7 +159,9 @@ def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, itera
     cfg = carrystate.load_config(CONFIG, overrides(maps, epochs))
     tr = carrystate.Trainer(cfg, quiet=True)
     tr.train(stop_after=1)  # warm-up
-    tr16 = carrystate.Trainer(carrystate.load_config(CONFIG, [*overrides(maps, epochs), "trainer.precision=bf16"]), quiet=True)
+    tr16 = carrystate.Trainer(
+        carrystate.load_config(CONFIG, [*overrides(maps, epochs), "trainer.precision=bf16"]), quiet=True
+    )
     tr16.train(stop_after=1)
     bf16: dict[str, list[float]] = {"seconds": [], "rollout": [], "learner": [], "pufferlib_sps": []}
     steps = cfg.trainer.batch_size // tr.env.num_agents

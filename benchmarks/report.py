@@ -107,8 +107,8 @@ def _mettagrid_section(mg: dict) -> list[str]:
             "bf16 (`trainer.precision=bf16`, its own trainer in the same rounds) beside PufferLib at its own "
             "`precision=bfloat16` (autocast), for as long; rollout = the policy's seconds in an iteration's rollout:",
             "",
-            "| maps (agents) | epochs | carrystate bf16 SPS | over fp32 | PufferLib bf16 SPS | ratio to PufferLib fp32 / "
-            "bf16 | rollout s: fp32 / bf16 | learner s: fp32 / bf16 |",
+            "| maps (agents) | epochs | carrystate bf16 SPS | over fp32 | PufferLib bf16 SPS | ratio to PufferLib "
+            "fp32 / bf16 | rollout s: fp32 / bf16 | learner s: fp32 / bf16 |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:

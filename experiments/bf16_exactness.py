@@ -2,8 +2,9 @@
 GRU (and the other cores under auto), over random episode ends: the largest |replay − rollout| of the log-probs
 and values of the actions taken, and of the start states (the state a segment's replay ends with, against the
 start state the rollout stored for the agent's next segment, where no episode ends between them), relative to
-the largest state entry (`*_rel`: each gap over the largest |entry| of what it compares). Policies of the shipped size (MLP encoder, hidden 128; one and two layers), 16 agents
-× 4 segments of 64 steps, each step ending an agent's episode with probability 1/40; 10 end patterns each.
+the largest state entry (`*_rel`: each gap over the largest |entry| of what it compares). Policies of the
+shipped size (MLP encoder, hidden 128; one and two layers), 16 agents × 4 segments of 64 steps, each step ending
+an agent's episode with probability 1/40; 10 end patterns each.
 
     python experiments/bf16_exactness.py      # writes experiments/results/bf16_exactness.json
 """
@@ -17,8 +18,8 @@ import torch
 from common import ROOT, save
 
 sys.path.insert(0, str(ROOT))
-from carrystate import registry  # noqa: E402
-from tests.helpers import USER_CORE, ScriptedEnv, collect, make_policy  # noqa: E402
+from carrystate import registry
+from tests.helpers import USER_CORE, ScriptedEnv, collect, make_policy
 
 AGENTS, HORIZON, ROWS, PATTERNS = 16, 64, 4, 10
 

@@ -63,7 +63,13 @@ UNROLLS = ["chunked", "packed", "bucketed", "loop", "scan"]
 @pytest.mark.parametrize(
     "core, impl, precision",
     [(c, "auto", p) for p in PRECISIONS for c in ALL_CORES]
-    + [(c, u, p) for p in PRECISIONS for u in UNROLLS for c in registry.UNROLLS[u].cores if registry.UNROLLS[u].bf16 or p == "fp32"],
+    + [
+        (c, u, p)
+        for p in PRECISIONS
+        for u in UNROLLS
+        for c in registry.UNROLLS[u].cores
+        if registry.UNROLLS[u].bf16 or p == "fp32"
+    ],
 )
 def test_replay_matches_rollout_across_episode_end(core, impl, precision):
     for layers in (1, 2):

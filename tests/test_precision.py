@@ -39,7 +39,9 @@ def reference_lstm(rnn, x, state, resets):
     """nn.LSTM's math step by step (gates i, f, g, o) with every product rounded by `_product`, state fp32."""
     inp, hs, cs = x, [], []
     for layer in range(rnn.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh, b_ih, b_hh = (
+            getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
         pre = _product(inp, w_ih, b_ih + b_hh)
         h, c, ys = state[0][layer], state[1][layer], []
         for t in range(x.shape[1]):
@@ -59,7 +61,9 @@ def reference_gru(rnn, x, h0):
     """nn.GRU's documented math (r, z, n; b_hn inside r's product) with `_product`'s rounding."""
     inp, ends = x, []
     for layer in range(rnn.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh, b_ih, b_hh = (
+            getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
         gi, h, ys = _product(inp, w_ih, b_ih), h0[layer], []
         for t in range(x.shape[1]):
             i_r, i_z, i_n = gi[:, t].chunk(3, -1)

@@ -20,8 +20,8 @@ from carrystate import registry
 from carrystate.checkpoint import _sha256, checkpoints, load_checkpoint
 from carrystate.config import load_config
 from carrystate.trainer import Trainer
-from tests.helpers import SMALL_TMAZE as SMALL
 from tests.helpers import ALL_CORES, USER_CORE, stop_at
+from tests.helpers import SMALL_TMAZE as SMALL
 
 ITERATIONS = 5  # of SMALL's 512 agent-steps: 8 agents × 64 rollout steps, 2 epochs × 4 minibatches
 REPO = Path(__file__).resolve().parents[1]

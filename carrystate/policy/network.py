@@ -13,10 +13,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from carrystate.normalize import FieldNorm, ObsNorm
-from carrystate.precision import autocast, to_fp32
 from carrystate.policy.cores import make_core
 from carrystate.policy.encoders import make_encoder, module_key, vector_fields
 from carrystate.policy.heads import make_head, orthogonal_linear
+from carrystate.precision import autocast, to_fp32
 from carrystate.state import Shapes, State, zero_state
 from carrystate.structured import StructuredSpace
 

@@ -171,7 +171,9 @@ def gru_bf16(rnn: nn.GRU, x: Tensor, h0: Tensor) -> tuple[Tensor, State]:
     [layers, B, H] → y [B, T, H] (fp32), (h after the last step,)."""
     b16, inp, ends = torch.bfloat16, x, []
     for layer in range(rnn.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}").to(b16) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh, b_ih, b_hh = (
+            getattr(rnn, f"{n}_l{layer}").to(b16) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
         gi = F.linear(inp.to(b16), w_ih, b_ih).float()  # [B, T, 3H]: every step's input product at once
         h, ys = h0[layer], []
         for t in range(x.shape[1]):
