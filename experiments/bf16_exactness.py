@@ -3,8 +3,9 @@ GRU (and the other cores under auto), over random episode ends: the largest |rep
 and values of the actions taken, and of the start states (the state a segment's replay ends with, against the
 start state the rollout stored for the agent's next segment, where no episode ends between them), relative to
 the largest state entry (`*_rel`: each gap over the largest |entry| of what it compares). Policies of the
-shipped size (MLP encoder, hidden 128; one and two layers), 16 agents × 4 segments of 64 steps, each step ending
-an agent's episode with probability 1/40; 10 end patterns each.
+shipped size (MLP encoder, hidden 128; one and two layers; every other pattern with the heads' weights scaled to a
+trained policy's logits and values, ×100 and ×10), 16 agents × 4 segments of 64 steps, each step ending an agent's
+episode with probability 1/40; 10 end patterns each.
 
     python experiments/bf16_exactness.py      # writes experiments/results/bf16_exactness.json
 """
@@ -29,6 +30,10 @@ def gaps(core: str, impl: str, precision: str, layers: int, pattern: int) -> dic
     steps = HORIZON * ROWS
     ends = {(a, t): "term" for a in range(AGENTS) for t in range(steps) if rng.random() < 1 / 40}
     policy = make_policy(core, obs_dim=8, hidden=128, layers=layers, impl=impl, precision=precision, seed=pattern)
+    if pattern % 2:  # heads at a trained policy's scale: logits and values of order 1, not the init's 0.01
+        with torch.no_grad():
+            policy.actor.linear.weight.mul_(100)
+            policy.critic.weight.mul_(10)
     env = ScriptedEnv(AGENTS, steps, obs_dim=8, ends=ends, seed=pattern)
     _, _, (buf,) = collect(policy, env, AGENTS * steps, HORIZON, seed=pattern)
     with torch.no_grad():

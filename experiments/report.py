@@ -763,7 +763,9 @@ def lstm_memory_section(rows) -> list[str]:
         "initialisation: forget-gate biases log U(1, N − 1), input-gate biases their negative; the LSTM's default "
         "since issue 27, with N = 128), `lstm_chrono128_log` spreads log(u) evenly over [0, log 127] instead "
         "(`policy.chrono_spread=log`), `lstm` is the LSTM with every bias at 0 (`policy.chrono_tmax=0`, the old "
-        "default; its 2M `popgym_first` row is the baseline of item 1's one-change probes on seed 1). "
+        "default; its 2M `popgym_first` row is the baseline of item 1's one-change probes on seed 1, the rows that "
+        "name one more setting), `ln_lstm` the layer-normalised LSTM cell of `experiments/ln_lstm.py` (a core of a "
+        "user's own; zero biases) and `ln_lstm_chrono128` the same with chrono gates. "
         "`score` is the "
         "final policy on fresh episodes (`carrystate.evaluate`: 100 for POPGym and CartPole, returns; 300 for "
         "the T-maze, success), `last 10%` the mean per-batch return over the last tenth of training. Runs made "
@@ -838,6 +840,98 @@ def cartpole_sweep_section(data) -> list[str]:
     return lines + [""]
 
 
+def lstm_gru_reach_section(rows) -> list[str]:
+    lags = [1, 4, 16, 32, 63]
+    lines = [
+        "## Gradient reach and staleness of the LSTM and the GRU on RepeatFirstMedium (issue 27)",
+        "",
+        "Script: `python experiments/lstm_gru_reach.py` (results in `experiments/results/lstm_gru_reach.json`): "
+        "`configs/popgym.yaml` on RepeatFirstMedium, seed 1, 2M agent-steps, with the LSTM's gate biases at zero, "
+        "the LSTM with its default chrono gates, and the GRU; staleness measured on 32 segments after every update. "
+        "Gradient reach (`carrystate probe`'s measure) is the mean norm of the gradient of an agent's last-step loss "
+        "with respect to the observation k steps earlier, through the training unroll, on fresh rollouts, for the "
+        "policy as built and as trained; the table gives it relative to lag 0 (k = 63 is the segment's first "
+        "step). `state distance`, `kl first` and `value gap first` are the medians over training of "
+        "`memory/state_distance`, `memory/kl_first` and `memory/value_gap_first`.",
+        "",
+        "| core | score | last 10% | reach / reach at lag 0, as built: "
+        + " / ".join(f"k={k}" for k in lags)
+        + " | as trained | state distance | kl first | value gap first |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rel = lambda curve: " / ".join(f"{curve[k] / curve[0]:.0e}" for k in lags)  # noqa: E731
+    for r in rows:
+        lines.append(
+            f"| {r['core']} | {r['eval_return']:.2f} | {r['last10']:.2f} | {rel(r['reach_before'])} | "
+            f"{rel(r['reach_after'])} | {r['state_distance']:.3f} | {r['kl_first']:.4f} | {r['value_gap_first']:.3f} |"
+        )
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, key, title in zip(axes, ("reach_before", "reach_after"), ("as built", "after 2M agent-steps")):
+        for r in rows:
+            curve = np.array(r[key])
+            ax.semilogy(np.arange(len(curve)), curve / curve[0], label=r["core"])
+        ax.set_xlabel("lag k (steps back from the segment's last step)")
+        ax.set_title(title)
+    axes[0].set_ylabel("gradient reach / reach at lag 0")
+    axes[0].legend(fontsize=8)
+    return lines + _save_plot(fig, "lstm_gru_reach", "gradient reach of the three cores")
+
+
+def precision_section(rows) -> list[str]:
+    lines = [
+        "## bf16 against fp32: replay against rollout, and learning (issue 26)",
+        "",
+        "Script: `python experiments/bf16_exactness.py` (results in `experiments/results/bf16_exactness.json`). "
+        "Policies of the shipped size (MLP encoder, hidden 128, one and two layers; fresh weights, every other pattern "
+        "with the heads scaled to a trained policy's logits and values, ×100 and ×10), 16 agents × 4 "
+        "segments of 64 steps, each step ending an agent's episode with probability 1/40, 10 end patterns per row: "
+        "the largest |replay − rollout| of the taken actions' log-probs and of the values, absolute and over the "
+        "largest |entry| compared, and of the start states (a segment's replayed end state against the start state "
+        "stored for the agent's next segment) over the largest state entry. `packed` and `triton` refuse bf16.",
+        "",
+        "| precision | core | unroll | log-prob gap | value gap | value gap / max value | state gap / max state |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['precision']} | {r['core']} | {r['unroll']} | {r['logprob']:.1e} | {r['value']:.1e} | "
+            f"{r['value_rel']:.1e} | {r['state_rel']:.1e} |"
+        )
+    learn = [(r, "fp32") for r in load_all("lstm_memory") if not r["extra"]]
+    learn += [(r, "bf16") for r in load_all("lstm_memory") if r["extra"] == ["trainer.precision=bf16"]]
+    arena = [(r, "fp32") for n in ("mettagrid_arena_cpp", "mettagrid_arena_cpp_b") for r in load(n, [])]
+    arena += [(r, "bf16") for r in load("mettagrid_arena_bf16", [])]
+    bf16_tasks = {(r["task"], r["setting"], r["budget"]) for r, p in learn if p == "bf16"}
+    table = []
+    for task, setting, budget in sorted(bf16_tasks):
+        per = {p: sorted((r for r, q in learn if q == p and (r["task"], r["setting"], r["budget"]) == (task, setting, budget)), key=lambda r: r["seed"]) for p in ("fp32", "bf16")}  # fmt: skip
+        table.append((f"{task} ({setting}, {budget:,})", per, lambda r: r["score"]))
+    if any(p == "bf16" for _, p in arena):
+        per = {p: sorted((r for r, q in arena if q == p), key=lambda r: r["seed"]) for p in ("fp32", "bf16")}
+        table.append(("MettaGrid arena (shipped, 5,013,504): trained / untrained return", per,
+                      lambda r: r["final_return"] / r["untrained_return"]))  # fmt: skip
+    if table:
+        lines += [
+            "",
+            "Learning, same seeds (`experiments/lstm_memory.py TASK --set trainer.precision=bf16 --name "
+            "lstm_memory_bf16`, `experiments/mettagrid_arena.py --set trainer.precision=bf16 --name "
+            "mettagrid_arena_bf16`); the fp32 rows are the runs of the same config listed in the sections above. "
+            "Score: fresh episodes (CartPole return, T-maze success), MettaGrid trained over untrained return.",
+            "",
+            "| task | fp32 per seed | fp32 mean | bf16 per seed | bf16 mean |",
+            "|---|---|---|---|---|",
+        ]
+        for name, per, score in table:
+            cells = []
+            for p in ("fp32", "bf16"):
+                vals = [score(r) for r in per[p]]
+                cells += [" / ".join(f"{r['seed']}: {v:.2f}" for r, v in zip(per[p], vals)),
+                          f"{np.mean(vals):.2f}" if vals else ""]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def load_all(prefix: str) -> list:
     """The rows of every results file named `prefix*.json` (experiments run side by side write one each)."""
     rows = []
@@ -861,6 +955,8 @@ SECTIONS = [
     ("minigrid_memory_gru", None, minigrid_section),
     ("lstm_memory", None, lstm_memory_section),
     ("sweep_cartpole", None, cartpole_sweep_section),
+    ("lstm_gru_reach", None, lstm_gru_reach_section),
+    ("bf16_exactness", None, precision_section),
 ]
 
 
@@ -870,7 +966,7 @@ def main():
         "",
         "Each table is produced by the script named in its section (`experiments/*.py`) on this project's "
         "2-core CPU machine (one torch thread per run) on 2026-11-26 (the issue 13, 15 and 16 sections on "
-        "2026-11-30, the issue 25 and 27 sections on 2026-12-07), then rendered by `python "
+        "2026-11-30, the issue 25, 26 and 27 sections on 2026-12-07), then rendered by `python "
         "experiments/report.py`. Raw numbers: "
         '`experiments/results/*.json`. The findings follow the tables, under "What the numbers say", and open '
         "with a table of where carrystate is ahead, level or behind sb3-contrib's RecurrentPPO.",
