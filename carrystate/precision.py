@@ -9,11 +9,14 @@ stored start states. The policy's outputs (action logits, values) are cast to fp
 normalisation statistics and the optimizer, with its fp32 master weights, never see bf16.
 
 `autocast` is the one context the policy enters; `active(x)` tells a core inside it whether it runs in bf16.
+`frozen` is the rollout's: its weights do not change inside it, so bf16 copies of them made there may be kept
+until it ends (`frozen_generation`); torch's own autocast keeps its weight casts for that long too.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import threading
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -41,3 +44,24 @@ def off(x: Tensor):
 
 def to_fp32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
+
+
+_frozen = threading.local()
+
+
+@contextmanager
+def frozen(precision: str, device: torch.device | str):
+    """`autocast` around a whole rollout, whose weights stay as they are until it ends: bf16 copies of them made
+    inside may be kept for its length (one cast per weight per rollout, not per step)."""
+    _frozen.generation = getattr(_frozen, "generation", 0) + 1
+    _frozen.inside = True
+    try:
+        with autocast(precision, device):
+            yield
+    finally:
+        _frozen.inside = False
+
+
+def frozen_generation() -> int | None:
+    """A number that names the `frozen` block running now (a new one each time), or None outside one."""
+    return _frozen.generation if getattr(_frozen, "inside", False) else None

@@ -35,7 +35,7 @@ import torch
 from carrystate.buffer import SegmentBuffer
 from carrystate.envs.base import EnvError, StepResult, VecEnv, check_finite, check_step_result, env_label
 from carrystate.policy import Policy
-from carrystate.precision import autocast
+from carrystate.precision import frozen
 from carrystate.state import StateStore
 
 
@@ -388,8 +388,8 @@ class Rollout:
         stats.interrupted = False
         self._env_seconds, started = 0.0, time.perf_counter()
         t = buffer.position
-        # one autocast region for the whole rollout under bf16, so torch casts each weight once, not every step
-        with autocast(policy.precision, next(policy.parameters()).device):
+        # one autocast region for the whole rollout, whose weights are frozen: under bf16 each weight is cast once
+        with frozen(policy.precision, next(policy.parameters()).device):
             try:
                 for t in range(buffer.position, buffer.steps + 1):
                     if t == buffer.steps or should_stop():

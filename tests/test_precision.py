@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from carrystate import precision
 from carrystate.config import load_config
 from carrystate.errors import ConfigError
 from carrystate.policy.cores.recurrent import GRUCore, LSTMCore
@@ -175,3 +176,24 @@ def test_learner_gradient_in_bf16_points_where_fp32_points():
         loss = (params.log_softmax(-1)[..., 0] * torch.linspace(-1, 1, 16)).sum() + values.square().sum()
         grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(policy.parameters()))]))
     assert float(F.cosine_similarity(grads[0], grads[1], 0)) > 0.999
+
+
+def test_bf16_rollout_step_after_an_optimizer_step_uses_the_new_weights():
+    """The rollout's bf16 weight copies live for one rollout (`precision.frozen`): a step in the next rollout, after
+    a fused Adam step (which leaves the weights' version counters as they were), computes with the new weights."""
+    policy = make_policy("lstm", hidden=32, precision="bf16")
+    obs, state = torch.randn(6, 3), policy.initial_state(6)
+    with torch.no_grad(), precision.frozen("bf16", "cpu"):
+        before = policy.step(obs, state)[1]
+    opt = torch.optim.Adam(policy.parameters(), lr=0.1, fused=True)
+    for p in policy.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    fresh = make_policy("lstm", hidden=32, precision="bf16")
+    fresh.load_state_dict(policy.state_dict())
+    with torch.no_grad():
+        with precision.frozen("bf16", "cpu"):
+            after = policy.step(obs, state)[1]
+        want = fresh.step(obs, state)[1]
+    assert not torch.equal(after, before)
+    assert torch.equal(after, want)

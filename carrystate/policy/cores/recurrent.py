@@ -137,16 +137,20 @@ class LSTMCore(RecurrentCore):
         return y, (h, c)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """On the CPU the C++ step where it is built (`policy/kernels`); under bf16 with the weight matrices' bf16
-        copies, made again only after the weights change (a rollout steps with frozen weights)."""
+        """On the CPU the C++ step where it is built (`policy/kernels`); under bf16 inside a rollout with bf16
+        copies of the weight matrices made once per rollout (`precision.frozen`)."""
         bf16 = precision.active(x)
-        weights = self._bf16_weights() if bf16 and not torch.is_grad_enabled() else None
-        if (out := cpu.lstm_step(self.rnn, x, state, bf16, weights)) is not None:
+        if (out := cpu.lstm_step(self.rnn, x, state, bf16, self._bf16_weights() if bf16 else None)) is not None:
             return out
         return super().step(x, state)
 
-    def _bf16_weights(self) -> list[Tensor]:
-        key = tuple((w.data_ptr(), w._version) for w in self.rnn._flat_weights)
+    def _bf16_weights(self) -> list[Tensor] | None:
+        """nn.LSTM's flat weights with the matrices as bf16 copies, kept for the rollout running now; None outside
+        one (the kernel then casts them itself)."""
+        generation = precision.frozen_generation()
+        if generation is None:
+            return None
+        key = (generation, *(w.data_ptr() for w in self.rnn._flat_weights))
         if getattr(self, "_bf16_copies", (None,))[0] != key:
             copies = [w.detach().to(torch.bfloat16) if w.dim() == 2 else w for w in self.rnn._flat_weights]
             self._bf16_copies = (key, copies)
