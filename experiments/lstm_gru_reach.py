@@ -1,7 +1,7 @@
 """Issue 27, item 1's last candidate: what gradient reach (`carrystate probe`) and the `memory/*` staleness diagnostics
 say about the LSTM with zero gate biases, the LSTM with its default chrono gates and the GRU on the same task,
-POPGym RepeatFirstMedium (`configs/popgym.yaml`, seed 1, 2M agent-steps, staleness measured on 32 segments every
-iteration). Gradient reach is probed on the policy as built (before any update) and on the trained one: the mean
+POPGym RepeatFirstMedium (`configs/popgym.yaml` with 8,192-step rollouts, seed 1, 2M agent-steps, staleness
+measured on 32 segments every iteration). Gradient reach is probed on the policy as built (before any update) and on the trained one: the mean
 norm of the gradient of an agent's last-step loss with respect to the observation k steps earlier, through the
 training unroll, on fresh rollouts.
 
@@ -24,7 +24,9 @@ from carrystate.trainer import Trainer
 
 NAME = "lstm_gru_reach"
 CONFIG = ROOT / "configs/popgym.yaml"
-TASK = ["env.popgym.id=RepeatFirstMedium", "diagnostics.staleness_segments=32"]
+# 8,192-step rollouts (the config's 4,096 fill one segment per agent): the staleness diagnostic replays a segment
+# from the state its agent's previous segment in the rollout ends with, so every agent needs two
+TASK = ["env.popgym.id=RepeatFirstMedium", "diagnostics.staleness_segments=32", "trainer.batch_size=8192"]
 CORES = {
     "lstm_zero_bias": ["policy.core=lstm", "policy.chrono_tmax=0"],
     "lstm_chrono128": ["policy.core=lstm"],  # the default

@@ -846,7 +846,8 @@ def lstm_gru_reach_section(rows) -> list[str]:
         "## Gradient reach and staleness of the LSTM and the GRU on RepeatFirstMedium (issue 27)",
         "",
         "Script: `python experiments/lstm_gru_reach.py` (results in `experiments/results/lstm_gru_reach.json`): "
-        "`configs/popgym.yaml` on RepeatFirstMedium, seed 1, 2M agent-steps, with the LSTM's gate biases at zero, "
+        "`configs/popgym.yaml` on RepeatFirstMedium with 8,192-step rollouts (two segments per agent, so the staleness "
+        "diagnostic has a previous segment to replay), seed 1, 2M agent-steps, with the LSTM's gate biases at zero, "
         "the LSTM with its default chrono gates, and the GRU; staleness measured on 32 segments after every update. "
         "Gradient reach (`carrystate probe`'s measure) is the mean norm of the gradient of an agent's last-step loss "
         "with respect to the observation k steps earlier, through the training unroll, on fresh rollouts, for the "
