@@ -53,6 +53,7 @@ def overrides(maps: int, epochs: int) -> list[str]:
         f"trainer.update_epochs={epochs}",
         "trainer.total_timesteps=1000000000",
         "diagnostics.staleness_segments=0",
+        "trainer.precision=fp32",  # the fp32 rows whatever the config ships; the bf16 rows set bf16
     ]
 
 

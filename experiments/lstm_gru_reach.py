@@ -1,9 +1,9 @@
 """Issue 27, item 1's last candidate: what gradient reach (`carrystate probe`) and the `memory/*` staleness diagnostics
 say about the LSTM with zero gate biases, the LSTM with its default chrono gates and the GRU on the same task,
 POPGym RepeatFirstMedium (`configs/popgym.yaml` with 8,192-step rollouts, seed 1, 2M agent-steps, staleness
-measured on 32 segments every iteration). Gradient reach is probed on the policy as built (before any update) and on the trained one: the mean
-norm of the gradient of an agent's last-step loss with respect to the observation k steps earlier, through the
-training unroll, on fresh rollouts.
+measured on 32 segments every iteration). Gradient reach is probed on the policy as built (before any update) and
+on the trained one: the mean norm of the gradient of an agent's last-step loss with respect to the observation k
+steps earlier, through the training unroll, on fresh rollouts.
 
     python experiments/lstm_gru_reach.py [--steps 2000000] [--seed 1]
 

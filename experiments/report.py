@@ -299,6 +299,7 @@ METTAGRID_RUNS = [
         ("mettagrid_arena_cpp", "mettagrid_arena_cpp_b"),
         "same encoder, summed in C++ (issue 16, 12-01), norm_reward off",
     ),
+    (("mettagrid_arena_bf16",), "the same at trainer.precision=bf16 (issue 26, 12-07)"),
 ]
 
 
@@ -864,7 +865,7 @@ def lstm_gru_reach_section(rows) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['core']} | {r['eval_return']:.2f} | {r['last10']:.2f} | {rel(r['reach_before'])} | "
-            f"{rel(r['reach_after'])} | {r['state_distance']:.3f} | {r['kl_first']:.4f} | {r['value_gap_first']:.3f} |"
+            f"{rel(r['reach_after'])} | {r['state_distance']:.3f} | {r['kl_first']:.1e} | {r['value_gap_first']:.3f} |"
         )
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
@@ -906,7 +907,14 @@ def precision_section(rows) -> list[str]:
     bf16_tasks = {(r["task"], r["setting"], r["budget"]) for r, p in learn if p == "bf16"}
     table = []
     for task, setting, budget in sorted(bf16_tasks):
-        per = {p: sorted((r for r, q in learn if q == p and (r["task"], r["setting"], r["budget"]) == (task, setting, budget)), key=lambda r: r["seed"]) for p in ("fp32", "bf16")}  # fmt: skip
+        same = (task, setting, budget)
+        per = {
+            p: sorted(
+                (r for r, q in learn if q == p and (r["task"], r["setting"], r["budget"]) == same),
+                key=lambda r: r["seed"],
+            )  # fmt: skip
+            for p in ("fp32", "bf16")
+        }
         table.append((f"{task} ({setting}, {budget:,})", per, lambda r: r["score"]))
     if any(p == "bf16" for _, p in arena):
         per = {p: sorted((r for r, q in arena if q == p), key=lambda r: r["seed"]) for p in ("fp32", "bf16")}
