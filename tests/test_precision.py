@@ -27,6 +27,7 @@ def _bf16(fn):
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, bound: float = BF16_BOUND) -> None:
+    got, want = got.detach(), want.detach()
     gap, scale = float((got - want).abs().max()), max(1.0, float(want.abs().max()))
     assert gap <= bound * scale, f"|got - want| {gap:.3g} > {bound:.3g} × {scale:.3g}"
 
