@@ -369,8 +369,9 @@ def write(markdown: Path, results: Path) -> None:
         "there is no `.item()` per step, but small per-step tensors are still allocated by the ops "
         "themselves; only a captured graph (CUDA graphs) would remove them on a GPU.",
         "- MettaGrid against PufferLib (met in two of three whole bench runs on 2026-12-01, missed at one setting "
-        "in the other; on 2026-12-07, the table above, missed at the two 4-map settings with 1.15–1.16×, while "
-        "the machine ran everything slower than on 12-01, PufferLib included). Ratios at 4/8 maps × 1/2 epochs "
+        "in the other; missed in both runs on 2026-12-07, 1.16 / 1.26 / 1.15 / 1.21× and 1.21 / 1.14 / 1.08 / "
+        "1.10×, while the machine ran everything slower than on 12-01, PufferLib included). Ratios at 4/8 maps × "
+        "1/2 epochs "
         "on 12-01: run 1 1.30 / 1.34 / 1.06 / 1.25×, run 2 1.23 / 1.29 / "
         "1.24 / 1.26×, run 3 1.33 / 1.32 / 1.31 / 1.41× (`results/mettagrid_cpu_12-01_run*.json`, run 3 was "
         "`mettagrid_cpu.json` then); a separate 5-round measurement of the "
@@ -389,17 +390,21 @@ def write(markdown: Path, results: Path) -> None:
         "GEMM-bound at 48 rows per lane (0.26 ms); waking a worker through its pipe costs 0.1–0.7 ms per step "
         "depending on what else runs. The env layout that is fastest changes from run to run (the config's 1 "
         "worker + double buffer was fastest at 8 maps in runs 2 and 3, in-process in run 1).",
-        "- bf16 (`trainer.precision=bf16`, one whole bench run on 2026-12-07: `results/mettagrid_cpu_12-07_run1.json`; "
-        "targets missed). The learner gains 1.16–1.31× (its input products and the encoder's and heads' run on "
-        "6,144 rows, where a bf16 GEMM here is 3–4× an fp32 one), but the rollout loses 1.15–1.3×: at its 96–192 "
-        "rows a bf16 GEMM of the LSTM's shape measured 1.35–1.7× an fp32 one alone and no faster inside the policy "
-        "step, and each step adds about 13 conversions between fp32 and bf16 (the state, the gates' sum, the "
-        "outputs: what keeps state and losses in fp32). So whole training runs at 0.98–1.21× its fp32 speed. "
-        "PufferLib gains more from its own bfloat16 (1.13–1.55× its float32 in the same run) because autocast "
-        "sends its LSTM to oneDNN's fused bf16 LSTM, in the rollout and the update alike, which also carries the "
-        "state in bf16, where carrystate's contract keeps it fp32. What could close it, not built: bf16 weights "
-        "prepacked for oneDNN once per rollout (64 µs against 93 µs for the rollout's [96, 128] × [128, 512] "
-        "product, measured alone) and a C++ step that keeps its activations in bf16 between the products.",
+        "- bf16 (`trainer.precision=bf16`; two whole bench runs on 2026-12-07, the table above is the second: "
+        "`results/mettagrid_cpu_12-07_run1.json`, `_run2.json`; targets missed). Against PufferLib in fp32: run 1 "
+        "1.14 / 1.31 / 1.39 / 1.35×, run 2 1.12 / 1.22 / 1.23 / 1.33× (target 1.5×); against PufferLib in bf16: "
+        "run 1 1.01 / 1.00 / 1.10 / 0.87×, run 2 1.01 / 1.10 / 1.03 / 1.02× (target 1.2×). The learner gains "
+        "1.16–1.31× (its input products and the encoder's and heads' run on 6,144 rows, where a bf16 GEMM here is "
+        "3–4× an fp32 one), but the rollout loses 1.06–1.37×: at its 96–192 rows a bf16 GEMM of the LSTM's shape "
+        "measured 1.35–1.7× an fp32 one alone and no faster inside the policy step, and each step adds about 13 "
+        "conversions between fp32 and bf16 (the state, the gates' sum, the outputs: what keeps state and losses in "
+        "fp32). So whole training runs at 0.93–1.21× its fp32 speed, and at the arena config's 8 maps and 2 epochs "
+        "at 1.12× and 1.21×, which is why that config ships bf16. PufferLib gains more from its own bfloat16 "
+        "(1.11–1.55× its float32 in the same runs) because autocast sends its LSTM to oneDNN's fused bf16 LSTM, in "
+        "the rollout and the update alike, which also carries the state in bf16, where carrystate's contract keeps "
+        "it fp32. What could close it, not built: bf16 weights prepacked for oneDNN once per rollout (64 µs against "
+        "93 µs for the rollout's [96, 128] × [128, 512] product, measured alone) and a C++ step that keeps its "
+        "activations in bf16 between the products.",
         "",
         "## How to run",
         "",
