@@ -21,8 +21,6 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import Tensor
 
-PRECISIONS = ("fp32", "bf16")
-
 
 def autocast(precision: str, device: torch.device | str):
     """The context a policy call runs in: torch's autocast to bf16 on `device`, or nothing for fp32."""
@@ -38,11 +36,12 @@ def active(x: Tensor) -> bool:
 
 
 def off(x: Tensor):
-    """A context with autocast off on `x`'s device: a core's bf16 path rounds its own operands (`bf16_mm`)."""
+    """A context with autocast off on `x`'s device, where a core's bf16 path rounds its own operands."""
     return torch.autocast(x.device.type, enabled=False)
 
 
 def to_fp32(t: Tensor) -> Tensor:
+    """`t` as float32 (itself where it is)."""
     return t if t.dtype == torch.float32 else t.float()
 
 
