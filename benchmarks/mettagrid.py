@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "mettagrid_arena.yaml"
 AGENTS = 24
 SETTINGS = [(4, 1), (8, 1), (4, 2), (8, 2)]  # (maps, update epochs), as in issue 16's table
+PRECISIONS = ("fp32", "bf16")  # trainer.precision of the two trainers, each beside PufferLib at the same
+SPLIT = {"env": "perf/env_seconds", "policy": "perf/policy_seconds", "learner": "perf/learn_seconds"}
 
 
 def overrides(maps: int, epochs: int) -> list[str]:
@@ -140,58 +142,50 @@ def encoder_ratio(tr: carrystate.Trainer, repeats: int = 5) -> dict:
     return {"token_seconds": times["token"], "mlp_seconds": times["mlp"], "ratio": times["token"] / times["mlp"]}
 
 
-def bf16_round(tr: carrystate.Trainer, puffer: str | None, iterations: int, out: dict) -> None:
-    """One round of the bf16 rows: carrystate at trainer.precision=bf16, then PufferLib at bfloat16 for as long."""
+def trainer_round(tr: carrystate.Trainer, puffer: str | None, iterations: int, out: dict) -> None:
+    """One round of one precision: `iterations` of carrystate (its seconds per iteration and the env, policy and
+    learner seconds of each), then PufferLib at the same precision for about as long."""
     first, t0 = len(tr.history), time.perf_counter()
     tr.train(stop_after=iterations)
     wall = time.perf_counter() - t0
     out["seconds"].append(wall / iterations)
     for h in tr.history[first:]:
-        out["rollout"].append(h["perf/policy_seconds"])
-        out["learner"].append(h["perf/learn_seconds"])
+        for key, metric in SPLIT.items():
+            out[key].append(h[metric])
     if puffer:
+        t = tr.cfg.trainer
         out["pufferlib_sps"].append(
-            pufferlib_round(puffer, tr.cfg.env.num_envs, tr.cfg.trainer.update_epochs, wall, "bf16")["sps"]
+            pufferlib_round(puffer, tr.cfg.env.num_envs, t.update_epochs, wall, t.precision)["sps"]
         )
 
 
 def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, iterations: int = 2) -> dict:
     torch.set_num_threads(1)
-    cfg = carrystate.load_config(CONFIG, overrides(maps, epochs))
-    tr = carrystate.Trainer(cfg, quiet=True)
-    tr.train(stop_after=1)  # warm-up
-    tr16 = carrystate.Trainer(
-        carrystate.load_config(CONFIG, [*overrides(maps, epochs), "trainer.precision=bf16"]), quiet=True
-    )
-    tr16.train(stop_after=1)
-    bf16: dict[str, list[float]] = {"seconds": [], "rollout": [], "learner": [], "pufferlib_sps": []}
+    configs = {
+        p: carrystate.load_config(CONFIG, [*overrides(maps, epochs), f"trainer.precision={p}"]) for p in PRECISIONS
+    }
+    trainers = {p: carrystate.Trainer(c, quiet=True) for p, c in configs.items()}
+    for each in trainers.values():
+        each.train(stop_after=1)  # warm-up
+    tr, cfg = trainers["fp32"], trainers["fp32"].cfg
+    runs = {p: {k: [] for k in ("seconds", *SPLIT, "pufferlib_sps")} for p in trainers}
     steps = cfg.trainer.batch_size // tr.env.num_agents
     parts = floor_parts(tr, steps)
     env = parts.pop("_env")
-    times: dict[str, list[float]] = {k: [] for k in ["carrystate", *parts]}
-    split: dict[str, list[float]] = {"env": [], "policy": [], "learner": []}
-    puffer_sps = []
+    times: dict[str, list[float]] = {k: [] for k in parts}
     for _ in range(rounds):
-        first, t0 = len(tr.history), time.perf_counter()
-        tr.train(stop_after=iterations)
-        wall = time.perf_counter() - t0
-        times["carrystate"].append(wall / iterations)
-        for h in tr.history[first:]:
-            split["env"].append(h["perf/env_seconds"])
-            split["policy"].append(h["perf/policy_seconds"])
-            split["learner"].append(h["perf/learn_seconds"])
-        if puffer:
-            puffer_sps.append(pufferlib_round(puffer, maps, epochs, wall)["sps"])
+        trainer_round(tr, puffer, iterations, runs["fp32"])
         for name, fn in parts.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-        bf16_round(tr16, puffer, iterations, bf16)
+        trainer_round(trainers["bf16"], puffer, iterations, runs["bf16"])
     env.close()
-    tr16.env.close()
+    trainers["bf16"].env.close()
     med = {k: float(np.median(v)) for k, v in times.items()}
-    per_iteration = med["carrystate"]
-    env_s, policy_s, learn_s = (float(np.median(split[k])) for k in ("env", "policy", "learner"))
+    run, bf16 = ({k: float(np.median(v)) if v else None for k, v in runs[p].items()} for p in PRECISIONS)
+    per_iteration, env_s, policy_s, learn_s = run["seconds"], run["env"], run["policy"], run["learner"]
+    puffer_sps = runs["fp32"]["pufferlib_sps"]
     encoder_s, core_s = med["encoder"], med["core"]
     row = {
         "maps": maps,
@@ -215,20 +209,19 @@ def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, itera
             "env_forward": cfg.trainer.batch_size / med["env_forward"],
         },
         "encoder_minibatch": encoder_ratio(tr),
-        "pufferlib_sps": float(np.median(puffer_sps)) if puffer_sps else None,
+        "pufferlib_sps": run["pufferlib_sps"],
         "pufferlib_rounds": puffer_sps,
     }
     row["ratio_to_pufferlib"] = row["carrystate_sps"] / row["pufferlib_sps"] if puffer_sps else None
     # trainer.precision=bf16 beside fp32 (the rows above) and PufferLib at bfloat16; rollout = the policy's time in it
-    sps16 = cfg.trainer.batch_size / float(np.median(bf16["seconds"]))
-    puffer16 = float(np.median(bf16["pufferlib_sps"])) if bf16["pufferlib_sps"] else None
+    sps16, puffer16 = cfg.trainer.batch_size / bf16["seconds"], bf16["pufferlib_sps"]
     row["bf16"] = {
         "carrystate_sps": sps16,
         "over_fp32": sps16 / row["carrystate_sps"],
-        "rollout_seconds": {"fp32": policy_s, "bf16": float(np.median(bf16["rollout"]))},
-        "learner_seconds": {"fp32": learn_s, "bf16": float(np.median(bf16["learner"]))},
+        "rollout_seconds": {"fp32": policy_s, "bf16": bf16["policy"]},
+        "learner_seconds": {"fp32": learn_s, "bf16": bf16["learner"]},
         "pufferlib_sps": puffer16,
-        "pufferlib_rounds": bf16["pufferlib_sps"],
+        "pufferlib_rounds": runs["bf16"]["pufferlib_sps"],
         "ratio_to_pufferlib_fp32": sps16 / row["pufferlib_sps"] if puffer_sps else None,
         "ratio_to_pufferlib_bf16": sps16 / puffer16 if puffer16 else None,
     }
