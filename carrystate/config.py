@@ -529,13 +529,7 @@ class Config(_Section):
                 f"trainer.gradient_horizon={t.gradient_horizon} must be a multiple of "
                 f"trainer.bptt_horizon={t.bptt_horizon}, or 'episode'"
             )
-        impl = self.policy.sequence_impl
-        if t.precision == "bf16" and impl != "auto" and not registry.UNROLLS[impl].bf16:
-            bf16 = [n for n, u in registry.UNROLLS.items() if u.bf16 and self.policy.core in u.cores]
-            raise ValueError(
-                f"policy.sequence_impl={impl} runs in fp32 only; with trainer.precision=bf16 use "
-                f"{', '.join(['auto', *bf16])}"
-            )
+        registry.check_precision(self.policy.sequence_impl, self.policy.core, t.precision)
         if t.burn_in >= t.bptt_horizon:
             raise ValueError(f"trainer.burn_in={t.burn_in} must be below trainer.bptt_horizon={t.bptt_horizon}")
         if t.batch_size % t.minibatch_size:

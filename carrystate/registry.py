@@ -157,6 +157,15 @@ def check_unroll(impl: str, core: str) -> None:
         )
 
 
+def check_precision(impl: str, core: str, precision: str) -> None:
+    """Raise ValueError, naming the unroll and the ones that fit, where `impl` cannot run in `precision`."""
+    if precision == "bf16" and impl != "auto" and not UNROLLS[impl].bf16:
+        fitting = ["auto", *(n for n, u in UNROLLS.items() if u.bf16 and core in u.cores)]
+        raise ValueError(
+            f"policy.sequence_impl={impl} runs in fp32 only; with trainer.precision=bf16 use {', '.join(fitting)}"
+        )
+
+
 def describe_cores() -> str:
     """The documentation of `policy.core`."""
     return (

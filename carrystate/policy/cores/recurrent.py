@@ -81,7 +81,7 @@ class RecurrentCore(CoreModule):
         """Whether `fused` takes its bf16 path; a packed sequence is refused there."""
         if isinstance(x, nn.utils.rnn.PackedSequence):
             if precision.active(x.data):
-                raise ValueError("policy.sequence_impl=packed runs in fp32 only: with trainer.precision=bf16 use auto")
+                registry.check_precision("packed", self.kind, "bf16")
             return False
         return precision.active(x)
 

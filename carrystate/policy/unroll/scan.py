@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from carrystate import precision
+from carrystate import precision, registry
 from carrystate.policy.kernels import cpu, triton_scan
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def lstm_scan(
     ops otherwise; `kernels.triton_scan.LSTMScanTriton` for the GPU kernels."""
     bf16 = precision.active(x)
     if bf16 and recurrence is triton_scan.LSTMScanTriton:
-        raise ValueError("policy.sequence_impl=triton runs in fp32 only: with trainer.precision=bf16 use scan")
+        registry.check_precision("triton", "lstm", "bf16")
     if recurrence is None:
         recurrence = LSTMScan if cpu.for_input(state[0]) is None else cpu.LSTMScanCPU
     keep = (~resets).t().unsqueeze(-1).to(state[0].dtype)  # [T, B, 1]
