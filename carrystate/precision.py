@@ -9,8 +9,14 @@ stored start states. The policy's outputs (action logits, values) are cast to fp
 normalisation statistics and the optimizer, with its fp32 master weights, never see bf16.
 
 `autocast` is the one context the policy enters; `active(x)` tells a core inside it whether it runs in bf16.
-`frozen` is the rollout's: its weights do not change inside it, so bf16 copies of them made there may be kept
-until it ends (`frozen_generation`); torch's own autocast keeps its weight casts for that long too.
+`frozen` is the rollout's: its weights do not change inside it, so copies of them made there may be kept until
+it ends (`rollout_copies`); torch's own autocast keeps its weight casts for that long too.
+
+A small product without gradients (the rollout's step: tens of rows, or a head of a few outputs) costs a
+bf16 GEMM call a fixed tens of microseconds on the CPU, several times an fp32 GEMM of that size (BENCHMARKS.md).
+`Linear` computes such a product as an fp32 GEMM of the bf16-rounded operands, rounded to bf16: a product of two
+bf16 numbers is exact in fp32 and both accumulate in fp32, so it gives the bf16 GEMM's values up to the order of
+summation, at the fp32 GEMM's speed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import threading
 from contextlib import contextmanager, nullcontext
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from carrystate.policy.kernels import cpu
 
 
 def autocast(precision: str, device: torch.device | str):
@@ -64,3 +73,42 @@ def frozen(precision: str, device: torch.device | str):
 def frozen_generation() -> int | None:
     """A number that names the `frozen` block running now (a new one each time), or None outside one."""
     return _frozen.generation if getattr(_frozen, "inside", False) else None
+
+
+def rollout_copies(owner: nn.Module, tensors: list[Tensor], make) -> list[Tensor]:
+    """`make(t)` of each tensor (detached), made once per `frozen` block and kept on `owner` (one list per `make`)
+    until the next one; made anew on every call outside one."""
+    generation = frozen_generation()
+    if generation is None:
+        return [make(t.detach()) for t in tensors]
+    key, name = (generation, *(t.data_ptr() for t in tensors)), f"_rollout_copies_{make.__name__}"
+    kept = owner.__dict__.get(name)
+    if kept is None or kept[0] != key:
+        kept = owner.__dict__[name] = (key, [make(t.detach()) for t in tensors])
+    return kept[1]
+
+
+def rounded(t: Tensor) -> Tensor:
+    """t's values rounded to bf16 (round to nearest even), as fp32."""
+    return t.to(torch.bfloat16).float()
+
+
+SMALL_PRODUCT = 1 << 21  # multiply-adds (rows × in × out) up to which `Linear` runs a bf16 product in fp32
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters and state dict) whose small bf16 products without gradients run as the
+    fp32 GEMM of bf16-rounded operands, rounded to bf16 (the module docstring); everything else as nn.Linear."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // self.in_features
+        if torch.is_grad_enabled() or not active(x) or rows * self.in_features * self.out_features > SMALL_PRODUCT:
+            return super().forward(x)
+        weight, bias = rollout_copies(self, [self.weight, self._bias()], rounded)
+        if (out := cpu.linear_rounded(x, weight, bias)) is not None:  # the same in one C++ call
+            return out
+        with off(x):
+            return F.linear(rounded(x), weight, bias).to(torch.bfloat16)
+
+    def _bias(self) -> Tensor:
+        return self.weight.new_zeros(self.out_features) if self.bias is None else self.bias

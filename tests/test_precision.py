@@ -102,19 +102,47 @@ def test_bf16_scan_equals_reference_that_rounds_every_product_outputs_and_gradie
         _close(g, w)
 
 
-def test_bf16_rollout_step_equals_one_reference_step_from_zeroed_and_carried_rows():
+@pytest.mark.parametrize("rounded_fp32", [False, True], ids=["bf16-gemm", "fp32-gemm-of-rounded-operands"])
+def test_bf16_rollout_step_equals_one_reference_step_from_zeroed_and_carried_rows(rounded_fp32):
+    """Both ways the C++ step computes its bf16 products (bf16 GEMMs; fp32 GEMMs of bf16-rounded operands, for few
+    rows) give the reference's values."""
     if cpu.build() is None:
         pytest.skip("the C++ scan kernel did not build here")
     core, x, state, _ = _lstm_case(rows=16, steps=1)
     state = tuple(s.detach().clone() for s in state)
     for s in state:
         s[:, ::3] = 0  # rows whose episode starts here
+    weights = [precision.rounded(w) if rounded_fp32 and w.dim() == 2 else w.detach() for w in core.rnn._flat_weights]
     with torch.no_grad():
-        y, (h, c) = cpu.lstm_step(core.rnn, x[:, 0].detach().to(B16), state, bf16=True)
+        y, (h, c) = cpu.lstm_step(core.rnn, x[:, 0].detach().to(B16), state, True, weights, rounded_fp32)
         y_ref, (h_ref, c_ref) = reference_lstm(core.rnn, x.detach(), state, torch.zeros(16, 1, dtype=torch.bool))
     assert h.dtype == c.dtype == torch.float32
     for got, want in ((y, y_ref[:, 0]), (h, h_ref), (c, c_ref)):
         _close(got, want, 2**-8)  # one step: one rounding at most
+
+
+@pytest.mark.parametrize("kernels", ["C++", "torch ops"])
+@pytest.mark.parametrize("shape", [(48, 128, 5), (3, 7, 64, 128)], ids=["head", "encoder-layer-3d"])
+def test_small_bf16_linear_without_gradients_gives_the_rounded_product(shape, kernels, monkeypatch):
+    """`precision.Linear`'s small product without gradients (an fp32 GEMM of bf16-rounded operands) gives what a
+    bf16 GEMM gives: the product of the rounded operands, rounded to bf16 once, as bf16; with gradients it is
+    nn.Linear under autocast, the same values."""
+    if kernels == "torch ops":
+        monkeypatch.setattr(cpu, "_module", False)  # as when the build failed
+    *lead, n_in, n_out = shape
+    layer = precision.Linear(n_in, n_out)
+    x = torch.randn(*lead, n_in) * 3
+    want = torch.addmm(  # float64 sums of the rounded operands, one rounding
+        layer.bias.double().to(B16).double(), x.reshape(-1, n_in).to(B16).double(), layer.weight.to(B16).double().t()
+    ).to(B16).reshape(*lead, n_out)
+    with torch.no_grad(), precision.frozen("bf16", "cpu"):
+        got = layer(x)
+    with torch.autocast("cpu", dtype=B16):
+        with_grad = layer(x)
+    assert got.dtype == with_grad.dtype == B16
+    for each in (got, with_grad):  # fp32 and float64 sums may round apart by one bf16 step where near a tie
+        ulp = want.float().abs().clamp(min=2**-126) * 2**-7
+        assert bool(((each.float() - want.float()).abs() <= ulp).all())
 
 
 @pytest.mark.parametrize("impl", ["chunked", "bucketed", "loop"])

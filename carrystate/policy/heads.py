@@ -14,10 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from carrystate import precision
+
 
 def orthogonal_linear(i: int, o: int, std: float) -> nn.Linear:
-    """nn.Linear(i, o) with orthogonal weights of gain `std` and zero bias (the init of every linear layer here)."""
-    layer = nn.Linear(i, o)
+    """A linear layer (i → o: `precision.Linear`, an nn.Linear) with orthogonal weights of gain `std` and zero bias
+    (the init of every linear layer here)."""
+    layer = precision.Linear(i, o)
     nn.init.orthogonal_(layer.weight, std)
     nn.init.zeros_(layer.bias)
     return layer

@@ -137,24 +137,25 @@ class LSTMCore(RecurrentCore):
         return y, (h, c)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """On the CPU the C++ step where it is built (`policy/kernels`); under bf16 inside a rollout with bf16
-        copies of the weight matrices made once per rollout (`precision.frozen`)."""
-        bf16 = precision.active(x)
-        if (out := cpu.lstm_step(self.rnn, x, state, bf16, self._bf16_weights() if bf16 else None)) is not None:
+        """On the CPU the C++ step where it is built (`policy/kernels`); under bf16 with bf16 copies of the weight
+        matrices, made once per rollout (`precision.rollout_copies`)."""
+        bf16, weights, small = precision.active(x), None, False
+        if bf16:  # few rows: the products on fp32 units (precision.Linear)
+            small = x.shape[0] * self.rnn.input_size * 4 * self.hidden_size <= precision.SMALL_PRODUCT
+            weights = precision.rollout_copies(self, self.rnn._flat_weights, _rounded if small else _bf16)
+        if (out := cpu.lstm_step(self.rnn, x, state, bf16, weights, small)) is not None:
             return out
         return super().step(x, state)
 
-    def _bf16_weights(self) -> list[Tensor] | None:
-        """nn.LSTM's flat weights with the matrices as bf16 copies, kept for the rollout running now; None outside
-        one (the kernel then casts them itself)."""
-        generation = precision.frozen_generation()
-        if generation is None:
-            return None
-        key = (generation, *(w.data_ptr() for w in self.rnn._flat_weights))
-        if getattr(self, "_bf16_copies", (None,))[0] != key:
-            copies = [w.detach().to(torch.bfloat16) if w.dim() == 2 else w for w in self.rnn._flat_weights]
-            self._bf16_copies = (key, copies)
-        return self._bf16_copies[1]
+
+def _bf16(w: Tensor) -> Tensor:
+    """A weight matrix as bf16 (a bias as it is)."""
+    return w.to(torch.bfloat16) if w.dim() == 2 else w
+
+
+def _rounded(w: Tensor) -> Tensor:
+    """A weight matrix's values rounded to bf16, as fp32 (a bias as it is)."""
+    return precision.rounded(w) if w.dim() == 2 else w
 
 
 class GRUCore(RecurrentCore):

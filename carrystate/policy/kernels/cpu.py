@@ -196,10 +196,11 @@ class LSTMScanCPU(torch.autograd.Function):
     def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bf16: bool = False):
         T, B, _ = pre_x.shape
         keep2 = keep.reshape(T, B).contiguous()
-        y, act, h_prev, c_prev, tanh_c, c_T = get().forward(
+        y, act, h_prev, c_prev, tanh_c, c_T, h16 = get().forward(
             pre_x.contiguous(), keep2, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), bf16
         )
-        ctx.save_for_backward(keep2, w_hh, act, h_prev, c_prev, tanh_c)
+        # bf16: the weight gradient's operand is h_prev rounded to bf16, which forward kept
+        ctx.save_for_backward(keep2, w_hh, act, h16 if bf16 else h_prev, c_prev, tanh_c)
         ctx.bf16 = bf16
         return y, y[T - 1].clone(), c_T
 
@@ -222,7 +223,12 @@ class LSTMScanCPU(torch.autograd.Function):
 
 
 def lstm_step(
-    rnn: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor], bf16: bool = False, weights: list[Tensor] | None = None
+    rnn: nn.LSTM,
+    x: Tensor,
+    state: tuple[Tensor, Tensor],
+    bf16: bool = False,
+    weights: list[Tensor] | None = None,
+    rounded_fp32: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
     """One rollout step of `rnn` with the C++ kernel: x [B, in], state ([layers, B, H] × 2, already zero where
     an episode starts) → y [B, H], new state; None where the kernel does not apply (a float32 state on the CPU,
@@ -230,15 +236,24 @@ def lstm_step(
     one fused elementwise pass, the same math as one step of the scan (so replay reproduces the rollout's
     state), where nn.LSTM with T=1 adds its own per-call work (BENCHMARKS.md: rollout step). `bf16`: the GEMMs
     take bf16 operands as the scan's do (carrystate/precision.py); x may then be bf16, and `weights` (nn.LSTM's
-    flat list) may hold the matrices already in bf16, which the kernel then uses as they are."""
+    flat list) may hold the matrices already in bf16, which the kernel then uses as they are; with `rounded_fp32`
+    they hold bf16 values as fp32 and the products run as fp32 GEMMs of rounded operands (`precision.Linear`)."""
     kernels = for_input(state[0])
     # the kernel takes the flat weights of a biased nn.LSTM without projections
     if kernels is None or torch.is_grad_enabled() or not rnn.bias or rnn.proj_size:
         return None
     if x.dtype != torch.float32 and not bf16:
         return None
-    y, h, c = kernels.step(x, state[0], state[1], rnn._flat_weights if weights is None else weights, bf16)
+    flat = rnn._flat_weights if weights is None else weights
+    y, h, c = kernels.step(x, state[0], state[1], flat, bf16, bf16 and rounded_fp32)
     return y, (h, c)
+
+
+def linear_rounded(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor | None:
+    """`precision.Linear`'s small bf16 product (weight, bias: bf16 values as fp32) in one C++ call; None where
+    the kernels do not apply (not on the CPU, or not built)."""
+    kernels = for_input(weight)
+    return None if kernels is None or x.device.type != "cpu" else kernels.linear_rounded(x, weight, bias)
 
 
 class TokenBagCPU(torch.autograd.Function):

@@ -43,6 +43,8 @@ class LSTMScan(torch.autograd.Function):
     def forward(ctx, pre_x: Tensor, keep: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bf16: bool = False):
         """pre_x [T, B, 4H] (x @ W_ih^T + biases), keep [T, B, 1] (0 where the state resets before step t),
         h0, c0 [B, H], w_hh [4H, H] → y [T, B, H], h_T, c_T. `bf16`: the recurrent products in bf16."""
+        if bf16:  # pre_x is the bf16 input product: its rounding stays, the sums are fp32
+            pre_x = pre_x.float()
         T, B, G = pre_x.shape
         H = G // 4
         act = torch.empty_like(pre_x)  # activated gates i, f, g, o of every step
@@ -131,7 +133,7 @@ def lstm_scan(
         if bf16:  # as the C++ step rounds it; autocast off, so the recurrence's own ops stay fp32
             with precision.off(x):
                 b16 = torch.bfloat16
-                pre_x = F.linear(inp.to(b16), w_ih.to(b16), bias.to(b16)).float().contiguous()
+                pre_x = F.linear(inp.to(b16), w_ih.to(b16), bias.to(b16)).contiguous()  # stays bf16
                 inp, h, c = recurrence.apply(pre_x, keep, state[0][layer], state[1][layer], w_hh, True)
         else:
             pre_x = F.linear(inp, w_ih, bias).contiguous()
