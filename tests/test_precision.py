@@ -132,9 +132,15 @@ def test_small_bf16_linear_without_gradients_gives_the_rounded_product(shape, ke
     *lead, n_in, n_out = shape
     layer = precision.Linear(n_in, n_out)
     x = torch.randn(*lead, n_in) * 3
-    want = torch.addmm(  # float64 sums of the rounded operands, one rounding
-        layer.bias.double().to(B16).double(), x.reshape(-1, n_in).to(B16).double(), layer.weight.to(B16).double().t()
-    ).to(B16).reshape(*lead, n_out)
+    want = (
+        torch.addmm(  # float64 sums of the rounded operands, one rounding
+            layer.bias.double().to(B16).double(),
+            x.reshape(-1, n_in).to(B16).double(),
+            layer.weight.to(B16).double().t(),
+        )
+        .to(B16)
+        .reshape(*lead, n_out)
+    )
     with torch.no_grad(), precision.frozen("bf16", "cpu"):
         got = layer(x)
     with torch.autocast("cpu", dtype=B16):
