@@ -194,6 +194,7 @@ def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, itera
         "batch_size": cfg.trainer.batch_size,
         "workers": cfg.env.workers,
         "double_buffer": cfg.env.double_buffer,
+        "shared_workers": cfg.env.shared_workers,
         "rounds": rounds,
         "carrystate_sps": cfg.trainer.batch_size / per_iteration,
         "seconds_per_iteration": per_iteration,
@@ -230,19 +231,21 @@ def bench_setting(maps: int, epochs: int, rounds: int, puffer: str | None, itera
     return row
 
 
-LAYOUTS = [(0, False), (1, False), (2, False), (1, True), (2, True)]  # (env.workers, env.double_buffer)
+# (env.workers, env.double_buffer, env.shared_workers)
+LAYOUTS = [(0, False, False), (1, False, False), (2, False, False), (1, True, False), (2, True, False), (1, True, True)]
 
 
 def bench_layouts(maps: int = 8, epochs: int = 1, rounds: int = 3, layouts=LAYOUTS) -> list[dict]:
     """Whole-training agent-steps/s for each way of stepping the env (in process, in 1 or 2 worker processes,
-    with or without double buffering), one iteration of each per round, in alternation."""
+    with or without double buffering, the two batches on workers of their own or shared), one iteration of each
+    per round, in alternation."""
     torch.set_num_threads(1)
     trainers = {}
-    for workers, double in layouts:
-        cfg = carrystate.load_config(
-            CONFIG, [*overrides(maps, epochs), f"env.workers={workers}", f"env.double_buffer={str(double).lower()}"]
-        )
-        trainers[(workers, double)] = tr = carrystate.Trainer(cfg, quiet=True)
+    for workers, double, shared in layouts:
+        layout = [f"env.workers={workers}", f"env.double_buffer={str(double).lower()}"]
+        layout.append(f"env.shared_workers={str(shared).lower()}")
+        cfg = carrystate.load_config(CONFIG, [*overrides(maps, epochs), *layout])
+        trainers[(workers, double, shared)] = tr = carrystate.Trainer(cfg, quiet=True)
         tr.train(stop_after=1)  # warm-up
     times: dict[tuple, list[float]] = {k: [] for k in trainers}
     for _ in range(rounds):
@@ -251,14 +254,15 @@ def bench_layouts(maps: int = 8, epochs: int = 1, rounds: int = 3, layouts=LAYOU
             tr.train(stop_after=1)
             times[key].append(time.perf_counter() - t0)
     rows = []
-    for (workers, double), tr in trainers.items():
-        per_iteration = float(np.median(times[(workers, double)]))
+    for (workers, double, shared), tr in trainers.items():
+        per_iteration = float(np.median(times[(workers, double, shared)]))
         rows.append(
             {
                 "maps": maps,
                 "update_epochs": epochs,
                 "workers": workers,
                 "double_buffer": double,
+                "shared_workers": shared,
                 "sps": tr.cfg.trainer.batch_size / per_iteration,
                 "rounds": rounds,
             }

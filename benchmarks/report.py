@@ -78,7 +78,8 @@ def _mettagrid_section(mg: dict) -> list[str]:
         "`configs/mettagrid_arena.yaml` (arena maps of 25×25 with 24 agents each, token encoder, LSTM 128, 64-step "
         "segments, 256 steps per agent per rollout, 6,144-step minibatches) at 4 and 8 maps and 1 and 2 epochs, "
         f"with the config's env layout (workers {rows[0]['workers']}, double buffer "
-        f"{str(rows[0]['double_buffer']).lower()}). One torch thread. Per setting, {rows[0]['rounds']} "
+        f"{str(rows[0]['double_buffer']).lower()}, shared workers {str(rows[0].get('shared_workers', False)).lower()})"
+        f". One torch thread. Per setting, {rows[0]['rounds']} "
         "alternating rounds of two carrystate iterations, PufferLib training for as long in its own process "
         "(`benchmarks/pufferlib_mettagrid.py`, when it is installed), and each floor part; medians over rounds. "
         "The split of a carrystate iteration: env = waiting for the env, encoder and core = their forward at "
@@ -127,10 +128,14 @@ def _mettagrid_section(mg: dict) -> list[str]:
             f"Env layouts at {lay[0]['maps']} maps, {lay[0]['update_epochs']} epoch, one iteration of each per "
             f"round in alternation ({lay[0]['rounds']} rounds, medians):",
             "",
-            "| env.workers | env.double_buffer | SPS |",
-            "|---|---|---|",
+            "| env.workers | env.double_buffer | env.shared_workers | SPS |",
+            "|---|---|---|---|",
         ]
-        lines += [f"| {r['workers']} | {str(r['double_buffer']).lower()} | {r['sps']:,.0f} |" for r in lay]
+        lines += [
+            f"| {r['workers']} | {str(r['double_buffer']).lower()} | {str(r.get('shared_workers', False)).lower()} | "
+            f"{r['sps']:,.0f} |"
+            for r in lay
+        ]
     return lines + [""]
 
 

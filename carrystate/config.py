@@ -156,6 +156,10 @@ class EnvConfig(_Section):
     double_buffer: bool = False
     """Split the copies into two batches that alternate: the policy computes one batch's actions while the
     other batch steps (in its workers). Needs an even num_envs; pays off with workers > 0."""
+    shared_workers: bool = False
+    """With double_buffer and workers >= 1 (no effect otherwise): the two batches share their worker processes
+    (env.workers in all, each holding its share of either batch and stepping the one asked) instead of env.workers
+    per batch. Fewer processes to compete for the cores with the training process; the same env copies and seeds."""
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds to wait for a worker's answer before stopping with an error (a dead worker is reported as
     soon as it is seen dead). With workers=0 an env call has no deadline: one that has not returned after this

@@ -235,6 +235,81 @@ def test_vector_settings_are_validated():
         load_config(overrides=["env.num_envs=8", "env.workers=3"])
 
 
+def _shared_and_apart(workers: int = 2):
+    over = [f"env.workers={workers}", "env.num_envs=8", "env.double_buffer=true", "trainer.batch_size=128"]
+    over += ["trainer.bptt_horizon=16", "trainer.minibatch_size=64"]
+    return [make_env(load_config(overrides=[*over, f"env.shared_workers={s}"]).env, seed=3) for s in ("true", "false")]
+
+
+def test_shared_workers_step_both_batches_in_the_same_processes_as_the_batches_apart_do():
+    """env.shared_workers: the two batches' copies live in env.workers processes (not twice as many), and a
+    double-buffered rollout fills the same buffer, bit for bit, as with each batch on workers of its own."""
+    shared, apart = _shared_and_apart()
+    try:
+        (_, first), (_, second) = shared.batches
+        assert first.procs is second.procs and len(first.procs) == 2
+        assert len({p.pid for _, b in apart.batches for p in b.procs}) == 4
+        policy = make_policy(obs_dim=4, num_actions=2)
+        (_, store_s, buf_s, stats_s), (_, store_a, buf_a, stats_a) = (_rollout_env(e, policy) for e in (shared, apart))
+    finally:
+        shared.close()
+        apart.close()
+    for name in ("obs", "actions", "logprobs", "values", "rewards", "starts", "terminated", "truncated"):
+        assert torch.equal(getattr(buf_s, name), getattr(buf_a, name)), name
+    assert stats_s.episode_returns == stats_a.episode_returns and stats_s.steps == stats_a.steps == 16
+    assert not any(p.is_alive() for _, b in shared.batches for p in b.procs), "closing the env stops its workers"
+
+
+def test_shared_workers_without_worker_processes_or_double_buffering_change_nothing():
+    base = ["env.num_envs=8", "env.shared_workers=true"]
+    in_process = make_env(load_config(overrides=[*base, "env.double_buffer=true"]).env, seed=0)
+    one_batch = make_env(load_config(overrides=[*base, "env.workers=2"]).env, seed=0)
+    try:
+        assert all(isinstance(b, TMaze) for _, b in in_process.batches)
+        assert isinstance(one_batch, ProcessVecEnv) and len(one_batch.procs) == 2
+    finally:
+        in_process.close()
+        one_batch.close()
+
+
+def test_shared_workers_keep_each_batchs_answers_apart_in_any_order():
+    """An answer read while another batch's is awaited is kept for its batch: batch 1 steps while batch 0
+    resets and steps, and each gets its own results (a batch's observations after reset are its own env's)."""
+    shared, apart = _shared_and_apart(workers=1)
+    try:
+        (_, a0), (_, a1) = shared.batches
+        (_, b0), (_, b1) = apart.batches
+        for x, y in ((a0, b0), (a1, b1)):
+            assert np.array_equal(x.reset(seed=7).copy(), y.reset(seed=7))
+        a1.step_async(np.ones(4, np.int64))
+        b1.step_async(np.ones(4, np.int64))
+        assert np.array_equal(a0.reset(seed=9).copy(), b0.reset(seed=9))  # its answer comes after batch 1's
+        got0, want0 = a0.step(np.zeros(4, np.int64)), b0.step(np.zeros(4, np.int64))
+        got1, want1 = a1.step_wait(), b1.step_wait()
+        for got, want in ((got0, want0), (got1, want1)):
+            assert np.array_equal(got.obs, want.obs) and np.array_equal(got.reward, want.reward)
+    finally:
+        shared.close()
+        apart.close()
+
+
+def test_a_shared_worker_that_dies_stops_both_batches_with_an_error_naming_it():
+    shared, apart = _shared_and_apart()
+    apart.close()
+    try:
+        (_, first), (_, second) = shared.batches
+        shared.reset(seed=0)
+        os.kill(first.procs[1].pid, signal.SIGKILL)
+        first.procs[1].join()
+        with pytest.raises(EnvWorkerError, match=r"worker 1 \(pid \d+\) died"):
+            first.step(np.zeros(4, np.int64))
+        with pytest.raises(EnvWorkerError, match="the workers were stopped"):
+            second.step(np.zeros(4, np.int64))
+        assert not any(p.is_alive() for p in first.procs), "every worker is stopped after the failure"
+    finally:
+        shared.close()
+
+
 def test_training_runs_with_workers_and_double_buffer(tmp_path):
     from carrystate.trainer import Trainer
 

@@ -35,6 +35,16 @@ def make_env(cfg: EnvConfig, seed: int, render: bool = False) -> VecEnv:
     if not cfg.double_buffer:
         return _make_one_batch(cfg, cfg.num_envs, seed)
     half = cfg.num_envs // 2
+    if cfg.shared_workers and cfg.workers:  # both batches on the same env.workers processes, with their seeds
+        per_worker, stride = half // cfg.workers, WORKER_SEED_STRIDE
+        factories = [
+            [
+                partial(make_batch, cfg, per_worker, seed + b * BATCH_SEED_STRIDE + k * stride)
+                for k in range(cfg.workers)
+            ]
+            for b in range(2)
+        ]
+        return EnvBatches(ProcessVecEnv.sharing(factories, timeout=cfg.worker_timeout, name=f"env.name={cfg.name}"))
     batches = []
     try:
         for b in range(2):

@@ -13,6 +13,10 @@ every worker is stopped and an `EnvWorkerError` names the worker, its process an
 never hangs. An exception inside a worker's env comes back as an `EnvWorkerError` carrying the worker's
 traceback.
 
+`ProcessVecEnv.sharing` builds several batches on the same worker processes (`env.shared_workers`): each worker holds
+one env per batch and steps the one a command names, and an answer read while another batch's is awaited is kept
+for its batch.
+
 `EnvBatches` holds several batches over consecutive row ranges; `Rollout` sees its `batches` attribute and
 alternates them, computing one batch's actions while the other steps. Stepped as a plain `VecEnv`, it steps
 every batch and concatenates the results.
@@ -27,7 +31,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -96,59 +102,58 @@ class SharedResults:
         )
 
 
-def _worker_main(conn, factory: Callable[[], VecEnv]) -> None:
-    """Body of a worker process: build the env, then answer commands until told to close (or until the
-    parent process is gone)."""
+def _spec(env: VecEnv) -> tuple:
+    return env.num_agents, env.single_observation_space, env.single_action_space, getattr(env, "agents_per_env", 1)
+
+
+def _worker_main(conn, factory: Callable[[], VecEnv | list[VecEnv]]) -> None:
+    """Body of a worker process: build its env (or, for workers shared by batches, one env per batch: its
+    slots), then answer commands until told to close (or until the parent process is gone). Every command
+    and answer names the slot it is for."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it stops us by close()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the trainer's graceful handler inherited by fork
     parent = os.getppid()
     try:
-        env = factory()
-        conn.send(
-            (
-                "ok",
-                (
-                    env.num_agents,
-                    env.single_observation_space,
-                    env.single_action_space,
-                    getattr(env, "agents_per_env", 1),
-                ),
-            )
-        )
+        built = factory()
+        envs = built if isinstance(built, list) else [built]
+        conn.send(("ok", None, [_spec(env) for env in envs]))
     except Exception:  # noqa: BLE001 - whatever the env raised goes to the parent, which names it
-        conn.send(("error", traceback.format_exc()))
+        conn.send(("error", None, traceback.format_exc()))
         return
-    shared, rows = None, None  # after "attach": results go to shared memory, rows `rows` of it
+    shared: list = [None] * len(envs)  # after "attach": a slot's results go to shared memory, rows `rows[slot]`
+    rows: list = [None] * len(envs)
     while True:
         try:
             while not conn.poll(1.0):
                 if os.getppid() != parent:  # orphaned: nobody will ever ask again
                     return
-            command, arg = conn.recv()
+            command, slot, arg = conn.recv()
         except (EOFError, OSError):  # the parent closed its end
             return
         try:
             if command == "step":
+                env = envs[slot]
                 res = env.step(arg)
                 check_step_type(res, env_label(env))  # here, where the result's fields are read first
-                conn.send(("ok", res if shared is None else shared.write(rows, res)))
+                conn.send(("ok", slot, res if shared[slot] is None else shared[slot].write(rows[slot], res)))
             elif command == "reset":
-                obs = env.reset(seed=arg)
-                if shared is not None:
-                    shared.obs[rows] = obs
-                conn.send(("ok", obs if shared is None else None))
+                obs = envs[slot].reset(seed=arg)
+                if shared[slot] is not None:
+                    shared[slot].obs[rows[slot]] = obs
+                conn.send(("ok", slot, obs if shared[slot] is None else None))
             elif command == "attach":
                 spec, (start, stop) = arg
-                shared, rows = SharedResults(*spec), slice(start, stop)
-                conn.send(("ok", None))
+                shared[slot], rows[slot] = SharedResults(*spec), slice(start, stop)
+                conn.send(("ok", slot, None))
             elif command == "close":
-                env.close()
-                conn.send(("ok", None))
+                for env in envs:
+                    env.close()
+                conn.send(("ok", slot, None))
                 return
             else:
-                conn.send(("error", f"unknown command {command!r}"))
+                conn.send(("error", slot, f"unknown command {command!r}"))
         except Exception:  # noqa: BLE001 - whatever the env raised goes to the parent, which names it
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", slot, traceback.format_exc()))
 
 
 def joined_valid(valids: list, sizes) -> np.ndarray | None:
@@ -176,26 +181,16 @@ def concat_results(results: list[StepResult]) -> StepResult:
     )
 
 
-class ProcessVecEnv:
-    """Sub-batches stepped in worker processes (one per factory), as one `VecEnv` with async stepping."""
+class _Workers:
+    """The worker processes and their pipes, shared by the batches (`ProcessVecEnv`s) they step: each worker
+    holds one env per batch (a slot). Answers come back in the order asked; one for another slot than the caller
+    waits for is kept until that slot asks (`receive`)."""
 
-    def __init__(
-        self,
-        factories: list[Callable[[], VecEnv]],
-        timeout: float = 60.0,
-        name: str = "env",
-        start_method: str | None = None,
-        shared_memory: bool = True,
-    ):
-        if not factories:
-            raise ValueError("ProcessVecEnv needs at least one worker factory (env.workers >= 1)")
-        self.timeout, self.name = timeout, name
-        method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+    def __init__(self, factories: list[Callable[[], VecEnv | list[VecEnv]]], timeout: float, name: str, method):
+        self.timeout, self.name, self.closed, self.busy = timeout, name, False, False
         ctx = mp.get_context(method)
         self.conns, self.procs = [], []
-        self.shared: SharedResults | None = None
-        self._pending = False
-        self._closed = False
+        self.kept: dict[tuple[int, int], deque] = {}  # (worker, slot) -> answers read while waiting for another
         for k, factory in enumerate(factories):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, args=(child, factory), daemon=True, name=f"carrystate-env-{k}")
@@ -204,35 +199,17 @@ class ProcessVecEnv:
             self.conns.append(parent)
             self.procs.append(proc)
         deadline = time.monotonic() + timeout
-        specs = [self._receive(k, deadline, "starting") for k in range(len(factories))]
-        self.sizes = [s[0] for s in specs]  # [workers] rows per worker
-        self.bounds = np.cumsum([0] + self.sizes)  # worker k owns rows bounds[k]:bounds[k+1]
-        self.num_agents = int(self.bounds[-1])
-        _, self.single_observation_space, self.single_action_space, self.agents_per_env = specs[0]
-        for k, spec in enumerate(specs[1:], 1):
-            if spec[1] != self.single_observation_space or spec[2] != self.single_action_space:
-                self.close()
-                raise EnvWorkerError(
-                    f"worker {k} of {name} has spaces {spec[1]}, {spec[2]} but worker 0 has "
-                    f"{self.single_observation_space}, {self.single_action_space}"
-                )
-        if shared_memory and isinstance(self.single_observation_space, gym.spaces.Box):
-            self.shared = SharedResults.create(self.num_agents, self.single_observation_space)
-            try:
-                for k in range(len(self.procs)):
-                    self._send(k, ("attach", (self.shared.spec(), (self.bounds[k], self.bounds[k + 1]))))
-                deadline = time.monotonic() + timeout
-                for k in range(len(self.procs)):
-                    self._receive(k, deadline, "mapping the shared results")
-            finally:
-                os.unlink(self.shared.path)  # every worker has it mapped (or has been stopped)
+        self.specs = [self.receive(k, None, deadline, "starting") for k in range(len(factories))]  # [worker][slot]
 
-    # ---- messages ---------------------------------------------------------------------------------
-    def _fail(self, message: str) -> EnvWorkerError:
+    def fail(self, message: str) -> EnvWorkerError:
         self.close(graceful=False)
         return EnvWorkerError(message)
 
-    def _receive(self, k: int, deadline: float, doing: str):
+    def receive(self, k: int, slot: int | None, deadline: float, doing: str):
+        """Worker k's next answer for `slot` (None: its start), or EnvWorkerError by `deadline`."""
+        kept = self.kept.get((k, slot))
+        if kept:
+            return kept.popleft()
         conn, proc = self.conns[k], self.procs[k]
         while True:
             remaining = deadline - time.monotonic()
@@ -242,84 +219,46 @@ class ProcessVecEnv:
                 ready = False
             if ready:
                 try:
-                    status, payload = conn.recv()
+                    status, of, payload = conn.recv()
                 except (EOFError, OSError):
                     proc.join(0.5)
-                    raise self._fail(
+                    raise self.fail(
                         f"{self.name} worker {k} (pid {proc.pid}) died while {doing} (exit code {proc.exitcode})"
                     ) from None
                 if status == "error":
-                    raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) raised while {doing}:\n{payload}")
+                    raise self.fail(f"{self.name} worker {k} (pid {proc.pid}) raised while {doing}:\n{payload}")
+                if of != slot:  # another batch's answer: kept for it
+                    self.kept.setdefault((k, of), deque()).append(payload)
+                    continue
                 return payload
             if not proc.is_alive():
-                raise self._fail(
+                raise self.fail(
                     f"{self.name} worker {k} (pid {proc.pid}) died while {doing} (exit code {proc.exitcode})"
                 )
             if remaining <= 0:
-                raise self._fail(
+                raise self.fail(
                     f"{self.name} worker {k} (pid {proc.pid}) did not answer within "
                     f"env.worker_timeout={self.timeout:g}s while {doing}; all workers were stopped"
                 )
 
-    def _send(self, k: int, message) -> None:
+    def send(self, k: int, message) -> None:
         try:
             self.conns[k].send(message)
         except (BrokenPipeError, EOFError, OSError):
             proc = self.procs[k]
             proc.join(0.5)
-            raise self._fail(f"{self.name} worker {k} (pid {proc.pid}) died (exit code {proc.exitcode})") from None
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EnvWorkerError(f"{self.name}: the workers were stopped (after an error or close())")
-
-    # ---- VecEnv ------------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        self._check_open()
-        if self._pending:
-            self.step_wait()
-        for k in range(len(self.procs)):
-            self._send(k, ("reset", None if seed is None else seed + k * WORKER_SEED_STRIDE))
-        deadline = time.monotonic() + self.timeout
-        obs = [self._receive(k, deadline, "resetting") for k in range(len(self.procs))]
-        return self.shared.obs if self.shared is not None else np.concatenate([np.asarray(o) for o in obs])
-
-    def step_async(self, actions: np.ndarray) -> None:
-        """Send each worker its rows' actions and return at once."""
-        self._check_open()
-        if self._pending:
-            raise RuntimeError("step_async called twice without step_wait")
-        actions = np.asarray(actions)
-        if actions.shape[0] != self.num_agents:
-            raise ValueError(f"actions have {actions.shape[0]} rows, expected {self.num_agents} (agents)")
-        for k in range(len(self.procs)):
-            self._send(k, ("step", actions[self.bounds[k] : self.bounds[k + 1]]))
-        self._pending = True
-
-    def step_wait(self) -> StepResult:
-        """The results of the last `step_async`, or EnvWorkerError within `timeout` seconds."""
-        self._check_open()
-        if not self._pending:
-            raise RuntimeError("step_wait called without step_async")
-        deadline = time.monotonic() + self.timeout
-        results = [self._receive(k, deadline, "stepping") for k in range(len(self.procs))]
-        self._pending = False
-        return concat_results(results) if self.shared is None else self.shared.result(results, self.bounds)
-
-    def step(self, actions: np.ndarray) -> StepResult:
-        self.step_async(actions)
-        return self.step_wait()
+            raise self.fail(f"{self.name} worker {k} (pid {proc.pid}) died (exit code {proc.exitcode})") from None
 
     def close(self, graceful: bool = True) -> None:
-        """Stop every worker: ask politely (graceful), then terminate, then kill what is left."""
-        if self._closed:
+        """Stop every worker: ask politely (graceful, when no step is outstanding), then terminate, then kill."""
+        if self.closed:
             return
-        self._closed = True
-        if graceful and not self._pending:
+        self.closed = True
+        if graceful and not self.busy:
             for conn, proc in zip(self.conns, self.procs):
                 if proc.is_alive():
                     try:
-                        conn.send(("close", None))
+                        conn.send(("close", None, None))
                     except (BrokenPipeError, OSError):
                         pass
             deadline = time.monotonic() + min(self.timeout, 5.0)
@@ -336,11 +275,161 @@ class ProcessVecEnv:
         for conn in self.conns:
             conn.close()
 
+
+class ProcessVecEnv:
+    """Sub-batches stepped in worker processes (one per factory), as one `VecEnv` with async stepping.
+    `ProcessVecEnv.sharing` builds several such batches whose workers are the same processes."""
+
+    def __init__(
+        self,
+        factories: list[Callable[[], VecEnv]],
+        timeout: float = 60.0,
+        name: str = "env",
+        start_method: str | None = None,
+        shared_memory: bool = True,
+        _workers: _Workers | None = None,
+        _slot: int = 0,
+    ):
+        if not factories and _workers is None:
+            raise ValueError("ProcessVecEnv needs at least one worker factory (env.workers >= 1)")
+        self.timeout, self.name = timeout, name
+        method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+        self.workers = _workers or _Workers(factories, timeout, name, method)
+        self.slot, self.users = _slot, [self]  # users: the batches on these workers (closed together)
+        self.shared: SharedResults | None = None
+        self._pending = False
+        self._closed = False
+        specs = [spec[_slot] for spec in self.workers.specs]
+        self.sizes = [s[0] for s in specs]  # [workers] rows per worker
+        self.bounds = np.cumsum([0] + self.sizes)  # worker k owns rows bounds[k]:bounds[k+1]
+        self.num_agents = int(self.bounds[-1])
+        _, self.single_observation_space, self.single_action_space, self.agents_per_env = specs[0]
+        for k, spec in enumerate(specs[1:], 1):
+            if spec[1] != self.single_observation_space or spec[2] != self.single_action_space:
+                self.close()
+                raise EnvWorkerError(
+                    f"worker {k} of {name} has spaces {spec[1]}, {spec[2]} but worker 0 has "
+                    f"{self.single_observation_space}, {self.single_action_space}"
+                )
+        if shared_memory and isinstance(self.single_observation_space, gym.spaces.Box):
+            self.shared = SharedResults.create(self.num_agents, self.single_observation_space)
+            try:
+                for k in range(len(self.procs)):
+                    bounds = (self.bounds[k], self.bounds[k + 1])
+                    self._send(k, ("attach", self.slot, (self.shared.spec(), bounds)))
+                deadline = time.monotonic() + timeout
+                for k in range(len(self.procs)):
+                    self._receive(k, deadline, "mapping the shared results")
+            finally:
+                os.unlink(self.shared.path)  # every worker has it mapped (or has been stopped)
+
+    @classmethod
+    def sharing(
+        cls, factories: list[list[Callable[[], VecEnv]]], timeout: float = 60.0, name: str = "env", **kwargs
+    ) -> list[ProcessVecEnv]:
+        """One batch per list of `factories` (batch b's worker k built by factories[b][k]), all stepped by the
+        same worker processes: worker k holds each batch's k-th env. Every batch needs as many factories."""
+        if not factories or len({len(f) for f in factories}) != 1 or not factories[0]:
+            raise ValueError("ProcessVecEnv.sharing needs the same number (>= 1) of worker factories per batch")
+        method = kwargs.pop("start_method", None) or ("fork" if sys.platform.startswith("linux") else "spawn")
+        per_worker = [partial(_build_all, [batch[k] for batch in factories]) for k in range(len(factories[0]))]
+        workers = _Workers(per_worker, timeout, name, method)
+        batches: list[ProcessVecEnv] = []
+        try:
+            for b in range(len(factories)):
+                batches.append(cls([], timeout, name, _workers=workers, _slot=b, **kwargs))
+        except Exception:
+            workers.close(graceful=False)
+            raise
+        for batch in batches:
+            batch.users = batches
+        return batches
+
+    @property
+    def procs(self) -> list:
+        return self.workers.procs
+
+    # ---- messages ---------------------------------------------------------------------------------
+    def _fail(self, message: str) -> EnvWorkerError:
+        return self.workers.fail(message)
+
+    def _receive(self, k: int, deadline: float, doing: str):
+        return self.workers.receive(k, self.slot, deadline, doing)
+
+    def _send(self, k: int, message) -> None:
+        self.workers.send(k, message)
+
+    def _check_open(self) -> None:
+        if self._closed or self.workers.closed:
+            raise EnvWorkerError(f"{self.name}: the workers were stopped (after an error or close())")
+
+    # ---- VecEnv ------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self._check_open()
+        if self._pending:
+            self.step_wait()
+        for k in range(len(self.procs)):
+            self._send(k, ("reset", self.slot, None if seed is None else seed + k * WORKER_SEED_STRIDE))
+        deadline = time.monotonic() + self.timeout
+        obs = [self._receive(k, deadline, "resetting") for k in range(len(self.procs))]
+        return self.shared.obs if self.shared is not None else np.concatenate([np.asarray(o) for o in obs])
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Send each worker its rows' actions and return at once."""
+        self._check_open()
+        if self._pending:
+            raise RuntimeError("step_async called twice without step_wait")
+        actions = np.asarray(actions)
+        if actions.shape[0] != self.num_agents:
+            raise ValueError(f"actions have {actions.shape[0]} rows, expected {self.num_agents} (agents)")
+        for k in range(len(self.procs)):
+            self._send(k, ("step", self.slot, actions[self.bounds[k] : self.bounds[k + 1]]))
+        self._pending = True
+        self._update_busy()
+
+    def step_wait(self) -> StepResult:
+        """The results of the last `step_async`, or EnvWorkerError within `timeout` seconds."""
+        self._check_open()
+        if not self._pending:
+            raise RuntimeError("step_wait called without step_async")
+        deadline = time.monotonic() + self.timeout
+        results = [self._receive(k, deadline, "stepping") for k in range(len(self.procs))]
+        self._pending = False
+        self._update_busy()
+        return concat_results(results) if self.shared is None else self.shared.result(results, self.bounds)
+
+    def _update_busy(self) -> None:
+        self.workers.busy = any(b._pending for b in self.users)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop every worker once this batch and every other batch on them is closed (at once when not
+        `graceful`): ask politely, then terminate, then kill what is left."""
+        self._closed = True
+        if not graceful or all(b._closed for b in self.users):
+            self.workers.close(graceful)
+
     def __del__(self):
         try:
             self.close(graceful=False)
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
+
+
+def _build_all(factories: list[Callable[[], VecEnv]]) -> list[VecEnv]:
+    """A shared worker's envs, one per batch (closing those built when a later one raises)."""
+    envs: list[VecEnv] = []
+    try:
+        for factory in factories:
+            envs.append(factory())
+    except Exception:
+        for env in envs:
+            env.close()
+        raise
+    return envs
 
 
 class EnvBatches:
