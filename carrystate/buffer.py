@@ -293,8 +293,6 @@ class SegmentBuffer:
         """The per-step tensors of segments `idx`; start states are chosen by the learner (stored, zero,
         refreshed or burnt in), so they are not gathered here."""
         idx = idx.to(self.obs.device)
-        out = {
-            k: getattr(self, k)[idx]
-            for k in ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")
-        }
-        return out
+        fields = ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")
+        # index_select copies whole rows: an order of magnitude faster than indexing on the CPU for [T, ...] rows
+        return {k: torch.index_select(getattr(self, k), 0, idx) for k in fields}
