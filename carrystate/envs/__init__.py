@@ -18,12 +18,17 @@ def make_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
     return registry.load(registry.ENVS[cfg.name].target, "env.name")(cfg, num_envs, seed)
 
 
+def _worker_factories(cfg: EnvConfig, num_envs: int, seed: int) -> list:
+    """The builders of a batch's share for each of env.workers worker processes (worker k seeded seed + k × stride)."""
+    per_worker = num_envs // cfg.workers
+    return [partial(make_batch, cfg, per_worker, seed + k * WORKER_SEED_STRIDE) for k in range(cfg.workers)]
+
+
 def _make_one_batch(cfg: EnvConfig, num_envs: int, seed: int) -> VecEnv:
     """One batch: in this process (env.workers=0) or split over env.workers worker processes."""
     if not cfg.workers:
         return make_batch(cfg, num_envs, seed)
-    per_worker = num_envs // cfg.workers
-    factories = [partial(make_batch, cfg, per_worker, seed + k * WORKER_SEED_STRIDE) for k in range(cfg.workers)]
+    factories = _worker_factories(cfg, num_envs, seed)
     return ProcessVecEnv(factories, timeout=cfg.worker_timeout, name=f"env.name={cfg.name}")
 
 
@@ -36,14 +41,7 @@ def make_env(cfg: EnvConfig, seed: int, render: bool = False) -> VecEnv:
         return _make_one_batch(cfg, cfg.num_envs, seed)
     half = cfg.num_envs // 2
     if cfg.shared_workers and cfg.workers:  # both batches on the same env.workers processes, with their seeds
-        per_worker, stride = half // cfg.workers, WORKER_SEED_STRIDE
-        factories = [
-            [
-                partial(make_batch, cfg, per_worker, seed + b * BATCH_SEED_STRIDE + k * stride)
-                for k in range(cfg.workers)
-            ]
-            for b in range(2)
-        ]
+        factories = [_worker_factories(cfg, half, seed + b * BATCH_SEED_STRIDE) for b in range(2)]
         return EnvBatches(ProcessVecEnv.sharing(factories, timeout=cfg.worker_timeout, name=f"env.name={cfg.name}"))
     batches = []
     try:

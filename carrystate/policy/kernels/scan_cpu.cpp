@@ -55,6 +55,32 @@ inline void round_into(const float* x, uint16_t* out, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = to_bf16(x[k]);
 }
 
+// x (fp32 or bf16) -> its values rounded to bf16, as a contiguous fp32 tensor of its shape
+inline torch::Tensor rounded(const torch::Tensor& x) {
+  const auto in = x.contiguous();
+  auto out = torch::empty(in.sizes(), in.options().dtype(torch::kFloat32));
+  float* o = out.data_ptr<float>();
+  const int64_t n = in.numel();
+  if (in.scalar_type() == torch::kBFloat16) {
+    const uint16_t* u = bf16_data(in);
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) o[k] = from_bf16(u[k]);
+  } else {
+    const float* f = in.data_ptr<float>();
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) o[k] = from_bf16(to_bf16(f[k]));
+  }
+  return out;
+}
+
+// t's values rounded to bf16 in place (fp32, contiguous)
+inline void round_in_place(torch::Tensor& t) {
+  float* f = t.data_ptr<float>();
+  const int64_t n = t.numel();
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) f[k] = from_bf16(to_bf16(f[k]));
+}
+
 }  // namespace
 
 // pre_x [T, B, 4H] (x @ W_ih^T + biases; with bf16 the bf16 product), keep [T, B], h0, c0 [B, H], w_hh [4H, H] ->
@@ -198,31 +224,6 @@ std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor dh_T, torch:
   return {bf16 ? d16 : d_pre, dh0, dc, d_w};
 }
 
-// x [n] (fp32, or bf16 where `from16`) -> its values rounded to bf16, as fp32
-inline torch::Tensor rounded(const torch::Tensor& x) {
-  auto out = torch::empty(x.sizes(), x.options().dtype(torch::kFloat32));
-  float* o = out.data_ptr<float>();
-  const int64_t n = x.numel();
-  if (x.scalar_type() == torch::kBFloat16) {
-    const uint16_t* u = bf16_data(x);
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) o[k] = from_bf16(u[k]);
-  } else {
-    const float* f = x.data_ptr<float>();
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) o[k] = from_bf16(to_bf16(f[k]));
-  }
-  return out;
-}
-
-// t's values rounded to bf16 in place (fp32)
-inline void round_in_place(torch::Tensor& t) {
-  float* f = t.data_ptr<float>();
-  const int64_t n = t.numel();
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) f[k] = from_bf16(to_bf16(f[k]));
-}
-
 // One rollout step of every layer: x [B, in], h, c [L, B, H] (already zero where an episode starts), weights
 // (nn.LSTM's flat list: w_ih, w_hh, b_ih, b_hh per layer) -> y [B, H], h', c' [L, B, H]. Per layer the same
 // input GEMM (biases summed first), recurrent GEMM and elementwise math as the scan (scan.lstm_scan and
@@ -288,19 +289,7 @@ std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor 
 // bf16 (carrystate/precision.py: Linear), with autocast kept out of it.
 torch::Tensor linear_rounded(torch::Tensor x, torch::Tensor w, torch::Tensor b) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  x = x.contiguous();
-  const int64_t n = x.numel();
-  auto xr = torch::empty(x.sizes(), w.options());
-  float* xp = xr.data_ptr<float>();
-  if (x.scalar_type() == torch::kBFloat16) {
-    const uint16_t* u = bf16_data(x);
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) xp[k] = from_bf16(u[k]);
-  } else {
-    const float* f = x.data_ptr<float>();
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) xp[k] = from_bf16(to_bf16(f[k]));
-  }
+  const auto xr = rounded(x);
   const auto out = at::addmm(b, xr.view({-1, w.size(1)}), w.t());
   auto out16 = torch::empty(out.sizes(), out.options().dtype(torch::kBFloat16));
   round_into(out.data_ptr<float>(), bf16_data(out16), out.numel());
