@@ -294,5 +294,5 @@ class SegmentBuffer:
         refreshed or burnt in), so they are not gathered here."""
         idx = idx.to(self.obs.device)
         fields = ("obs", "actions", "logprobs", "values", "starts", "valid", "advantages", "returns")
-        # index_select copies whole rows: an order of magnitude faster than indexing on the CPU for [T, ...] rows
+        # index_select copies whole rows, where indexing gathers element by element on the CPU (BENCHMARKS.md)
         return {k: torch.index_select(getattr(self, k), 0, idx) for k in fields}
