@@ -900,8 +900,13 @@ def precision_section(rows) -> list[str]:
             f"| {r['precision']} | {r['core']} | {r['unroll']} | {r['logprob']:.1e} | {r['value']:.1e} | "
             f"{r['value_rel']:.1e} | {r['state_rel']:.1e} |"
         )
-    learn = [(r, "fp32") for r in load_all("lstm_memory") if not r["extra"]]
-    learn += [(r, "bf16") for r in load_all("lstm_memory") if r["extra"] == ["trainer.precision=bf16"]]
+    # the bf16 rows of the first runs; the rerun of the same seeds on later code (`--name lstm_memory_bf16_rerun`)
+    # gets a row of its own beside the same fp32 seeds
+    rerun = load("lstm_memory_bf16_rerun", [])
+    first = [r for path in sorted(RESULTS.glob("lstm_memory*.json")) if path.stem != "lstm_memory_bf16_rerun"
+             for r in json.loads(path.read_text())]  # fmt: skip
+    learn = [(r, "fp32") for r in first if not r["extra"]]
+    learn += [(r, "bf16") for r in first if r["extra"] == ["trainer.precision=bf16"]]
     arena = [(r, "fp32") for n in ("mettagrid_arena_cpp", "mettagrid_arena_cpp_b") for r in load(n, [])]
     arena += [(r, "bf16") for r in load("mettagrid_arena_bf16", [])]
     bf16_tasks = {(r["task"], r["setting"], r["budget"]) for r, p in learn if p == "bf16"}
@@ -916,6 +921,10 @@ def precision_section(rows) -> list[str]:
             for p in ("fp32", "bf16")
         }
         table.append((f"{task} ({setting}, {budget:,})", per, lambda r: r["score"]))
+        again = sorted((r for r in rerun if (r["task"], r["setting"], r["budget"]) == same), key=lambda r: r["seed"])
+        if again:
+            table.append((f"{task} ({setting}, {budget:,}), bf16 rerun on 12-08's code", {**per, "bf16": again},
+                          lambda r: r["score"]))  # fmt: skip
     if any(p == "bf16" for _, p in arena):
         per = {p: sorted((r for r, q in arena if q == p), key=lambda r: r["seed"]) for p in ("fp32", "bf16")}
         table.append(("MettaGrid arena (shipped, 5,013,504): trained / untrained return", per,
