@@ -35,6 +35,12 @@ def action_layout(space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
     return tuple(space.shape), torch.float32
 
 
+def _step_view(t: Tensor) -> Tensor | np.ndarray:
+    """What `SegmentBuffer.write` writes into: a CPU tensor's memory as a numpy array (the same storage), else the
+    tensor itself."""
+    return t.numpy() if t.device.type == "cpu" else t
+
+
 def obs_dtype(space: gym.Space) -> torch.dtype:
     """How observations of `space` are stored (`envs.base.obs_dtype`, as torch dtype): integer and bool boxes in
     the dtype the env emits (MettaGrid's uint8 tokens take a quarter of float32's memory and copying), everything
@@ -125,7 +131,7 @@ class SegmentBuffer:
         # [depth, segments, width] per state tensor (the core's state_shapes): the state each row held at its first step
         self.start_state: State = tuple(torch.zeros(s.shape[0], S, *s.shape[2:], device=device) for s in state_template)
         self.last_value = z(num_agents)  # [agents] value after the rollout's last step
-        self._timelines: dict[str, Tensor] = {}  # write's views, of tensors allocated here once
+        self._timelines: dict[str, Tensor | np.ndarray] = {}  # write's views, of tensors allocated here once
         self.position = 0  # steps of the current rollout written (every agent's first `position` steps)
         self.trained = False  # the whole rollout in the buffer has had its update (the learner sets it)
         # Burn-in (R2D2): the state at column H - burn_in of every row, and the previous rollout's last
@@ -146,14 +152,19 @@ class SegmentBuffer:
         """View a [segments, horizon, ...] tensor as [agents, steps, ...]: each agent's consecutive steps."""
         return t.view(self.num_agents, self.steps, *t.shape[2:])
 
-    def write(self, step: int, agents: slice = slice(None), **fields: Tensor) -> None:
+    def write(self, step: int, agents: slice = slice(None), **fields: Tensor | np.ndarray) -> None:
         """Store one rollout step under `step` of the agents' timelines: of every agent, or of the agents in
-        `agents` (one env batch of a double-buffered rollout; each field then has that many rows)."""
+        `agents` (one env batch of a double-buffered rollout; each field then has that many rows). A value may be
+        a tensor or an array (an env's output as it came), converted to the field's dtype as torch's copy does."""
         views = self._timelines
         for name, value in fields.items():
-            if name not in views:  # the [agents, steps, ...] view of a field, made once (the rollout's per-step path)
-                views[name] = self.timeline(getattr(self, name))
-            views[name][agents, step] = value
+            view = views.get(name)
+            if view is None:  # the [agents, steps, ...] view of a field, made once (the rollout's per-step path)
+                view = views[name] = _step_view(self.timeline(getattr(self, name)))
+            if isinstance(view, np.ndarray):  # a CPU buffer: written through numpy, a fraction of torch's per-call cost
+                view[agents, step] = value.numpy() if isinstance(value, Tensor) else value
+            else:
+                view[agents, step] = torch.as_tensor(value, device=view.device)
 
     def write_start_state(self, step: int, state: State, agents: slice = slice(None)) -> None:
         """At the first step of each row (step % horizon == 0), record the state the agents (all, or those in

@@ -394,6 +394,11 @@ class TrainerConfig(_Section):
     torch_threads: int = Field(1, ge=0)
     """torch.set_num_threads for the run. Small recurrent nets run fastest on one thread (several threads
     spin against each other and against the env); 0 leaves torch's default."""
+    keep_freed_memory: bool = True
+    """Have the C library's allocator keep memory the run frees (glibc: no separate mapping for blocks up to its
+    32 MiB ceiling, no handing the heap's top back): every minibatch frees and allocates the same large tensors, and
+    memory handed back to the system is faulted in again page by page, each page zeroed. Set once for the whole
+    process; nothing where the C library is not glibc."""
     checkpoint_interval: int = Field(50, ge=1)
     """Write a checkpoint every this many iterations (and always at the end)."""
     keep_checkpoints: int = Field(3, ge=1)

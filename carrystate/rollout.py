@@ -359,10 +359,10 @@ class Rollout:
             logprobs=step.logprob,
             values=step.value,
             starts=step.starts,
-            valid=self._tensor(step.valid),
-            rewards=self._tensor(res.reward),
-            terminated=self._tensor(res.terminated),
-            truncated=self._tensor(res.truncated),
+            valid=step.valid,
+            rewards=res.reward,
+            terminated=res.terminated,
+            truncated=res.truncated,
         )
 
     @torch.no_grad()

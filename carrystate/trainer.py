@@ -3,6 +3,8 @@ at once. The Trainer wires the parts together; each phase lives in its own modul
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import time
 import warnings
@@ -35,6 +37,8 @@ class Trainer:
         check_machine(cfg, self.device, run_dir if self.dist.is_main else None)  # before anything is built
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
+        if t.keep_freed_memory:
+            keep_freed_memory()
         kernels.build(self.device, cfg.policy.core, cfg.policy.encoder)  # compiled now, not in a timed phase
         torch.manual_seed(seed)
         self.env = make_env(cfg.env, seed=seed)
@@ -200,3 +204,24 @@ def write_report(run_dir: Path) -> None:
         report.write(run_dir)
     except Exception as err:  # noqa: BLE001 (the run itself is done and saved)
         warnings.warn(f"could not write {run_dir / report.REPORT_NAME}: {type(err).__name__}: {err}", stacklevel=2)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_MMAP_CEILING = 32 << 20  # glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+
+
+def keep_freed_memory() -> bool:
+    """`trainer.keep_freed_memory`: glibc's malloc serves blocks up to 32 MiB from its heap and never trims the heap,
+    so memory freed by one minibatch is reused by the next without new page faults. Returns whether it was set
+    (false where the C library is not glibc)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: another libc's mallopt takes other parameters
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mapped = mallopt(_M_MMAP_THRESHOLD, _MMAP_CEILING)
+    trimmed = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    return bool(mapped and trimmed)
