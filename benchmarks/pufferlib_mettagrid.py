@@ -47,7 +47,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
 
 import torch
 
-torch.set_num_threads(1)  # the same single intra-op thread carrystate's CPU benchmarks use
+torch.set_num_threads(1)  # the same single intra-op thread carrystate's CPU benchmarks use (--threads: more)
 
 import pufferlib  # noqa: E402
 import pufferlib.pufferl  # noqa: E402
@@ -128,10 +128,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32", help="PufferLib's own")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--json", default=None, help="also write the JSON line here")
     parser.add_argument("--dashboard", action="store_true", help="keep PufferLib's terminal dashboard")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     if not args.dashboard:
         # PuffeRL redraws a rich dashboard after every epoch; off by default so stdout holds only the result.
         pufferlib.pufferl.PuffeRL.print_dashboard = lambda self, *a, **k: None
@@ -179,6 +181,7 @@ def main() -> None:
         "agents": args.maps * AGENTS,
         "update_epochs": args.epochs,
         "precision": args.precision,
+        "threads": args.threads,
         "pufferlib_version": pufferlib.__version__,
         "torch": torch.__version__,
         "vectorization": "Serial" if args.vec == "serial" else f"Multiprocessing({args.workers} workers)",
