@@ -139,6 +139,29 @@ def _mettagrid_section(mg: dict) -> list[str]:
     return lines + [""]
 
 
+def _allocator_section(rows: list[dict]) -> list[str]:
+    """The MettaGrid update with the C library's allocator defaults against `trainer.keep_freed_memory`."""
+    r0 = rows[0]
+    lines = [
+        "### The allocator: `trainer.keep_freed_memory`",
+        "",
+        f"The MettaGrid arena's update ({r0['maps']} maps, {r0['update_epochs']} epochs) with glibc's default "
+        "malloc settings (`trainer.keep_freed_memory=false`) against the trainer's (true: freed memory stays in the "
+        "process), each in a fresh process, alternating over "
+        f"{r0['rounds']} rounds; per process the median of {r0['updates']} updates of one rollout, then medians over "
+        "rounds (`python -m benchmarks.allocator`). Page faults: minor faults per update (getrusage).",
+        "",
+        "| precision | update s: default / kept | speedup | page faults per update: default / kept |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['precision']} | {r['default_seconds']:.3f} / {r['keep_seconds']:.3f} | {r['speedup']:.2f}× | "
+        f"{r['default_faults']:,.0f} / {r['keep_faults']:,.0f} |"
+        for r in rows
+    ]
+    return lines + [""]
+
+
 def write(markdown: Path, results: Path) -> None:
     cpu = json.loads((results / "learner_cpu.json").read_text()) if (results / "learner_cpu.json").exists() else None
     cuda = sorted(results.glob("learner_cuda_*.json"))
@@ -260,6 +283,8 @@ def write(markdown: Path, results: Path) -> None:
     mg = json.loads((results / "mettagrid_cpu.json").read_text()) if (results / "mettagrid_cpu.json").exists() else None
     if mg:
         lines += _mettagrid_section(mg)
+    if (results / "allocator_cpu.json").exists():
+        lines += _allocator_section(json.loads((results / "allocator_cpu.json").read_text()))
     lines += ["## Targets", ""]
     for label, data in ([("CPU", cpu)] if cpu else []) + [
         (_label(json.loads(p.read_text())), json.loads(p.read_text())) for p in cuda

@@ -13,10 +13,11 @@ normalisation statistics and the optimizer, with its fp32 master weights, never 
 it ends (`rollout_copies`); torch's own autocast keeps its weight casts for that long too.
 
 A small product without gradients (the rollout's step: tens of rows, or a head of a few outputs) costs a
-bf16 GEMM call a fixed tens of microseconds on the CPU, several times an fp32 GEMM of that size (BENCHMARKS.md).
-`Linear` computes such a product as an fp32 GEMM of the bf16-rounded operands, rounded to bf16: a product of two
-bf16 numbers is exact in fp32 and both accumulate in fp32, so it gives the bf16 GEMM's values up to the order of
-summation, at the fp32 GEMM's speed.
+bf16 GEMM call a fixed tens of microseconds on the CPU, several times an fp32 GEMM of that size; and a rollout whose
+LSTM step takes its bf16 products at 48 rows runs slower as a whole than one taking them on fp32 units, though the
+step alone is faster (BENCHMARKS.md). `Linear` computes such a product as an fp32 GEMM of the bf16-rounded operands,
+rounded to bf16: a product of two bf16 numbers is exact in fp32 and both accumulate in fp32, so it gives the bf16
+GEMM's values up to the order of summation, at the fp32 GEMM's speed.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def rounded(t: Tensor) -> Tensor:
     return t.to(torch.bfloat16).float()
 
 
-SMALL_PRODUCT = 1 << 21  # multiply-adds (rows × in × out) up to which `Linear` runs a bf16 product in fp32
+# multiply-adds (rows × in × out) up to which a bf16 product without gradients runs on fp32 units (`Linear`, the
+# LSTM's step): a hidden-128 LSTM step up to 64 rows
+SMALL_PRODUCT = 1 << 22
 
 
 class Linear(nn.Linear):
