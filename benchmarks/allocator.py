@@ -3,7 +3,9 @@ C library's default allocator settings against the trainer's, each in a fresh pr
 process and cannot be undone), the two alternating over rounds.
 
 Each child builds the trainer, runs one warm-up iteration, then times `--updates` updates of the same rollout and
-counts the minor page faults (getrusage) they take; medians per child, then medians over rounds.
+counts the minor page faults (getrusage) they take; medians per child, then medians over rounds. Update times
+of separate processes drift with this machine, so the cost of one fault is also measured on its own (`fault_cost`)
+and multiplied by the faults the setting removes: the time it saves per update, estimated.
 
     python -m benchmarks.allocator --json benchmarks/results/allocator_cpu.json [--rounds 3] [--updates 6]
 """
@@ -45,10 +47,48 @@ print(json.dumps({"seconds": float(np.median(seconds)), "faults": float(np.media
 """
 
 
+# The cost of one page fault here: 50 cycles of four 8 MiB tensors allocated and freed, with glibc's thresholds
+# fixed at its initial 128 KiB (every cycle maps and faults its memory in anew) and with the trainer's setting.
+_FAULT_COST = """
+import ctypes, resource, sys, time, torch
+from carrystate.trainer import keep_freed_memory
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+else:
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-3, 128 << 10)
+    libc.mallopt(-1, 128 << 10)
+def cycle():
+    held = [torch.ones(2 << 20) for _ in range(4)]
+    del held
+for _ in range(3):
+    cycle()
+f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+for _ in range(50):
+    cycle()
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def fault_cost(rounds: int) -> float:
+    """Seconds per minor page fault: the faulting cycles' extra time over the kept ones' per fault (median)."""
+    costs = []
+    for _ in range(rounds):
+        (t_def, f_def), (t_keep, f_keep) = (
+            map(float, _python(_FAULT_COST, mode).split()) for mode in ("default", "keep")
+        )
+        costs.append((t_def - t_keep) / max(1.0, f_def - f_keep))
+    return float(np.median(costs))
+
+
+def _python(code: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True, capture_output=True, text=True,
+                         timeout=1800)  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
 def child(precision: str, mode: str, updates: int) -> dict:
-    cmd = [sys.executable, "-c", _CHILD, precision, MODES[mode], str(updates)]
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=1800)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(_python(_CHILD, precision, MODES[mode], str(updates)))
 
 
 def run(rounds: int = 3, updates: int = 6) -> list[dict]:
@@ -56,6 +96,7 @@ def run(rounds: int = 3, updates: int = 6) -> list[dict]:
     for _ in range(rounds):
         for key in runs:
             runs[key].append(child(*key, updates))
+    cost = fault_cost(rounds)
     rows = []
     for p in PRECISIONS:
         med = {m: {k: float(np.median([r[k] for r in runs[p, m]])) for k in ("seconds", "faults")} for m in MODES}
@@ -68,6 +109,8 @@ def run(rounds: int = 3, updates: int = 6) -> list[dict]:
                 "updates": updates,
                 **{f"{m}_{k}": v for m in MODES for k, v in med[m].items()},
                 "speedup": med["default"]["seconds"] / med["keep"]["seconds"],
+                "fault_seconds": cost,  # one page fault's cost, from the microbenchmark above
+                "saved_seconds": cost * (med["default"]["faults"] - med["keep"]["faults"]),  # per update, estimated
             }
         )
     return rows

@@ -2,6 +2,14 @@
 alternating rounds (5 rounds of N iterations each after one warm-up iteration), medians. One torch thread.
 
     python -m benchmarks.precision configs/cartpole_novel.yaml [--iterations 10]
+
+`--small-step MAPS`: the MettaGrid arena's rollout at MAPS maps (24 agents each, two batches), its policy seconds
+(the rollout's wall time less its env waits) in fp32, in bf16 with the LSTM step's products in bf16 GEMMs (the
+heads and the encoder's layer on fp32 units), and in bf16 with the step's products on fp32 units too
+(`precision.SMALL_PRODUCT` raised above the step's size), one rollout and update of each in turn per round,
+medians over rounds:
+
+    python -m benchmarks.precision configs/mettagrid_arena.yaml --small-step 4 [--rounds 6]
 """
 
 from __future__ import annotations
@@ -38,12 +46,53 @@ def compare(config: str, iterations: int, rounds: int = 5) -> dict[str, float]:
     return {"fp32_seconds": med["fp32"], "bf16_seconds": med["bf16"], "bf16_speed_over_fp32": med["fp32"] / med["bf16"]}
 
 
+def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
+    """Policy seconds of a rollout per way of running the LSTM step's products (the module docstring)."""
+    from benchmarks.mettagrid import overrides
+    from carrystate import precision
+    from carrystate.rollout import RolloutStats
+
+    torch.set_num_threads(1)
+    trainers = {
+        p: carrystate.Trainer(
+            carrystate.load_config(config, [*overrides(maps, 1), f"trainer.precision={p}"]), quiet=True
+        )
+        for p in ("fp32", "bf16")
+    }
+    # bf16_gemm: SMALL_PRODUCT below the step's 48 × 128 × 512 multiply-adds, above the heads' and encoder layer's
+    ways = {"fp32": ("fp32", None), "bf16_gemm": ("bf16", 1 << 21), "bf16_fp32_units": ("bf16", 1 << 40)}
+    seconds: dict[str, list[float]] = {w: [] for w in ways}
+    kept = precision.SMALL_PRODUCT
+    try:
+        for tr in trainers.values():
+            tr.train(stop_after=1)  # warm-up
+        for _ in range(rounds):
+            for way, (p, limit) in ways.items():
+                tr = trainers[p]
+                precision.SMALL_PRODUCT = kept if limit is None else limit
+                t0 = time.perf_counter()
+                stats = tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
+                seconds[way].append(time.perf_counter() - t0 - stats.env_seconds)
+                tr.rollout.stats = RolloutStats()
+                tr.update()
+    finally:
+        precision.SMALL_PRODUCT = kept
+        for tr in trainers.values():
+            tr.env.close()
+    return {f"{way}_policy_seconds": float(np.median(v)) for way, v in seconds.items()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--iterations", type=int, default=1, help="iterations per trainer per round")
+    p.add_argument("--small-step", type=int, default=None, metavar="MAPS", help="the rollout comparison (above)")
+    p.add_argument("--rounds", type=int, default=6, help="rounds of the rollout comparison")
     a = p.parse_args()
-    print(a.config, compare(a.config, a.iterations))
+    if a.small_step:
+        print(a.config, f"{a.small_step} maps", small_step(a.config, a.small_step, a.rounds))
+    else:
+        print(a.config, compare(a.config, a.iterations))
 
 
 if __name__ == "__main__":

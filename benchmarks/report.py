@@ -149,14 +149,19 @@ def _allocator_section(rows: list[dict]) -> list[str]:
         "malloc settings (`trainer.keep_freed_memory=false`) against the trainer's (true: freed memory stays in the "
         "process), each in a fresh process, alternating over "
         f"{r0['rounds']} rounds; per process the median of {r0['updates']} updates of one rollout, then medians over "
-        "rounds (`python -m benchmarks.allocator`). Page faults: minor faults per update (getrusage).",
+        "rounds (`python -m benchmarks.allocator`). Page faults: minor faults per update (getrusage). Separate "
+        "processes drift with this machine, so one fault's cost is also timed alone (allocate-and-free cycles that "
+        f"fault against ones that do not: {1e6 * r0.get('fault_seconds', float('nan')):.2f} µs) and multiplied by "
+        "the faults removed: the time saved per update, estimated.",
         "",
-        "| precision | update s: default / kept | speedup | page faults per update: default / kept |",
-        "|---|---|---|---|",
+        "| precision | update s: default / kept | speedup | page faults per update: default / kept | saved per update, "
+        "estimated |",
+        "|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['precision']} | {r['default_seconds']:.3f} / {r['keep_seconds']:.3f} | {r['speedup']:.2f}× | "
-        f"{r['default_faults']:,.0f} / {r['keep_faults']:,.0f} |"
+        f"{r['default_faults']:,.0f} / {r['keep_faults']:,.0f} | {1e3 * r.get('saved_seconds', float('nan')):.0f} ms "
+        f"({r.get('saved_seconds', float('nan')) / r['default_seconds']:.0%}) |"
         for r in rows
     ]
     return lines + [""]
@@ -423,38 +428,47 @@ def write(markdown: Path, results: Path) -> None:
         "GEMM-bound at 48 rows per lane (0.26 ms); waking a worker through its pipe costs 0.1–0.7 ms per step "
         "depending on what else runs. Among the layouts with a worker per batch the fastest changed from run to run "
         "(1 worker + double buffer at 8 maps in runs 2 and 3 of 12-01, in process in run 1); one worker shared by "
-        "both batches (`env.shared_workers`, what the config now ships) was the fastest in all four runs of 12-08 "
+        "both batches (`env.shared_workers`, what the config now ships) was the fastest in all eight runs of 12-08 "
         "that measured it.",
-        "- bf16 (`trainer.precision=bf16`; targets missed). The last two whole bench runs, on the final code "
-        "(2026-12-08, runs 5 and 6; the table above is run 6: `results/mettagrid_cpu_12-08_run5.json`, "
-        "`_run6.json`): against PufferLib in fp32 run 5 1.21 / 1.80 / 1.24 / 1.68×, run 6 1.81 / 1.40 / 1.30 "
-        "/ 1.40× (target 1.5×: met at 4 of 8); against PufferLib in bf16 run 5 0.93 / 1.43 / 1.20 / 1.13×, "
-        "run 6 1.24 / 1.19 / 1.00 / 1.13× (target 1.2×: met at 3 of 8). bf16 ran at 0.93–1.26× carrystate "
-        "fp32. PufferLib's own bfloat16 ran at 1.04–1.49× its float32, and both trainers' rounds spread "
-        "widely from run to run. The runs before, on the same machine: runs 3 and 4 (the same code but for "
-        "the minibatch gather below) 1.17–1.76× PufferLib fp32 (met at 5 of 8) and 1.04–1.42× PufferLib bf16 "
-        "(met at 2 of 8); runs 1 and 2 (the bf16 rework without shared workers) 1.17–1.48× and 0.86–1.11×; "
-        "the two runs of 2026-12-07 before the rework (`results/mettagrid_cpu_12-07_run*.json`) 1.12–1.39× "
-        "and 0.87–1.10×. What moved it: (1) the bf16 learner now takes 1.10–1.78× less time than the fp32 one "
-        "(1.16–1.31× before). The C++ scan's elementwise passes read each bf16 product and write the next "
-        "product's bf16 operand themselves, and the input product and its gradient stay bf16; separate "
-        "conversions and mixed-dtype adds had taken about a quarter of the bf16 learner's time. (2) Small "
-        "products taken without gradients (the heads and the encoder's layer at the rollout's 48–96 rows) run "
-        "as fp32 GEMMs of bf16-rounded operands, which gives the same values (`precision.Linear`): a bf16 "
-        "GEMM call costs 40–60 µs here whatever its size, against 7–25 µs for those products in fp32. With "
-        "both, a bf16 rollout alone takes within about 10% of an fp32 one (0.68–0.74 against 0.64–0.71 s at 4 "
-        "maps, three measurements). (3) "
-        "`env.shared_workers`: the arena's two batches were stepped by a worker each, three processes on two "
-        "cores. One worker stepping both batches in turn keeps the env and the policy on a core each: "
-        "1.06–1.29× the worker-per-batch layout in the layout tables of runs 3 to 6, for either precision. "
-        "(4) A minibatch's segments are gathered with `index_select` (0.4 ms against 5.6 ms for the "
-        "observations). What is left: at 4 maps the bf16 rollout was slower than the fp32 one inside whole "
-        "training in some rounds (0.65 against 0.43 s in run 5) though not alone, which is not understood; at "
-        "2 epochs the ratio to PufferLib's bf16 stays at 1.00–1.20×, with the learner at 0.57–1.22 s of "
-        "1.4–2.5 s iterations. PufferLib's bfloat16 runs its LSTM as oneDNN's fused bf16 LSTM, which carries "
-        "the state in bf16, where carrystate's contract keeps it fp32; carrystate's rollout glue (sampling, "
-        "buffer and store writes, the worker pipe, about a third of the rollout) is the same in both "
-        "precisions.",
+        "- bf16 (`trainer.precision=bf16`; targets missed). Four whole bench runs on 2026-12-08 after "
+        "`trainer.keep_freed_memory` and the buffer's numpy writes (runs 7 and 8), then with a small LSTM step on "
+        "fp32 units too (runs 9 and 10, the final code; the table above is run 10; "
+        "`results/mettagrid_cpu_12-08_run7.json` to `_run10.json`). Against PufferLib in fp32: run 7 1.35 / 1.54 "
+        "/ 1.72 / 1.58×, run 8 1.33 / 1.66 / 1.54 / 1.69×, run 9 1.51 / 1.39 / 1.76 / 1.74×, run 10 1.47 / 1.73 / "
+        "1.22 / 1.58× (target 1.5×: met at 11 of 16; 4 maps × 1 epoch missed it in three runs). Against PufferLib "
+        "in bf16: 1.17 / 1.39 / 1.22 / 1.00×, 1.10 / 1.50 / 1.17 / 1.20×, 1.52 / 1.14 / 1.18 / 1.11×, 1.23 / 1.59 "
+        "/ 1.01 / 1.17× (target 1.2×: met at 7 of 16, and at no setting in every run). bf16 ran at 0.97–1.42× "
+        "carrystate fp32, its learner in 1.29–2.34× less time. Runs 5 and 6, before these changes: 1.21–1.81× "
+        "(met at 4 of 8) and 0.93–1.43× (3 of 8); the runs before are listed in EXPERIMENTS.md (issue 26). Both "
+        "trainers' rounds spread widely from run to run: PufferLib's bf16 at 8 maps, 2 epochs ran 17.8k, 22.3k, "
+        "20.4k, 23.4k and 21.7k agent-steps/s in runs 6 to 10. What moved it, in the order it came: (1) the C++ "
+        "scan's elementwise passes read each bf16 product and write the next product's bf16 operand themselves, "
+        "and the input product and its gradient stay bf16 (separate conversions and mixed-dtype adds had taken "
+        "about a quarter of the bf16 learner's time). (2) Small products taken without gradients (the heads and "
+        "the encoder's layer at the rollout's 48–96 rows) run as fp32 GEMMs of bf16-rounded operands, which "
+        "gives the same values (`precision.Linear`): a bf16 GEMM call costs 40–60 µs here whatever its size, "
+        "against 7–25 µs for those products in fp32. (3) `env.shared_workers`: one worker process steps both "
+        "batches in turn, so the env and the policy each have a core (1.05–1.29× the worker-per-batch layout in "
+        "the layout tables of runs 3 to 10). (4) A minibatch's segments are gathered with `index_select` (0.4 "
+        "against 5.6 ms for the observations). (5) `trainer.keep_freed_memory`: with glibc's defaults an update "
+        "faulted its large temporaries in anew, tens of thousands of pages at about 1 µs each (the allocator table "
+        "above). (6) The rollout writes the buffer through numpy views of its tensors (9 fields of a 48-row step: "
+        "about 8 against 56 µs). (7) The LSTM step of a 4-map bf16 rollout (48 rows per batch) takes its products "
+        "on fp32 units (`precision.SMALL_PRODUCT`), though the AMX step alone is the faster (0.20 against 0.24 "
+        "ms): a whole rollout took 0.52 s of policy time on fp32 units against 0.56 s with the AMX step (fp32: "
+        "0.45 s; `python -m benchmarks.precision configs/mettagrid_arena.yaml --small-step 4`, 6 rounds; a first "
+        "measurement gave 0.42 against 0.52 s). At 96 rows (8 maps) that script measured 0.67 against 0.71 s and a "
+        "first measurement the same for both, and the threshold keeps the AMX step there. "
+        "What is left: PufferLib's bfloat16 runs its LSTM as oneDNN's fused bf16 LSTM, which carries the state "
+        "in bf16 where carrystate's contract keeps it fp32; at 8 maps the bf16 rollout still takes 0.03–0.15 s "
+        "more than fp32's (the roundings and conversions around its products, and the AMX step); and at 2 epochs "
+        "the learner is still about half of a bf16 iteration.",
+        "- Threads. Both trainers run with one torch thread, and PufferLib steps its maps in its own process "
+        "(serial, its faster layout here), so it uses one core where carrystate's env worker takes the second. At "
+        "2 torch threads PufferLib ran 1.07–1.29× its 1-thread speed over the eight settings and precisions (one "
+        "20-second run of each, alternating: `bash benchmarks/pufferlib_threads.sh`, "
+        "`results/pufferlib_threads_cpu.jsonl`). The ratios above are at one thread each; carrystate has no setting "
+        "that gives its learner the second core while the env worker waits.",
         "",
         "## How to run",
         "",

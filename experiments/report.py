@@ -923,7 +923,7 @@ def precision_section(rows) -> list[str]:
         table.append((f"{task} ({setting}, {budget:,})", per, lambda r: r["score"]))
         again = sorted((r for r in rerun if (r["task"], r["setting"], r["budget"]) == same), key=lambda r: r["seed"])
         if again:
-            table.append((f"{task} ({setting}, {budget:,}), bf16 rerun on 12-08's code", {**per, "bf16": again},
+            table.append((f"{task} ({setting}, {budget:,}), bf16 rerun at e6d5136", {**per, "bf16": again},
                           lambda r: r["score"]))  # fmt: skip
     if any(p == "bf16" for _, p in arena):
         per = {p: sorted((r for r, q in arena if q == p), key=lambda r: r["seed"]) for p in ("fp32", "bf16")}
@@ -933,8 +933,9 @@ def precision_section(rows) -> list[str]:
         lines += [
             "",
             "Learning, same seeds (`experiments/lstm_memory.py TASK --set trainer.precision=bf16 --name "
-            "lstm_memory_bf16`, `experiments/mettagrid_arena.py --set trainer.precision=bf16 --name "
-            "mettagrid_arena_bf16`); the fp32 rows are the runs of the same config listed in the sections above. "
+            "lstm_memory_bf16`, the rerun with `--name lstm_memory_bf16_rerun`, `experiments/mettagrid_arena.py "
+            "--set trainer.precision=bf16 --name mettagrid_arena_bf16`); the fp32 rows are the runs of the same "
+            "config listed in the sections above. "
             "Score: fresh episodes (CartPole return, T-maze success), MettaGrid trained over untrained return.",
             "",
             "| task | fp32 per seed | fp32 mean | bf16 per seed | bf16 mean |",
