@@ -7,7 +7,7 @@ alternating rounds (5 rounds of N iterations each after one warm-up iteration), 
 (the rollout's wall time less its env waits) in fp32, in bf16 with the LSTM step's products in bf16 GEMMs (the
 heads and the encoder's layer on fp32 units), and in bf16 with the step's products on fp32 units too
 (`precision.SMALL_PRODUCT` raised above the step's size), one rollout and update of each in turn per round,
-medians over rounds:
+medians over rounds; and each way's LSTM step timed alone at a batch's rows:
 
     python -m benchmarks.precision configs/mettagrid_arena.yaml --small-step 4 [--rounds 6]
 """
@@ -62,6 +62,7 @@ def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
     # bf16_gemm: SMALL_PRODUCT below the step's 48 × 128 × 512 multiply-adds, above the heads' and encoder layer's
     ways = {"fp32": ("fp32", None), "bf16_gemm": ("bf16", 1 << 21), "bf16_fp32_units": ("bf16", 1 << 40)}
     seconds: dict[str, list[float]] = {w: [] for w in ways}
+    step: dict[str, list[float]] = {w: [] for w in ways}
     kept = precision.SMALL_PRODUCT
     try:
         for tr in trainers.values():
@@ -75,11 +76,31 @@ def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
                 seconds[way].append(time.perf_counter() - t0 - stats.env_seconds)
                 tr.rollout.stats = RolloutStats()
                 tr.update()
+                step[way].append(step_alone(tr.policy, maps * 12))  # a batch: half the maps' 24 agents each
     finally:
         precision.SMALL_PRODUCT = kept
         for tr in trainers.values():
             tr.env.close()
-    return {f"{way}_policy_seconds": float(np.median(v)) for way, v in seconds.items()}
+    out = {f"{way}_policy_seconds": float(np.median(v)) for way, v in seconds.items()}
+    return out | {f"{way}_step_alone_seconds": float(np.median(v)) for way, v in step.items()}
+
+
+@torch.no_grad()
+def step_alone(policy, rows: int, calls: int = 200) -> float:
+    """Seconds per call of the policy's core step alone at `rows` rows, as the rollout calls it (inside `frozen`;
+    under bf16 its input comes as bf16 from the encoder's layer)."""
+    from carrystate import precision
+
+    x = torch.randn(rows, policy.core.rnn.input_size)
+    state = policy.initial_state(rows)[: policy.actor_state_tensors]
+    with precision.frozen(policy.precision, "cpu"):
+        if policy.precision == "bf16":
+            x = x.to(torch.bfloat16)
+        policy.core.step(x, state)  # weight copies made once per rollout, as in one
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            policy.core.step(x, state)
+        return (time.perf_counter() - t0) / calls
 
 
 def main():

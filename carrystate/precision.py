@@ -14,10 +14,11 @@ it ends (`rollout_copies`); torch's own autocast keeps its weight casts for that
 
 A small product without gradients (the rollout's step: tens of rows, or a head of a few outputs) costs a bf16 GEMM
 call a fixed tens of microseconds on the CPU, several times an fp32 GEMM of that size; and a rollout whose LSTM step
-takes bf16 GEMMs at 48 rows runs slower as a whole than one taking them on fp32 units, though the step alone is
-faster (BENCHMARKS.md; `python -m benchmarks.precision ... --small-step 4`). `Linear` computes such a product as an
-fp32 GEMM of the bf16-rounded operands, rounded to bf16: a product of two bf16 numbers is exact in fp32 and both
-accumulate in fp32, so it gives the bf16 GEMM's values up to the order of summation, at the fp32 GEMM's speed.
+takes bf16 GEMMs at 48 rows measured slower as a whole than one taking them on fp32 units, or level, though the step
+alone is faster (BENCHMARKS.md; `python -m benchmarks.precision ... --small-step 4`). `Linear` computes such a
+product as an fp32 GEMM of the bf16-rounded operands, rounded to bf16: a product of two bf16 numbers is exact in
+fp32 and both accumulate in fp32, so it gives the bf16 GEMM's values up to the order of summation, at the fp32
+GEMM's speed.
 """
 
 from __future__ import annotations
