@@ -4,7 +4,6 @@ at once. The Trainer wires the parts together; each phase lives in its own modul
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import time
 import warnings
@@ -214,9 +213,8 @@ def keep_freed_memory() -> bool:
     """`trainer.keep_freed_memory`: glibc's malloc serves blocks up to 32 MiB from its heap and never trims the heap,
     so memory freed by one minibatch is reused by the next without new page faults. Returns whether it was set
     (false where the C library is not glibc)."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # this process's symbols, the C library's among them
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: another libc's mallopt takes other parameters
     except (OSError, AttributeError, TypeError):

@@ -903,8 +903,7 @@ def precision_section(rows) -> list[str]:
     # the bf16 rows of the first runs; the rerun of the same seeds on later code (`--name lstm_memory_bf16_rerun`)
     # gets a row of its own beside the same fp32 seeds
     rerun = load("lstm_memory_bf16_rerun", [])
-    first = [r for path in sorted(RESULTS.glob("lstm_memory*.json")) if path.stem != "lstm_memory_bf16_rerun"
-             for r in json.loads(path.read_text())]  # fmt: skip
+    first = load_all("lstm_memory", skip=("lstm_memory_bf16_rerun",))
     learn = [(r, "fp32") for r in first if not r["extra"]]
     learn += [(r, "bf16") for r in first if r["extra"] == ["trainer.precision=bf16"]]
     arena = [(r, "fp32") for n in ("mettagrid_arena_cpp", "mettagrid_arena_cpp_b") for r in load(n, [])]
@@ -951,11 +950,13 @@ def precision_section(rows) -> list[str]:
     return lines + [""]
 
 
-def load_all(prefix: str) -> list:
-    """The rows of every results file named `prefix*.json` (experiments run side by side write one each)."""
+def load_all(prefix: str, skip: tuple[str, ...] = ()) -> list:
+    """The rows of every results file named `prefix*.json` (experiments run side by side write one each), but for
+    the files named in `skip`."""
     rows = []
     for path in sorted(RESULTS.glob(f"{prefix}*.json")):
-        rows += json.loads(path.read_text())
+        if path.stem not in skip:
+            rows += json.loads(path.read_text())
     return rows
 
 

@@ -186,9 +186,11 @@ class _Workers:
     holds one env per batch (a slot). Answers come back in the order asked; one for another slot than the caller
     waits for is kept until that slot asks (`receive`)."""
 
-    def __init__(self, factories: list[Callable[[], VecEnv | list[VecEnv]]], timeout: float, name: str, method):
+    def __init__(
+        self, factories: list[Callable[[], VecEnv | list[VecEnv]]], timeout: float, name: str, start_method=None
+    ):
         self.timeout, self.name, self.closed, self.busy = timeout, name, False, False
-        ctx = mp.get_context(method)
+        ctx = mp.get_context(start_method or ("fork" if sys.platform.startswith("linux") else "spawn"))
         self.conns, self.procs = [], []
         self.kept: dict[tuple[int, int], deque] = {}  # (worker, slot) -> answers read while waiting for another
         for k, factory in enumerate(factories):
@@ -293,8 +295,7 @@ class ProcessVecEnv:
         if not factories and _workers is None:
             raise ValueError("ProcessVecEnv needs at least one worker factory (env.workers >= 1)")
         self.timeout, self.name = timeout, name
-        method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
-        self.workers = _workers or _Workers(factories, timeout, name, method)
+        self.workers = _workers or _Workers(factories, timeout, name, start_method)
         self.slot, self.users = _slot, [self]  # users: the batches on these workers (closed together)
         self.shared: SharedResults | None = None
         self._pending = False
@@ -331,9 +332,8 @@ class ProcessVecEnv:
         same worker processes: worker k holds each batch's k-th env. Every batch needs as many factories."""
         if not factories or len({len(f) for f in factories}) != 1 or not factories[0]:
             raise ValueError("ProcessVecEnv.sharing needs the same number (>= 1) of worker factories per batch")
-        method = kwargs.pop("start_method", None) or ("fork" if sys.platform.startswith("linux") else "spawn")
         per_worker = [partial(_build_all, [batch[k] for batch in factories]) for k in range(len(factories[0]))]
-        workers = _Workers(per_worker, timeout, name, method)
+        workers = _Workers(per_worker, timeout, name, kwargs.pop("start_method", None))
         batches: list[ProcessVecEnv] = []
         try:
             for b in range(len(factories)):
