@@ -66,6 +66,36 @@ def test_categorical_act_samples_softmax_frequencies_and_scores_its_samples():
             assert (got - want).abs().max() < 0.006, (got, want)
 
 
+def test_cpp_gumbel_max_picks_what_the_torch_ops_pick_from_the_same_noise(monkeypatch):
+    """The rollout's one-choice sampling in C++ (heads_cpu.cpp) against the torch ops it replaces: from the same
+    log-probabilities and uniform numbers (some exactly 0, whose noise is -inf) the same actions, ties to the
+    first, a NaN row's first NaN as torch's argmax, and the chosen log-probabilities bit for bit; and `act` on
+    the CPU returns the same as with the kernel switched off, from the same generator seed."""
+    from carrystate.policy.kernels import cpu
+
+    if cpu.get() is None:
+        pytest.skip("the CPU kernels are not built here")
+    gen = torch.Generator().manual_seed(5)
+    params = torch.randn(4096, 9, generator=gen) * 3
+    params[0] = 0.0  # all tied: the noise decides
+    params[1, 4] = float("nan")
+    logp = torch.log_softmax(params, -1)
+    uniform = torch.rand(params.shape, generator=gen)
+    uniform[2:40, 3] = 0.0
+    got_a, got_logp = cpu.gumbel_max(logp, uniform)
+    want_a = (logp - torch.log(-torch.log(uniform))).argmax(-1)
+    assert torch.equal(got_a, want_a)
+    torch.testing.assert_close(got_logp, logp.gather(-1, want_a[:, None]).squeeze(-1), rtol=0, atol=0, equal_nan=True)
+    assert got_a[1] == 0 and torch.isnan(logp[1]).all(), "a NaN in a row makes its whole softmax NaN: first wins"
+
+    head = make_head(5, gym.spaces.Discrete(9))
+    params = head(torch.randn(64, 5)).detach()
+    with_kernel = head.act(params, torch.Generator().manual_seed(7))
+    monkeypatch.setattr(cpu, "gumbel_max", lambda *args: None)
+    without = head.act(params, torch.Generator().manual_seed(7))
+    assert torch.equal(with_kernel[0], without[0]) and torch.equal(with_kernel[1], without[1])
+
+
 def test_gaussian_head_matches_normal():
     head = make_head(5, gym.spaces.Box(-1, 1, (2,), np.float32))
     with torch.no_grad():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from functools import partial
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ import torch
 from carrystate.buffer import SegmentBuffer
 from carrystate.config import ConfigError, load_config
 from carrystate.envs import TMaze, make_env
+from carrystate.envs.base import StepResult
 from carrystate.envs.vector import EnvBatches, EnvWorkerError, ProcessVecEnv
 from carrystate.rollout import Rollout
 from carrystate.state import StateStore
@@ -77,6 +80,58 @@ def test_worker_batch_equals_the_same_env_in_process(shared_memory):
             assert res.episode_lengths == ref[0].episode_lengths + ref[1].episode_lengths
             ended += int(done.sum())
         assert ended > 0
+    finally:
+        remote.close()
+
+
+class EchoEnv:
+    """Two agents whose observation is the action each was sent (flattened, as float32), for any action space."""
+
+    def __init__(self, action_space):
+        self.num_agents, self.single_action_space = 2, action_space
+        width = int(np.prod(action_space.shape)) or 1
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
+
+    def reset(self, seed=None):
+        return np.zeros((2, *self.single_observation_space.shape), np.float32)
+
+    def step(self, actions):
+        obs = np.asarray(actions, np.float32).reshape(2, -1)
+        zero = np.zeros(2, bool)
+        return StepResult(obs, np.zeros(2, np.float32), zero, zero, np.zeros_like(obs), [], [], [])
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    "space",
+    [gym.spaces.Discrete(5), gym.spaces.MultiDiscrete([3, 4]), gym.spaces.Box(-1, 1, (2, 3), np.float32)],
+    ids=["discrete", "multidiscrete", "box"],
+)
+def test_actions_reach_the_worker_through_shared_memory_with_no_array_in_the_step_command(space):
+    """With shared memory the step command carries no array and each worker's env gets its rows' actions as sent
+    (echoed back as its observation); actions of another dtype than the shared field take the pipe."""
+    remote = ProcessVecEnv([partial(EchoEnv, space), partial(EchoEnv, space)], timeout=HANG_S)
+    sent = []
+    send = remote.workers.send
+    remote.workers.send = lambda k, message: (sent.append(message), send(k, message))[1]
+    try:
+        remote.reset()
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            shape = (4, *space.shape)
+            if isinstance(space, gym.spaces.Box):
+                a = rng.uniform(-1, 1, shape).astype(np.float32)
+            else:
+                a = rng.integers(0, 3, shape)
+            res = remote.step(a)
+            assert np.array_equal(res.obs, a.reshape(4, -1).astype(np.float32))
+        steps = [m for m in sent if m[0] == "step"]
+        assert len(steps) == 6 and all(m[2] is None for m in steps)
+        odd = rng.integers(0, 3, (4, *space.shape)).astype(np.int32)  # not the shared field's dtype
+        assert np.array_equal(remote.step(odd).obs, odd.reshape(4, -1).astype(np.float32))
+        assert isinstance(sent[-1][2], np.ndarray), "sent through the pipe"
     finally:
         remote.close()
 

@@ -5,8 +5,9 @@ in turn (`EnvBatches`, for double buffering).
 talks to each over a pipe. It is a `VecEnv` whose rows are the workers' rows in order, plus `step_async`
 (send the actions, return at once) and `step_wait` (collect the results). Where the observation space is a
 Box, the workers write observations, final observations, rewards and episode-end flags into one block of
-shared memory (`SharedResults`) and the pipe carries only the actions and the few ended-episode numbers; the
-arrays `reset` and `step_wait` return are views of that block, valid until the next `step_async` or `reset`.
+shared memory (`SharedResults`), the parent writes the actions there too (Discrete, MultiDiscrete and Box
+actions), and the pipe carries only the commands and the few ended-episode numbers; the arrays `reset` and
+`step_wait` return are views of that block, valid until the next `step_async` or `reset`.
 Every wait has a deadline (`timeout`, the setting `env.worker_timeout`): a worker that dies is reported as
 soon as it is seen dead, one that does not answer in time is reported when the deadline passes; either way
 every worker is stopped and an `EnvWorkerError` names the worker, its process and the setting, so training
@@ -47,12 +48,24 @@ BATCH_SEED_STRIDE = 10_000_019  # batch b of a double-buffered env with seed + b
 
 class SharedResults:
     """One memory-mapped file holding every row's step result: `obs`, `final_obs` [rows, *obs_shape] in the
-    space's dtype, `reward` [rows] float32, `terminated`, `truncated` [rows] bool. The parent creates it in
-    /dev/shm (where there is one), every worker maps it and writes its own rows, and the parent unlinks the
-    name once all have mapped it, so nothing is left behind whatever way the processes end."""
+    space's dtype, `reward` [rows] float32, `terminated`, `truncated` [rows] bool; and, given an action layout,
+    the actions the parent sends, `actions` [rows, *action_shape], so that a step command carries no array. The
+    parent creates it in /dev/shm (where there is one), every worker maps it and writes its own rows, and the
+    parent unlinks the name once all have mapped it, so nothing is left behind whatever way the processes end."""
 
-    def __init__(self, path: str, rows: int, obs_shape: tuple[int, ...], obs_dtype: str, create: bool = False):
+    def __init__(
+        self,
+        path: str,
+        rows: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: str,
+        action_shape: tuple[int, ...] | None = None,
+        action_dtype: str | None = None,
+        create: bool = False,
+    ):
         self.path, self.rows, self.obs_shape, self.obs_dtype = path, rows, tuple(obs_shape), obs_dtype
+        self.action_shape = None if action_shape is None else tuple(action_shape)
+        self.action_dtype = action_dtype
         fields = [
             ("obs", (rows, *obs_shape), obs_dtype),
             ("final_obs", (rows, *obs_shape), obs_dtype),
@@ -60,24 +73,36 @@ class SharedResults:
             ("terminated", (rows,), "bool"),
             ("truncated", (rows,), "bool"),
         ]
+        if action_dtype is not None:
+            fields.append(("actions", (rows, *self.action_shape), action_dtype))
         offsets, size = [], 0
         for _, shape, dtype in fields:
             offsets.append(size)
             size += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64  # 64-byte aligned
         self.memory = np.memmap(path, np.uint8, "w+" if create else "r+", shape=(max(size, 1),))
+        self.actions = None
         for (name, shape, dtype), offset in zip(fields, offsets):
             n = int(np.prod(shape)) * np.dtype(dtype).itemsize
             setattr(self, name, self.memory[offset : offset + n].view(dtype).reshape(shape))
 
     @classmethod
-    def create(cls, rows: int, space: gym.spaces.Box) -> SharedResults:
+    def create(cls, rows: int, space: gym.spaces.Box, action_space: gym.Space | None = None) -> SharedResults:
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, path = tempfile.mkstemp(prefix="carrystate-env-", dir=folder)
         os.close(fd)
-        return cls(path, rows, space.shape, np.dtype(space.dtype).name, create=True)
+        layout = action_layout(action_space)
+        return cls(path, rows, space.shape, np.dtype(space.dtype).name, *layout, create=True)
 
     def spec(self) -> tuple:
-        return self.path, self.rows, self.obs_shape, self.obs_dtype
+        return self.path, self.rows, self.obs_shape, self.obs_dtype, self.action_shape, self.action_dtype
+
+    def holds(self, actions: np.ndarray) -> bool:
+        """Whether `actions` (all rows) fit the `actions` field as they are."""
+        return (
+            self.actions is not None
+            and actions.dtype == self.actions.dtype
+            and actions.shape == self.actions.shape
+        )
 
     def write(self, rows: slice, res: StepResult) -> tuple:
         """Write a step result into `rows`; returns what the pipe still carries."""
@@ -100,6 +125,16 @@ class SharedResults:
             [x for p in parts for x in p[2]],
             valid,
         )
+
+
+def action_layout(space: gym.Space | None) -> tuple[tuple[int, ...] | None, str | None]:
+    """The shape and dtype of one row's actions as the rollout sends them: int64 for Discrete and MultiDiscrete,
+    float32 for a Box; (None, None) for anything else, whose actions go through the pipe."""
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        return tuple(space.shape), "int64"
+    if isinstance(space, gym.spaces.Box):
+        return tuple(space.shape), "float32"
+    return None, None
 
 
 def _spec(env: VecEnv) -> tuple:
@@ -132,8 +167,8 @@ def _worker_main(conn, factory: Callable[[], VecEnv | list[VecEnv]]) -> None:
             return
         try:
             if command == "step":
-                env = envs[slot]
-                res = env.step(arg)
+                env = envs[slot]  # arg None: the actions are in shared memory (a copy: the parent writes there next)
+                res = env.step(shared[slot].actions[rows[slot]].copy() if arg is None else arg)
                 check_step_type(res, env_label(env))  # here, where the result's fields are read first
                 conn.send(("ok", slot, res if shared[slot] is None else shared[slot].write(rows[slot], res)))
             elif command == "reset":
@@ -313,7 +348,9 @@ class ProcessVecEnv:
                     f"{self.single_observation_space}, {self.single_action_space}"
                 )
         if shared_memory and isinstance(self.single_observation_space, gym.spaces.Box):
-            self.shared = SharedResults.create(self.num_agents, self.single_observation_space)
+            self.shared = SharedResults.create(
+                self.num_agents, self.single_observation_space, self.single_action_space
+            )
             try:
                 for k in range(len(self.procs)):
                     bounds = (self.bounds[k], self.bounds[k + 1])
@@ -382,8 +419,11 @@ class ProcessVecEnv:
         actions = np.asarray(actions)
         if actions.shape[0] != self.num_agents:
             raise ValueError(f"actions have {actions.shape[0]} rows, expected {self.num_agents} (agents)")
+        in_shared = self.shared is not None and self.shared.holds(actions)
+        if in_shared:  # the step commands carry no array
+            self.shared.actions[:] = actions
         for k in range(len(self.procs)):
-            self._send(k, ("step", self.slot, actions[self.bounds[k] : self.bounds[k + 1]]))
+            self._send(k, ("step", self.slot, None if in_shared else actions[self.bounds[k] : self.bounds[k + 1]]))
         self._pending = True
         self._update_busy()
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from carrystate import precision
+from carrystate.policy.kernels import cpu
 
 
 def orthogonal_linear(i: int, o: int, std: float) -> nn.Linear:
@@ -42,14 +43,18 @@ class CategoricalHead(nn.Module):
 
     def act(self, params: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Sample actions and their log-probabilities. Gumbel-max: argmax(log p + Gumbel noise) is an exact
-        sample of the categorical and cheaper than torch.multinomial at rollout batch sizes (BENCHMARKS.md)."""
-        noise = torch.rand(params.shape, generator=generator, device=params.device)
-        noise = -torch.log(-torch.log(noise))
+        sample of the categorical and cheaper than torch.multinomial at rollout batch sizes (BENCHMARKS.md).
+        One choice of a [B, A] batch on the CPU takes the noise, argmax and pick in one C++ call."""
+        uniform = torch.rand(params.shape, generator=generator, device=params.device)
         if len(self.nvec) == 1:  # one choice (Discrete): the loop below without its split and cat
             logp = torch.log_softmax(params, -1)
-            a = (logp + noise).argmax(-1, keepdim=True)
+            if (picked := cpu.gumbel_max(logp, uniform)) is not None:
+                a, logp_a = picked
+                return (a.unsqueeze(-1) if self.multi else a), logp_a
+            a = (logp - torch.log(-torch.log(uniform))).argmax(-1, keepdim=True)
             logp_a = logp.gather(-1, a).squeeze(-1)
             return (a if self.multi else a.squeeze(-1)), logp_a
+        noise = -torch.log(-torch.log(uniform))
         picks, logp_sum = [], 0
         for logp, g in zip(self._split(params), noise.split(self.nvec, -1)):
             a = (logp + g).argmax(-1, keepdim=True)

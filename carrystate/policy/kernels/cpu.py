@@ -1,7 +1,8 @@
-"""The C++ kernels for the CPU (scan_cpu.cpp and tokens_cpu.cpp, one library): their build, and the calls into
-them (the scan's recurrence, the rollout's LSTM step, and the token encoder's sum and its backward).
+"""The C++ kernels for the CPU (scan_cpu.cpp, tokens_cpu.cpp and heads_cpu.cpp, one library): their build, and the
+calls into them (the scan's recurrence, the rollout's LSTM step, the token encoder's sum and its backward, and the
+rollout's sampling of one categorical choice).
 
-`build()` compiles both sources for this machine (once) into a folder of its own, named for what the
+`build()` compiles the sources for this machine (once) into a folder of its own, named for what the
 library depends on: torch's version, the Python, the CPU level and a hash of the source and flags
 (`kernel_folder`, under `TORCH_EXTENSIONS_DIR` or torch's default root), so environments with different torch
 installs never rebuild one folder in turn, and a later process only loads the library. Builders of one folder
@@ -39,7 +40,7 @@ _SIMD_FLAGS = {
 }
 _CFLAGS = ("-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp-simd")  # NaN stays NaN: scan_cpu.cpp
 _LDFLAGS = ("-lmvec",)  # tuples: torch's load appends to the lists it is given
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("scan_cpu.cpp", "tokens_cpu.cpp"))
+_SOURCES = tuple(Path(__file__).with_name(n) for n in ("scan_cpu.cpp", "tokens_cpu.cpp", "heads_cpu.cpp"))
 LOCK_WAIT_S = 600.0  # seconds a build waits for another process building the same folder (env overrides)
 
 
@@ -256,21 +257,31 @@ def linear_rounded(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor | None:
     return None if kernels is None or x.device.type != "cpu" else kernels.linear_rounded(x, weight, bias)
 
 
+def gumbel_max(logp: Tensor, uniform: Tensor) -> tuple[Tensor, Tensor] | None:
+    """One categorical choice per row sampled by Gumbel-max in one C++ call (heads_cpu.cpp): logp [B, A]
+    log-probabilities, uniform [B, A] in [0, 1) → action [B] (argmax of logp - log(-log uniform)), its
+    log-probability [B]; None where the kernel does not apply (not float32 on the CPU, not built)."""
+    kernels = for_input(logp)
+    if kernels is None or logp.dim() != 2 or uniform.dtype != torch.float32:
+        return None
+    action, chosen = kernels.gumbel_max(logp, uniform)
+    return action, chosen
+
+
 class TokenBagCPU(torch.autograd.Function):
     """`TokenEncoder`'s sum over present tokens, read from the uint8 token list in C++ (tokens_cpu.cpp): obs
     [rows, slots, 3] uint8, table [2 * 256 * features, embed] → [rows, embed] and the largest feature id among
-    the present tokens (a 0-d tensor, -1 if none); the gradient flows to the table only."""
+    the present tokens (an int, -1 if none); the gradient flows to the table only."""
 
     @staticmethod
     def forward(ctx, obs: Tensor, table: Tensor, features: int):
         out, max_feature = get().token_bag_forward(obs, table, features)
-        ctx.mark_non_differentiable(max_feature)
         ctx.save_for_backward(obs)
         ctx.features = features
         return out, max_feature
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _):
+    def backward(ctx, grad: Tensor, *_):
         (obs,) = ctx.saved_tensors
         return None, get().token_bag_backward(obs, grad, ctx.features), None
 
@@ -278,8 +289,11 @@ class TokenBagCPU(torch.autograd.Function):
 def token_bag(obs: Tensor, table: Tensor, features: int) -> tuple[Tensor, int] | None:
     """obs [..., slots, 3] → the token sum [rows, embed] of `TokenBagCPU` and the largest feature id among the
     present tokens (-1 if none), or None where the kernel does not apply (uint8 tokens and a float32 table on the
-    CPU, built) and the caller computes the sum with `nn.EmbeddingBag`."""
+    CPU, built) and the caller computes the sum with `nn.EmbeddingBag`. Without gradients (the rollout) the
+    kernel is called directly, with no autograd node."""
     if obs.dtype != torch.uint8 or obs.device.type != "cpu" or for_input(table) is None:
         return None
-    out, max_feature = TokenBagCPU.apply(obs.reshape(-1, *obs.shape[-2:]), table, features)
-    return out, int(max_feature)
+    rows = obs.reshape(-1, *obs.shape[-2:])
+    if torch.is_grad_enabled() and table.requires_grad:
+        return TokenBagCPU.apply(rows, table, features)
+    return get().token_bag_forward(rows, table, features)

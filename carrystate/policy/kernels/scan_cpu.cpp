@@ -299,8 +299,10 @@ torch::Tensor linear_rounded(torch::Tensor x, torch::Tensor w, torch::Tensor b) 
 }
 
 // tokens_cpu.cpp, compiled into the same library
-std::vector<torch::Tensor> token_bag_forward(torch::Tensor obs, torch::Tensor table, int64_t F);
+std::tuple<torch::Tensor, int64_t> token_bag_forward(torch::Tensor obs, torch::Tensor table, int64_t F);
 torch::Tensor token_bag_backward(torch::Tensor obs, torch::Tensor grad, int64_t F);
+// heads_cpu.cpp
+std::vector<torch::Tensor> gumbel_max(torch::Tensor logp, torch::Tensor u);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "scan forward (CPU)");
@@ -309,4 +311,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_rounded", &linear_rounded, "a small bf16 linear product as fp32 on rounded operands (CPU)");
   m.def("token_bag_forward", &token_bag_forward, "token encoder sum from uint8 tokens (CPU)");
   m.def("token_bag_backward", &token_bag_backward, "its gradient for the table (CPU)");
+  m.def("gumbel_max", &gumbel_max, "one categorical choice sampled by Gumbel-max, and its log-probability (CPU)");
 }

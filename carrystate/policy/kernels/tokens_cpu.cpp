@@ -8,12 +8,12 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 // obs [R, S, 3] uint8, table [2 * 256 * F, E] float -> out [R, E], and the largest feature id among the present
-// tokens (-1 if none) as a 0-d int64 tensor: tokens whose feature id is F or more are left out of the sum, and
-// the caller raises on them.
-std::vector<torch::Tensor> token_bag_forward(torch::Tensor obs, torch::Tensor table, int64_t F) {
+// tokens (-1 if none): tokens whose feature id is F or more are left out of the sum, and the caller raises on them.
+std::tuple<torch::Tensor, int64_t> token_bag_forward(torch::Tensor obs, torch::Tensor table, int64_t F) {
   TORCH_CHECK(obs.dtype() == torch::kUInt8 && obs.dim() == 3 && obs.size(2) == 3, "obs must be uint8 [R, S, 3]");
   TORCH_CHECK(table.dtype() == torch::kFloat32 && table.size(0) == 2 * 256 * F, "table must be float [512 F, E]");
   auto o_c = obs.contiguous();
@@ -43,7 +43,7 @@ std::vector<torch::Tensor> token_bag_forward(torch::Tensor obs, torch::Tensor ta
     auto& slot = chunk_max[at::get_thread_num() % chunk_max.size()];
     slot = std::max(slot, maxf);
   });
-  return {out, torch::tensor(*std::max_element(chunk_max.begin(), chunk_max.end()))};
+  return {out, *std::max_element(chunk_max.begin(), chunk_max.end())};
 }
 
 // obs [R, S, 3] uint8, grad [R, E] (of the forward's output) -> the table's gradient [2 * 256 * F, E].
