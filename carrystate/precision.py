@@ -64,17 +64,23 @@ def frozen(precision: str, device: torch.device | str):
     """`autocast` around a whole rollout, whose weights stay as they are until it ends: bf16 copies of them made
     inside may be kept for its length (one cast per weight per rollout, not per step)."""
     _frozen.generation = getattr(_frozen, "generation", 0) + 1
-    _frozen.inside = True
+    _frozen.inside, _frozen.kept = True, {}
     try:
         with autocast(precision, device):
             yield
     finally:
-        _frozen.inside = False
+        _frozen.inside, _frozen.kept = False, None
 
 
 def frozen_generation() -> int | None:
     """A number that names the `frozen` block running now (a new one each time), or None outside one."""
     return _frozen.generation if getattr(_frozen, "inside", False) else None
+
+
+def frozen_kept() -> dict | None:
+    """A dict that lives as long as the `frozen` block running now (None outside one): what is made once per
+    block and dropped with it (Policy's rollout plan)."""
+    return getattr(_frozen, "kept", None)
 
 
 def rollout_copies(owner: nn.Module, tensors: list[Tensor], make) -> list[Tensor]:
@@ -116,3 +122,24 @@ class Linear(nn.Linear):
 
     def _bias(self) -> Tensor:
         return self.weight.new_zeros(self.out_features) if self.bias is None else self.bias
+
+    def frozen_call(self, bf16: bool):
+        """What `forward` computes without gradients in a `frozen` block (bf16: under its autocast), as one plain
+        call over copies of the weights made now (Policy's rollout plan, policy/network.py); None where the CPU
+        kernels do not apply."""
+        kernels = cpu.for_input(self.weight)
+        if kernels is None:
+            return None
+        weight, bias = self.weight.detach(), None if self.bias is None else self.bias.detach()
+        if not bf16:
+            return lambda x: F.linear(x, weight, bias)
+        w_rounded, b_rounded = rounded(weight), rounded(self._bias().detach())
+        w16, b16 = weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
+        size = self.in_features * self.out_features
+
+        def call(x: Tensor) -> Tensor:
+            if x.numel() // self.in_features * size > SMALL_PRODUCT:  # as autocast casts it
+                return F.linear(x.to(torch.bfloat16), w16, b16)
+            return kernels.linear_rounded(x, w_rounded, b_rounded)
+
+        return call

@@ -6,13 +6,16 @@ test_properties.py, in both precisions; bit-for-bit resume in bf16: test_resume_
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
 from carrystate import precision
-from carrystate.config import load_config
+from carrystate.config import PolicyConfig, load_config
 from carrystate.errors import ConfigError
+from carrystate.policy import Policy
 from carrystate.policy.cores.recurrent import GRUCore, LSTMCore
 from carrystate.policy.kernels import cpu
 from carrystate.policy.unroll import fragments, scan
@@ -232,3 +235,58 @@ def test_bf16_rollout_step_after_an_optimizer_step_uses_the_new_weights():
         want = fresh.step(obs, state)[1]
     assert not torch.equal(after, before)
     assert torch.equal(after, want)
+
+
+def _token_policy(precision_: str) -> Policy:
+    torch.manual_seed(0)
+    cfg = PolicyConfig(encoder="token", token_embed_size=64, encoder_sizes=[128], core="lstm", hidden_size=128)
+    space = gym.spaces.Box(0, 255, (40, 3), np.uint8)
+    return Policy(cfg, space, gym.spaces.Discrete(9), precision=precision_)
+
+
+def _tokens(rows: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(rows)
+    tokens = torch.randint(0, 64, (rows, 40, 3), generator=g, dtype=torch.uint8)
+    tokens[:, 25:] = 255  # empty slots
+    return tokens
+
+
+@pytest.mark.parametrize("precision_", ["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["token", "mlp"])
+def test_rollout_plan_computes_what_the_modules_compute_bit_for_bit(kind, precision_, monkeypatch):
+    """Policy.step through its rollout plan (the parts' frozen calls) against the same policy's modules in another
+    frozen block, over three carried steps at 48, 96 and 600 rows (both sides of `precision.SMALL_PRODUCT` for
+    the LSTM step at 48 / 96 rows and for the encoder's layer at 600): equal params, values and state, bit for
+    bit; and a policy with a GRU core has no plan."""
+    if cpu.get() is None:
+        pytest.skip("the CPU kernels are not built here")
+    if kind == "token":
+        policy, make_obs = _token_policy(precision_), _tokens
+    else:
+        policy = make_policy("lstm", obs_dim=5, hidden=128, precision=precision_, obs_norm=True)
+        policy.obs_norm.update(torch.randn(64, 5) * 3 + 1)
+
+        def make_obs(rows):
+            return torch.randn(rows, 5, generator=torch.Generator().manual_seed(rows))
+
+    def run(rows: int):
+        state, out = policy.initial_state(rows), []
+        with torch.no_grad(), precision.frozen(precision_, "cpu"):
+            for t in range(3):
+                params, values, state = policy.step(make_obs(rows) if t != 1 else make_obs(rows + 1)[:rows], state)
+                out += [params, values, *state]
+        return out
+
+    for rows in (48, 96, 600):
+        with torch.no_grad(), precision.frozen(precision_, "cpu"):
+            assert policy._rollout_plan() is not None
+        planned = run(rows)
+        with monkeypatch.context() as m:
+            m.setattr(Policy, "_rollout_plan", lambda self: None)
+            modules = run(rows)
+        assert all(p.dtype == torch.float32 for p in planned)
+        for got, want in zip(planned, modules):
+            assert torch.equal(got, want), (rows, float((got - want).abs().max()))
+    gru = make_policy("gru", hidden=16, precision=precision_)
+    with torch.no_grad(), precision.frozen(precision_, "cpu"):
+        assert gru._rollout_plan() is None

@@ -98,11 +98,7 @@ class SharedResults:
 
     def holds(self, actions: np.ndarray) -> bool:
         """Whether `actions` (all rows) fit the `actions` field as they are."""
-        return (
-            self.actions is not None
-            and actions.dtype == self.actions.dtype
-            and actions.shape == self.actions.shape
-        )
+        return self.actions is not None and actions.dtype == self.actions.dtype and actions.shape == self.actions.shape
 
     def write(self, rows: slice, res: StepResult) -> tuple:
         """Write a step result into `rows`; returns what the pipe still carries."""
@@ -348,9 +344,7 @@ class ProcessVecEnv:
                     f"{self.single_observation_space}, {self.single_action_space}"
                 )
         if shared_memory and isinstance(self.single_observation_space, gym.spaces.Box):
-            self.shared = SharedResults.create(
-                self.num_agents, self.single_observation_space, self.single_action_space
-            )
+            self.shared = SharedResults.create(self.num_agents, self.single_observation_space, self.single_action_space)
             try:
                 for k in range(len(self.procs)):
                     bounds = (self.bounds[k], self.bounds[k + 1])

@@ -43,6 +43,25 @@ class MLPEncoder(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs.flatten(-self.obs_ndim).float())
 
+    def frozen_call(self, bf16: bool):
+        """`forward` without gradients in a `frozen` block as plain calls (`precision.Linear.frozen_call`, ReLU);
+        None where a layer has none."""
+        calls = []
+        for layer in self.net:
+            call = torch.relu if isinstance(layer, nn.ReLU) else getattr(layer, "frozen_call", lambda _: None)(bf16)
+            if call is None:
+                return None
+            calls.append(call)
+        ndim = self.obs_ndim
+
+        def call(obs: Tensor) -> Tensor:
+            x = obs.flatten(-ndim).float()
+            for f in calls:
+                x = f(x)
+            return x
+
+        return call
+
 
 class TokenEncoder(nn.Module):
     """Token-list observations [..., tokens, 3] → features [..., out_size].
@@ -83,12 +102,32 @@ class TokenEncoder(nn.Module):
         if summed is None:
             summed = self._bag(obs)
         pooled, max_feature = summed
+        self._check_features(max_feature)
+        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
+
+    def _check_features(self, max_feature: int) -> None:
         if max_feature >= self.features:
             raise ValueError(
                 f"a token has feature id {max_feature}, but policy.token_features={self.features}: "
                 "raise policy.token_features above the largest feature id the env emits"
             )
-        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
+
+    def frozen_call(self, bf16: bool):
+        """`forward` without gradients in a `frozen` block as plain calls: the C++ sum, then the MLP's frozen call;
+        None where the kernels do not apply (other tokens than uint8 take `forward`)."""
+        mlp, kernels = self.mlp.frozen_call(bf16), cpu.for_input(self.table.weight)
+        if mlp is None or kernels is None:
+            return None
+        table, features = self.table.weight.detach(), self.features
+
+        def call(obs: Tensor) -> Tensor:
+            if obs.dtype != torch.uint8:
+                return self(obs)
+            pooled, max_feature = kernels.token_bag_forward(obs.reshape(-1, *obs.shape[-2:]), table, features)
+            self._check_features(max_feature)
+            return mlp(torch.relu(pooled)).reshape(*obs.shape[:-2], -1)
+
+        return call
 
     def _bag(self, obs: Tensor) -> tuple[Tensor, int]:
         """The sum with one `nn.EmbeddingBag` call (any device and dtype), and the largest feature id among the

@@ -38,6 +38,10 @@ class CategoricalHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         return self.linear(h)
 
+    def frozen_call(self, bf16: bool):
+        """`forward` without gradients in a `frozen` block: its layer's frozen call."""
+        return self.linear.frozen_call(bf16)
+
     def _split(self, params: Tensor) -> list[Tensor]:
         return [torch.log_softmax(p, -1) for p in params.split(self.nvec, -1)]
 

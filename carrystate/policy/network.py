@@ -1,6 +1,14 @@
 """The policy network: observation encoder → core (the memory) → actor head and critic.
 
 It holds weights only; the per-agent recurrent state lives in `StateStore` and is passed in and out.
+
+The rollout plan. Inside a `precision.frozen` block (the rollout) without gradients, `step` runs a plan made once
+per block: each part's `frozen_call`, a plain function over copies of its frozen weights that computes what its
+module computes there, with the same kernels in the same order (so the same values, bit for bit: tests/
+test_policy.py), and without the per-call work of the modules, autocast and the precision checks around them.
+The encoders of `encoders.py`, the LSTM core, the categorical head and `precision.Linear` have one; a policy
+with any other part (a GRU, a separate critic, a user's core), or where the CPU kernels do not apply, runs its
+modules.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from carrystate import precision
 from carrystate.normalize import FieldNorm, ObsNorm
 from carrystate.policy.cores import make_core
 from carrystate.policy.encoders import make_encoder, module_key, vector_fields
@@ -79,7 +88,11 @@ class Policy(nn.Module):
 
     def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """obs [batch, *obs_shape], state (zero where an episode starts) → action params [batch, P], value
-        [batch], new state."""
+        [batch], new state. In a rollout, through its plan where the policy has one (the module docstring)."""
+        if (plan := self._rollout_plan()) is not None:
+            encode, core, actor, critic = plan
+            y, state = core(encode(self._normalize(obs)), state)
+            return self._fp32(actor(y), critic(y).squeeze(-1), state)
         x, n = self._normalize(obs), self.actor_state_tensors
         with autocast(self.precision, obs.device):
             y, actor_state = self.core.step(self.encoder(x), state[:n])
@@ -101,6 +114,25 @@ class Policy(nn.Module):
             z, critic_state = self.critic_core.sequence(self.critic_encoder(x), state[n:], resets, end_state)
             end = (actor_state + critic_state) if end_state else ()
             return self._fp32(self.actor(y), self.critic(z).squeeze(-1), end)
+
+    def _rollout_plan(self) -> tuple | None:
+        """The plan of the `frozen` block running now (made on its first step), or None: outside one, with
+        gradients, or where a part has no frozen call."""
+        kept = precision.frozen_kept()
+        if kept is None or torch.is_grad_enabled():
+            return None
+        key = ("plan", id(self))
+        if key not in kept:
+            kept[key] = self._make_plan()
+        return kept[key]
+
+    def _make_plan(self) -> tuple | None:
+        if self.critic_core is not None:
+            return None
+        bf16 = self.precision == "bf16"
+        parts = (self.encoder, self.core, self.actor, self.critic)
+        calls = tuple(getattr(part, "frozen_call", lambda _: None)(bf16) for part in parts)
+        return None if any(call is None for call in calls) else calls
 
     @staticmethod
     def _fp32(params: Tensor, values: Tensor, state: State) -> tuple[Tensor, Tensor, State]:

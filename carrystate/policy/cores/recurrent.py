@@ -147,6 +147,24 @@ class LSTMCore(RecurrentCore):
             return out
         return super().step(x, state)
 
+    def frozen_call(self, bf16: bool):
+        """`step` without gradients in a `frozen` block as one plain call of the C++ step over copies of the
+        weights made now (both sets under bf16: rounded for few rows, bf16 for more, chosen per call as `step`
+        does); None where the kernel does not apply."""
+        rnn, kernels = self.rnn, cpu.for_input(self.rnn.weight_ih_l0)
+        if kernels is None or not rnn.bias or rnn.proj_size:
+            return None
+        flat = [w.detach() for w in rnn._flat_weights]
+        ways = {False: flat} if not bf16 else {True: [_rounded(w) for w in flat], False: [_bf16(w) for w in flat]}
+        per_row = rnn.input_size * 4 * self.hidden_size
+
+        def call(x: Tensor, state: State) -> tuple[Tensor, State]:
+            small = bf16 and x.shape[0] * per_row <= precision.SMALL_PRODUCT
+            y, h, c = kernels.step(x, state[0], state[1], ways[small], bf16, small)
+            return y, (h, c)
+
+        return call
+
 
 def _bf16(w: Tensor) -> Tensor:
     """A weight matrix as bf16 (a bias as it is)."""
