@@ -10,12 +10,20 @@ heads and the encoder's layer on fp32 units), and in bf16 with the step's produc
 medians over rounds; and each way's LSTM step timed alone at a batch's rows:
 
     python -m benchmarks.precision configs/mettagrid_arena.yaml --small-step 4 [--rounds 6]
+
+`--plan MAPS`: the same rollout's policy seconds in fp32 and bf16, each with the policy's rollout plan (the parts'
+frozen calls, policy/network.py) and with its modules (the plan switched off), one rollout and update of each way
+in turn per round, medians over rounds:
+
+    python -m benchmarks.precision configs/mettagrid_arena.yaml --plan 4 [--rounds 6] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,6 +93,42 @@ def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
     return out | {f"{way}_step_alone_seconds": float(np.median(v)) for way, v in step.items()}
 
 
+def plan_against_modules(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
+    """Policy seconds of a rollout with and without the rollout plan, per precision (the module docstring)."""
+    from benchmarks.mettagrid import overrides
+    from carrystate.rollout import RolloutStats
+
+    torch.set_num_threads(1)
+    trainers = {
+        p: carrystate.Trainer(
+            carrystate.load_config(config, [*overrides(maps, 1), f"trainer.precision={p}"]), quiet=True
+        )
+        for p in ("fp32", "bf16")
+    }
+    seconds: dict[str, list[float]] = {f"{p}_{way}": [] for p in trainers for way in ("plan", "modules")}
+    try:
+        for tr in trainers.values():
+            tr.train(stop_after=1)  # warm-up
+        for _ in range(rounds):
+            for way in seconds:
+                p, kind = way.split("_")
+                tr = trainers[p]
+                tr.policy.rollout_plan = kind == "plan"
+                t0 = time.perf_counter()
+                stats = tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
+                seconds[way].append(time.perf_counter() - t0 - stats.env_seconds)
+                tr.rollout.stats = RolloutStats()
+                tr.update()
+    finally:
+        for tr in trainers.values():
+            tr.env.close()
+    out = {"maps": maps, "rounds": rounds}
+    out |= {f"{way}_policy_seconds": float(np.median(v)) for way, v in seconds.items()}
+    for p in trainers:
+        out[f"{p}_modules_over_plan"] = out[f"{p}_modules_policy_seconds"] / out[f"{p}_plan_policy_seconds"]
+    return out
+
+
 @torch.no_grad()
 def step_alone(policy, rows: int, calls: int = 200) -> float:
     """Seconds per call of the policy's core step alone at `rows` rows, as the rollout calls it (inside `frozen`;
@@ -108,9 +152,18 @@ def main():
     p.add_argument("config")
     p.add_argument("--iterations", type=int, default=1, help="iterations per trainer per round")
     p.add_argument("--small-step", type=int, default=None, metavar="MAPS", help="the rollout comparison (above)")
-    p.add_argument("--rounds", type=int, default=6, help="rounds of the rollout comparison")
+    p.add_argument("--plan", type=int, default=None, metavar="MAPS", help="plan against modules (above)")
+    p.add_argument("--rounds", type=int, default=6, help="rounds of the rollout comparisons")
+    p.add_argument("--json", default=None, help="with --plan: add the result to this JSON list file")
     a = p.parse_args()
-    if a.small_step:
+    if a.plan:
+        result = plan_against_modules(a.config, a.plan, a.rounds)
+        print(a.config, result)
+        if a.json:
+            path = Path(a.json)
+            runs = json.loads(path.read_text()) if path.exists() else []
+            path.write_text(json.dumps([*runs, result], indent=1) + "\n")
+    elif a.small_step:
         print(a.config, f"{a.small_step} maps", small_step(a.config, a.small_step, a.rounds))
     else:
         print(a.config, compare(a.config, a.iterations))

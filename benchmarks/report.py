@@ -167,6 +167,29 @@ def _allocator_section(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _plan_section(rows: list[dict]) -> list[str]:
+    """The rollout's policy seconds with the policy's rollout plan against its modules."""
+    lines = [
+        "### The rollout plan",
+        "",
+        "The MettaGrid arena's rollout (24 agents per map, two batches) in fp32 and in bf16, each with the policy's "
+        "rollout plan (the parts' frozen calls: the same kernels as the modules, bit for bit, without their per-call "
+        "work; policy/network.py) and with its modules, one rollout and update of each of the four ways in turn "
+        "per round; the rollout's policy seconds (its wall time less its env waits), medians over rounds "
+        "(`python -m benchmarks.precision configs/mettagrid_arena.yaml --plan MAPS`).",
+        "",
+        "| maps | rounds | fp32 s: modules / plan | speedup | bf16 s: modules / plan | speedup |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['maps']} | {r['rounds']} | {r['fp32_modules_policy_seconds']:.3f} / {r['fp32_plan_policy_seconds']:.3f} "
+        f"| {r['fp32_modules_over_plan']:.2f}× | {r['bf16_modules_policy_seconds']:.3f} / "
+        f"{r['bf16_plan_policy_seconds']:.3f} | {r['bf16_modules_over_plan']:.2f}× |"
+        for r in rows
+    ]
+    return lines + [""]
+
+
 def write(markdown: Path, results: Path) -> None:
     cpu = json.loads((results / "learner_cpu.json").read_text()) if (results / "learner_cpu.json").exists() else None
     cuda = sorted(results.glob("learner_cuda_*.json"))
@@ -290,6 +313,8 @@ def write(markdown: Path, results: Path) -> None:
         lines += _mettagrid_section(mg)
     if (results / "allocator_cpu.json").exists():
         lines += _allocator_section(json.loads((results / "allocator_cpu.json").read_text()))
+    if (results / "rollout_plan_cpu.json").exists():
+        lines += _plan_section(json.loads((results / "rollout_plan_cpu.json").read_text()))
     lines += ["## Targets", ""]
     for label, data in ([("CPU", cpu)] if cpu else []) + [
         (_label(json.loads(p.read_text())), json.loads(p.read_text())) for p in cuda

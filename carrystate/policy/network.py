@@ -41,6 +41,7 @@ class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig, obs_space: gym.Space, action_space: gym.Space, precision: str = "fp32"):
         super().__init__()
         self.precision = precision
+        self.rollout_plan = True  # step runs the rollout plan where it can (false: the modules, to compare)
         # a StructuredSpace's records are unpacked into fields before normalisation and encoding
         self.structured = obs_space if isinstance(obs_space, StructuredSpace) else None
         self.obs_norm = self._obs_norm(cfg, obs_space)
@@ -119,7 +120,7 @@ class Policy(nn.Module):
         """The plan of the `frozen` block running now (made on its first step), or None: outside one, with
         gradients, or where a part has no frozen call."""
         kept = precision.frozen_kept()
-        if kept is None or torch.is_grad_enabled():
+        if kept is None or not self.rollout_plan or torch.is_grad_enabled():
             return None
         key = ("plan", id(self))
         if key not in kept:
