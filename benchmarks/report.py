@@ -190,6 +190,70 @@ def _plan_section(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+BF16_RUNS = [f"mettagrid_cpu_12-08_run{n}.json" for n in (11, 12, 13)]  # the whole bench runs of the final code
+
+
+def _bf16_paragraph(results: Path) -> str:
+    """What stands in the way of the bf16 targets: the final code's whole bench runs (read from their results)
+    and what moved it."""
+    runs = [json.loads((results / name).read_text()) for name in BF16_RUNS if (results / name).exists()]
+
+    def shown(x: float, goal: float) -> str:  # a third decimal where two would round across the goal
+        return f"{x:.2f}" if (x >= goal) == (round(x, 2) >= goal) else f"{x:.3f}"
+
+    def ratios(key: str, goal: float) -> str:
+        return ", ".join(
+            f"run {11 + i} " + " / ".join(shown(s["bf16"][key], goal) for s in run["settings"]) + "×"
+            for i, run in enumerate(runs)
+        )
+
+    def met(key: str, goal: float) -> str:
+        whole = [str(11 + i) for i, run in enumerate(runs) if all(s["bf16"][key] >= goal for s in run["settings"])]
+        named = f" (run{'s' if len(whole) > 1 else ''} {' and '.join(whole)})" if whole else ""
+        return f"met at every setting in {len(whole)} of {len(runs)} runs{named}"
+
+    over = [s["bf16"]["over_fp32"] for run in runs for s in run["settings"]]
+    return (
+        f"- bf16 (`trainer.precision=bf16`). Whole bench runs 11 to {10 + len(runs)} on 2026-12-08, on the final "
+        "code, with (8) and (9) below (the table above is the last of them; `results/mettagrid_cpu_12-08_run11.json` "
+        "on). "
+        f"Settings in order 4 / 8 maps × 1 epoch, then × 2 epochs. Against PufferLib in fp32 (target 1.5×): "
+        f"{ratios('ratio_to_pufferlib_fp32', 1.5)}: {met('ratio_to_pufferlib_fp32', 1.5)}. Against PufferLib in bf16 "
+        f"(target 1.2×): {ratios('ratio_to_pufferlib_bf16', 1.2)}: {met('ratio_to_pufferlib_bf16', 1.2)}. bf16 ran "
+        "at "
+        f"{min(over):.2f}–{max(over):.2f}× carrystate fp32. Runs 7 to 10, before (8) and (9): 1.22–1.76× "
+        "against PufferLib fp32 (met at 11 of 16 settings) and 1.00–1.59× against its bf16 (7 of 16, at no setting "
+        "in every run; `_run7.json` to `_run10.json`); runs 5 and 6, before (5) to (7): 1.21–1.81× (4 of 8) and "
+        "0.93–1.43× (3 of 8); the runs before are listed in EXPERIMENTS.md (issue 26). Both trainers' rounds "
+        "spread widely from run to run (PufferLib fp32 at 4 maps, 1 epoch: 20.5k agent-steps/s in run 10, 13.4k "
+        "and 11.8k in runs 11 and 12). What moved it, in the order it came: (1) the C++ scan's elementwise passes "
+        "read each bf16 product and write the next product's bf16 operand themselves, and the input product and its "
+        "gradient stay bf16 (separate conversions and mixed-dtype adds had taken about a quarter of the bf16 "
+        "learner's time). (2) Small products taken without gradients (the heads and the encoder's layer at the "
+        "rollout's 48–96 rows) run as fp32 GEMMs of bf16-rounded operands, which gives the same values "
+        "(`precision.Linear`): a bf16 GEMM call costs 40–60 µs here whatever its size, against 7–25 µs for those "
+        "products in fp32. (3) `env.shared_workers`: one worker process steps both batches in turn, so the env and "
+        "the policy each have a core (1.05–1.29× the worker-per-batch layout in the layout tables of runs 3 to 10). "
+        "(4) A minibatch's segments are gathered with `index_select` (0.4 against 5.6 ms for the observations). "
+        "(5) `trainer.keep_freed_memory`: with glibc's defaults an update faulted its large temporaries in anew, "
+        "tens of thousands of pages at about 1 µs each (the allocator table above). (6) The rollout writes the "
+        "buffer through numpy views of its tensors. (7) The LSTM step of a 4-map bf16 rollout (48 rows per batch) "
+        "takes its products on fp32 units (`precision.SMALL_PRODUCT`), though the AMX step alone is the faster "
+        "(0.18 against 0.22 ms): a whole rollout's policy time on fp32 units against the AMX step's measured 0.42 "
+        "against 0.52 s, 0.52 against 0.56 s and 0.48 against 0.48 s in three measurements (`python -m "
+        "benchmarks.precision configs/mettagrid_arena.yaml --small-step 4`); at 96 rows the threshold keeps the "
+        "AMX step. (8) The rollout plan: in a rollout the policy's parts run as plain calls over weight copies "
+        "made once per rollout, the modules' kernels in the same order (equal bit for bit), without the per-call "
+        "work of `nn.Module`, autocast and the precision checks (the rollout plan table above). (9) Fewer calls "
+        "per rollout step: one categorical choice is sampled in one C++ call (`policy/kernels/heads_cpu.cpp`), the "
+        "token sum skips its autograd node, and the actions go into the env's shared block instead of being "
+        "pickled into the pipe. What is left: PufferLib's bfloat16 runs its LSTM as oneDNN's fused bf16 LSTM, "
+        "which carries the state in bf16 where carrystate's contract keeps it fp32; the bf16 rollout still takes "
+        "longer than fp32's (the roundings and conversions around its products); and at 2 epochs the learner is "
+        "over half of a bf16 iteration, so those settings have the least margin."
+    )
+
+
 def write(markdown: Path, results: Path) -> None:
     cpu = json.loads((results / "learner_cpu.json").read_text()) if (results / "learner_cpu.json").exists() else None
     cuda = sorted(results.glob("learner_cuda_*.json"))
@@ -455,40 +519,7 @@ def write(markdown: Path, results: Path) -> None:
         "(1 worker + double buffer at 8 maps in runs 2 and 3 of 12-01, in process in run 1); one worker shared by "
         "both batches (`env.shared_workers`, what the config now ships) was the fastest in all eight runs of 12-08 "
         "that measured it.",
-        "- bf16 (`trainer.precision=bf16`; targets missed). Four whole bench runs on 2026-12-08 after "
-        "`trainer.keep_freed_memory` and the buffer's numpy writes (runs 7 and 8), then with a small LSTM step on "
-        "fp32 units too (runs 9 and 10, the final code; the table above is run 10; "
-        "`results/mettagrid_cpu_12-08_run7.json` to `_run10.json`). Against PufferLib in fp32: run 7 1.35 / 1.54 "
-        "/ 1.72 / 1.58×, run 8 1.33 / 1.66 / 1.54 / 1.69×, run 9 1.51 / 1.39 / 1.76 / 1.74×, run 10 1.47 / 1.73 / "
-        "1.22 / 1.58× (target 1.5×: met at 11 of 16; 4 maps × 1 epoch missed it in three runs). Against PufferLib "
-        "in bf16: 1.17 / 1.39 / 1.22 / 1.00×, 1.10 / 1.50 / 1.17 / 1.20×, 1.52 / 1.14 / 1.18 / 1.11×, 1.23 / 1.59 "
-        "/ 1.01 / 1.17× (target 1.2×: met at 7 of 16, and at no setting in every run). bf16 ran at 0.97–1.42× "
-        "carrystate fp32, its learner in 1.29–2.34× less time. Runs 5 and 6, before these changes: 1.21–1.81× "
-        "(met at 4 of 8) and 0.93–1.43× (3 of 8); the runs before are listed in EXPERIMENTS.md (issue 26). Both "
-        "trainers' rounds spread widely from run to run: PufferLib's bf16 at 8 maps, 2 epochs ran 17.8k, 22.3k, "
-        "20.4k, 23.4k and 21.7k agent-steps/s in runs 6 to 10. What moved it, in the order it came: (1) the C++ "
-        "scan's elementwise passes read each bf16 product and write the next product's bf16 operand themselves, "
-        "and the input product and its gradient stay bf16 (separate conversions and mixed-dtype adds had taken "
-        "about a quarter of the bf16 learner's time). (2) Small products taken without gradients (the heads and "
-        "the encoder's layer at the rollout's 48–96 rows) run as fp32 GEMMs of bf16-rounded operands, which "
-        "gives the same values (`precision.Linear`): a bf16 GEMM call costs 40–60 µs here whatever its size, "
-        "against 7–25 µs for those products in fp32. (3) `env.shared_workers`: one worker process steps both "
-        "batches in turn, so the env and the policy each have a core (1.05–1.29× the worker-per-batch layout in "
-        "the layout tables of runs 3 to 10). (4) A minibatch's segments are gathered with `index_select` (0.4 "
-        "against 5.6 ms for the observations). (5) `trainer.keep_freed_memory`: with glibc's defaults an update "
-        "faulted its large temporaries in anew, tens of thousands of pages at about 1 µs each (the allocator table "
-        "above). (6) The rollout writes the buffer through numpy views of its tensors (a "
-        "numpy assignment costs a fraction of torch indexing's per-call work). (7) The LSTM step of a 4-map bf16 "
-        "rollout (48 rows per batch) takes its products "
-        "on fp32 units (`precision.SMALL_PRODUCT`), though the AMX step alone is the faster (0.18 against 0.22 "
-        "ms): a whole rollout's policy time on fp32 units against the AMX step's measured 0.42 against 0.52 s, "
-        "0.52 against 0.56 s and 0.48 against 0.48 s in three measurements (fp32: 0.40, 0.45 and 0.42 s; `python -m "
-        "benchmarks.precision configs/mettagrid_arena.yaml --small-step 4`, 6 rounds, the last two). At 96 rows "
-        "(8 maps) 0.67 against 0.71 s once and the same once, and the threshold keeps the AMX step there. "
-        "What is left: PufferLib's bfloat16 runs its LSTM as oneDNN's fused bf16 LSTM, which carries the state "
-        "in bf16 where carrystate's contract keeps it fp32; at 8 maps the bf16 rollout still takes 0.03–0.15 s "
-        "more than fp32's (the roundings and conversions around its products, and the AMX step); and at 2 epochs "
-        "the learner is still about half of a bf16 iteration.",
+        _bf16_paragraph(results),
         "- Threads. Both trainers run with one torch thread, and PufferLib steps its maps in its own process "
         "(serial, its faster layout here), so it uses one core where carrystate's env worker takes the second. At "
         "2 torch threads PufferLib ran 1.07–1.29× its 1-thread speed over the eight settings and precisions (one "
