@@ -54,19 +54,36 @@ def compare(config: str, iterations: int, rounds: int = 5) -> dict[str, float]:
     return {"fp32_seconds": med["fp32"], "bf16_seconds": med["bf16"], "bf16_speed_over_fp32": med["fp32"] / med["bf16"]}
 
 
-def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
-    """Policy seconds of a rollout per way of running the LSTM step's products (the module docstring)."""
+def arena_trainers(config: str, maps: int) -> dict[str, carrystate.Trainer]:
+    """A trainer per precision of the MettaGrid arena `config` at `maps` maps (1 epoch), one torch thread."""
     from benchmarks.mettagrid import overrides
-    from carrystate import precision
-    from carrystate.rollout import RolloutStats
 
     torch.set_num_threads(1)
-    trainers = {
+    return {
         p: carrystate.Trainer(
             carrystate.load_config(config, [*overrides(maps, 1), f"trainer.precision={p}"]), quiet=True
         )
         for p in ("fp32", "bf16")
     }
+
+
+def rollout_policy_seconds(tr: carrystate.Trainer) -> float:
+    """One rollout's policy seconds (its wall time less its env waits), then the update that follows it."""
+    from carrystate.rollout import RolloutStats
+
+    t0 = time.perf_counter()
+    stats = tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
+    seconds = time.perf_counter() - t0 - stats.env_seconds
+    tr.rollout.stats = RolloutStats()
+    tr.update()
+    return seconds
+
+
+def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
+    """Policy seconds of a rollout per way of running the LSTM step's products (the module docstring)."""
+    from carrystate import precision
+
+    trainers = arena_trainers(config, maps)
     # bf16_gemm: SMALL_PRODUCT below the step's 48 × 128 × 512 multiply-adds, above the heads' and encoder layer's
     ways = {"fp32": ("fp32", None), "bf16_gemm": ("bf16", 1 << 21), "bf16_fp32_units": ("bf16", 1 << 40)}
     seconds: dict[str, list[float]] = {w: [] for w in ways}
@@ -79,11 +96,7 @@ def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
             for way, (p, limit) in ways.items():
                 tr = trainers[p]
                 precision.SMALL_PRODUCT = kept if limit is None else limit
-                t0 = time.perf_counter()
-                stats = tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
-                seconds[way].append(time.perf_counter() - t0 - stats.env_seconds)
-                tr.rollout.stats = RolloutStats()
-                tr.update()
+                seconds[way].append(rollout_policy_seconds(tr))
                 step[way].append(step_alone(tr.policy, maps * 12))  # a batch: half the maps' 24 agents each
     finally:
         precision.SMALL_PRODUCT = kept
@@ -95,16 +108,7 @@ def small_step(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
 
 def plan_against_modules(config: str, maps: int, rounds: int = 6) -> dict[str, float]:
     """Policy seconds of a rollout with and without the rollout plan, per precision (the module docstring)."""
-    from benchmarks.mettagrid import overrides
-    from carrystate.rollout import RolloutStats
-
-    torch.set_num_threads(1)
-    trainers = {
-        p: carrystate.Trainer(
-            carrystate.load_config(config, [*overrides(maps, 1), f"trainer.precision={p}"]), quiet=True
-        )
-        for p in ("fp32", "bf16")
-    }
+    trainers = arena_trainers(config, maps)
     seconds: dict[str, list[float]] = {f"{p}_{way}": [] for p in trainers for way in ("plan", "modules")}
     try:
         for tr in trainers.values():
@@ -112,13 +116,8 @@ def plan_against_modules(config: str, maps: int, rounds: int = 6) -> dict[str, f
         for _ in range(rounds):
             for way in seconds:
                 p, kind = way.split("_")
-                tr = trainers[p]
-                tr.policy.rollout_plan = kind == "plan"
-                t0 = time.perf_counter()
-                stats = tr.rollout.collect(tr.policy, tr.buffer, tr.parts.generators.sample)
-                seconds[way].append(time.perf_counter() - t0 - stats.env_seconds)
-                tr.rollout.stats = RolloutStats()
-                tr.update()
+                trainers[p].policy.rollout_plan = kind == "plan"
+                seconds[way].append(rollout_policy_seconds(trainers[p]))
     finally:
         for tr in trainers.values():
             tr.env.close()

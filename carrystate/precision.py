@@ -9,8 +9,9 @@ stored start states. The policy's outputs (action logits, values) are cast to fp
 normalisation statistics and the optimizer, with its fp32 master weights, never see bf16.
 
 `autocast` is the one context the policy enters; `active(x)` tells a core inside it whether it runs in bf16.
-`frozen` is the rollout's: its weights do not change inside it, so copies of them made there may be kept until
-it ends (`rollout_copies`); torch's own autocast keeps its weight casts for that long too.
+`frozen` is the rollout's: its weights do not change inside it, so what is made from them there may be kept until
+it ends (`frozen_kept`: `rollout_copies`, Policy's rollout plan); torch's own autocast keeps its weight casts for
+that long too.
 
 A small product without gradients (the rollout's step: tens of rows, or a head of a few outputs) costs a bf16 GEMM
 call a fixed tens of microseconds on the CPU, several times an fp32 GEMM of that size; and a rollout whose LSTM step
@@ -63,37 +64,31 @@ _frozen = threading.local()
 def frozen(precision: str, device: torch.device | str):
     """`autocast` around a whole rollout, whose weights stay as they are until it ends: bf16 copies of them made
     inside may be kept for its length (one cast per weight per rollout, not per step)."""
-    _frozen.generation = getattr(_frozen, "generation", 0) + 1
-    _frozen.inside, _frozen.kept = True, {}
+    previous, _frozen.kept = frozen_kept(), {}
     try:
         with autocast(precision, device):
             yield
     finally:
-        _frozen.inside, _frozen.kept = False, None
-
-
-def frozen_generation() -> int | None:
-    """A number that names the `frozen` block running now (a new one each time), or None outside one."""
-    return _frozen.generation if getattr(_frozen, "inside", False) else None
+        _frozen.kept = previous
 
 
 def frozen_kept() -> dict | None:
     """A dict that lives as long as the `frozen` block running now (None outside one): what is made once per
-    block and dropped with it (Policy's rollout plan)."""
+    block and dropped with it (`rollout_copies`, Policy's rollout plan)."""
     return getattr(_frozen, "kept", None)
 
 
 def rollout_copies(owner: nn.Module, tensors: list[Tensor], make) -> list[Tensor]:
-    """`make(t)` of each tensor (detached), made once per `frozen` block and kept on `owner` (one list per `make`)
-    until the next one; made anew on every call outside one."""
-    generation = frozen_generation()
-    if generation is None:
+    """`make(t)` of each tensor (detached), made once per `frozen` block (per owner and `make`, anew where the
+    tensors are others) and kept for its length (`frozen_kept`); made anew on every call outside one."""
+    kept = frozen_kept()
+    if kept is None:
         return [make(t.detach()) for t in tensors]
-    key, name = (generation, *(t.data_ptr() for t in tensors)), f"_rollout_copies_{make.__name__}"
-    kept = owner.__dict__.get(name)
-    if kept is None or kept[0] != key:
-        kept = owner.__dict__[name] = (key, [make(t.detach()) for t in tensors])
-    return kept[1]
+    key, ptrs = (id(owner), make.__name__), tuple(t.data_ptr() for t in tensors)
+    found = kept.get(key)
+    if found is None or found[0] != ptrs:
+        found = kept[key] = (ptrs, [make(t.detach()) for t in tensors])
+    return found[1]
 
 
 def rounded(t: Tensor) -> Tensor:
@@ -106,13 +101,18 @@ def rounded(t: Tensor) -> Tensor:
 SMALL_PRODUCT = 1 << 22
 
 
+def small(rows: int, k: int, n: int) -> bool:
+    """Whether a bf16 product [rows, k] × [k, n] taken without gradients runs on fp32 units (`SMALL_PRODUCT`)."""
+    return rows * k * n <= SMALL_PRODUCT
+
+
 class Linear(nn.Linear):
     """nn.Linear (the same parameters and state dict) whose small bf16 products without gradients run as the
     fp32 GEMM of bf16-rounded operands, rounded to bf16 (the module docstring); everything else as nn.Linear."""
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
-        if torch.is_grad_enabled() or not active(x) or rows * self.in_features * self.out_features > SMALL_PRODUCT:
+        if torch.is_grad_enabled() or not active(x) or not small(rows, self.in_features, self.out_features):
             return super().forward(x)
         weight, bias = rollout_copies(self, [self.weight, self._bias()], rounded)
         if (out := cpu.linear_rounded(x, weight, bias)) is not None:  # the same in one C++ call
@@ -135,10 +135,9 @@ class Linear(nn.Linear):
             return lambda x: F.linear(x, weight, bias)
         w_rounded, b_rounded = rounded(weight), rounded(self._bias().detach())
         w16, b16 = weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
-        size = self.in_features * self.out_features
 
         def call(x: Tensor) -> Tensor:
-            if x.numel() // self.in_features * size > SMALL_PRODUCT:  # as autocast casts it
+            if not small(x.numel() // self.in_features, self.in_features, self.out_features):  # as autocast casts it
                 return F.linear(x.to(torch.bfloat16), w16, b16)
             return kernels.linear_rounded(x, w_rounded, b_rounded)
 

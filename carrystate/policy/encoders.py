@@ -97,37 +97,25 @@ class TokenEncoder(nn.Module):
         return cls(obs_shape, cfg.token_embed_size, cfg.encoder_sizes, cfg.token_features)
 
     def forward(self, obs: Tensor) -> Tensor:
-        lead = obs.shape[:-2]
-        summed = cpu.token_bag(obs, self.table.weight, self.features)  # C++ on the CPU for uint8 tokens
+        return self._encode(obs, self.mlp)
+
+    def _encode(self, obs: Tensor, mlp) -> Tensor:
+        """The sum (C++ on the CPU for uint8 tokens, else `_bag`), its feature check, then `mlp`."""
+        summed = cpu.token_bag(obs, self.table.weight, self.features)
         if summed is None:
             summed = self._bag(obs)
         pooled, max_feature = summed
-        self._check_features(max_feature)
-        return self.mlp(torch.relu(pooled)).reshape(*lead, -1)
-
-    def _check_features(self, max_feature: int) -> None:
         if max_feature >= self.features:
             raise ValueError(
                 f"a token has feature id {max_feature}, but policy.token_features={self.features}: "
                 "raise policy.token_features above the largest feature id the env emits"
             )
+        return mlp(torch.relu(pooled)).reshape(*obs.shape[:-2], -1)
 
     def frozen_call(self, bf16: bool):
-        """`forward` without gradients in a `frozen` block as plain calls: the C++ sum, then the MLP's frozen call;
-        None where the kernels do not apply (other tokens than uint8 take `forward`)."""
-        mlp, kernels = self.mlp.frozen_call(bf16), cpu.for_input(self.table.weight)
-        if mlp is None or kernels is None:
-            return None
-        table, features = self.table.weight.detach(), self.features
-
-        def call(obs: Tensor) -> Tensor:
-            if obs.dtype != torch.uint8:
-                return self(obs)
-            pooled, max_feature = kernels.token_bag_forward(obs.reshape(-1, *obs.shape[-2:]), table, features)
-            self._check_features(max_feature)
-            return mlp(torch.relu(pooled)).reshape(*obs.shape[:-2], -1)
-
-        return call
+        """`forward` without gradients in a `frozen` block, with the MLP's frozen call; None where it has none."""
+        mlp = self.mlp.frozen_call(bf16)
+        return None if mlp is None else lambda obs: self._encode(obs, mlp)
 
     def _bag(self, obs: Tensor) -> tuple[Tensor, int]:
         """The sum with one `nn.EmbeddingBag` call (any device and dtype), and the largest feature id among the

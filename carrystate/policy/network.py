@@ -5,8 +5,8 @@ It holds weights only; the per-agent recurrent state lives in `StateStore` and i
 The rollout plan. Inside a `precision.frozen` block (the rollout) without gradients, `step` runs a plan made once
 per block: each part's `frozen_call`, a plain function over copies of its frozen weights that computes what its
 module computes there, with the same kernels in the same order (so the same values, bit for bit: tests/
-test_policy.py), and without the per-call work of the modules, autocast and the precision checks around them.
-The encoders of `encoders.py`, the LSTM core, the categorical head and `precision.Linear` have one; a policy
+test_precision.py), and without the per-call work of the modules, autocast and the precision checks around them.
+The MLP and token encoders, the LSTM core, the categorical head and `precision.Linear` have one; a policy
 with any other part (a GRU, a separate critic, a user's core), or where the CPU kernels do not apply, runs its
 modules.
 """

@@ -141,7 +141,7 @@ class LSTMCore(RecurrentCore):
         matrices, made once per rollout (`precision.rollout_copies`)."""
         bf16, weights, small = precision.active(x), None, False
         if bf16:  # few rows: the products on fp32 units (precision.Linear)
-            small = x.shape[0] * self.rnn.input_size * 4 * self.hidden_size <= precision.SMALL_PRODUCT
+            small = precision.small(x.shape[0], self.rnn.input_size, 4 * self.hidden_size)
             weights = precision.rollout_copies(self, self.rnn._flat_weights, _rounded if small else _bf16)
         if (out := cpu.lstm_step(self.rnn, x, state, bf16, weights, small)) is not None:
             return out
@@ -156,10 +156,9 @@ class LSTMCore(RecurrentCore):
             return None
         flat = [w.detach() for w in rnn._flat_weights]
         ways = {False: flat} if not bf16 else {True: [_rounded(w) for w in flat], False: [_bf16(w) for w in flat]}
-        per_row = rnn.input_size * 4 * self.hidden_size
 
         def call(x: Tensor, state: State) -> tuple[Tensor, State]:
-            small = bf16 and x.shape[0] * per_row <= precision.SMALL_PRODUCT
+            small = bf16 and precision.small(x.shape[0], rnn.input_size, 4 * self.hidden_size)
             y, h, c = kernels.step(x, state[0], state[1], ways[small], bf16, small)
             return y, (h, c)
 

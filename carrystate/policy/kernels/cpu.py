@@ -264,8 +264,7 @@ def gumbel_max(logp: Tensor, uniform: Tensor) -> tuple[Tensor, Tensor] | None:
     kernels = for_input(logp)
     if kernels is None or logp.dim() != 2 or uniform.dtype != torch.float32:
         return None
-    action, chosen = kernels.gumbel_max(logp, uniform)
-    return action, chosen
+    return tuple(kernels.gumbel_max(logp, uniform))
 
 
 class TokenBagCPU(torch.autograd.Function):
